@@ -1,0 +1,42 @@
+# The two commands a newcomer needs:  `make demo`  and  `make test`.
+# Both create the environment in .venv/ on first use; re-running set-up is a no-op.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.qffs-installed
+FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast data clean-venv
+
+setup: $(STAMP) data
+
+# torch/torchvision are pinned to the builds that these machines install from local files.
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist (no network downloads needed).
+data:
+	@if [ ! -f $(FMNIST) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) \
+	     && echo "installed Fashion-MNIST into /usr/share/datasets/fashion-mnist"; \
+	  else echo "note: Fashion-MNIST missing; run: sudo apt-get install dataset-fashion-mnist"; fi; \
+	fi
+
+demo: setup
+	$(VENV)/bin/qffs demo
+
+test: setup
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(VPY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,16 @@
+"""The one exception type users see.
+
+Anything the user can fix (a missing file, a wrong key, an unsupported graph node) raises
+:class:`QffsError` with a one-line message that says what is wrong and what to do. The CLI
+prints that line and exits with code 2; a traceback means a bug in qffs.
+"""
+
+from __future__ import annotations
+
+
+class QffsError(Exception):
+    """A user-facing error with a one-line, actionable message."""
+
+
+class UnsupportedGraphError(QffsError):
+    """A graph node that cannot be quantized or converted; the message names node and op."""

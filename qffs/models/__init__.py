@@ -1,0 +1,160 @@
+"""One registry, one way to build a model: ``build_model(spec)``.
+
+A *spec string* names a model and its keyword arguments, and is stored in every checkpoint
+qffs writes so the model can be rebuilt:
+
+- ``vgg_small``, ``vgg16(num_classes=100)``, ``resnet18``, ``resnet20`` — qffs' own models;
+- ``tv:mobilenet_v2(num_classes=10)`` — any torchvision classification model, by name
+  (built without pretrained weights: load yours with ``qffs.io``);
+- ``path/to/file.py:factory(width=2)`` — a user model: ``factory(**kwargs)`` from that file.
+  This imports and runs the file: only use files you trust.
+
+Arguments are Python literals (numbers, strings, booleans, tuples).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from qffs.errors import QffsError
+from qffs.models.resnet import resnet18, resnet20
+from qffs.models.vgg import vgg16, vgg_small
+
+#: qffs' own architectures, by name.
+REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "vgg_small": vgg_small,
+    "vgg16": vgg16,
+    "resnet18": resnet18,
+    "resnet20": resnet20,
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed spec string: ``source`` is "qffs", "torchvision" or "file"."""
+
+    source: str
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        call = f"{self.name}({args})" if args else self.name
+        if self.source == "torchvision":
+            return f"tv:{call}"
+        if self.source == "file":
+            return f"{self.path}:{call}"
+        return call
+
+
+def _split_call(text: str, spec: str) -> tuple[str, dict[str, Any]]:
+    """``name(k=v, ...)`` → (name, {k: v}); arguments must be literals."""
+    text = text.strip()
+    if "(" not in text:
+        return text, {}
+    try:
+        call = ast.parse(text, mode="eval").body
+        if not isinstance(call, ast.Call) or call.args or not isinstance(call.func, ast.Name):
+            raise ValueError
+        return call.func.id, {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+    except (SyntaxError, ValueError):
+        raise QffsError(
+            f"cannot parse model spec {spec!r}: expected name or name(key=literal, ...), "
+            "e.g. 'resnet20(num_classes=100)'"
+        ) from None
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """Parse a model spec string (see the module docstring)."""
+    if ".py:" in spec:
+        path, _, call = spec.rpartition(".py:")
+        name, kwargs = _split_call(call, spec)
+        return ModelSpec("file", name, kwargs, path=path + ".py")
+    if spec.startswith("tv:"):
+        name, kwargs = _split_call(spec[3:], spec)
+        return ModelSpec("torchvision", name, kwargs)
+    name, kwargs = _split_call(spec, spec)
+    return ModelSpec("qffs", name, kwargs)
+
+
+def _load_factory(path: str, name: str) -> Callable[..., nn.Module]:
+    file = Path(path)
+    if not file.is_file():
+        raise QffsError(f"model file not found: {path}")
+    module_name = f"qffs_user_model_{abs(hash(str(file.resolve())))}"
+    loader_spec = importlib.util.spec_from_file_location(module_name, file)
+    if loader_spec is None or loader_spec.loader is None:
+        raise QffsError(f"cannot import model file {path}")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[module_name] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as exc:  # user code: report, don't crash with a traceback
+        raise QffsError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise QffsError(f"{path} has no callable {name!r}")
+    return factory
+
+
+def model_names() -> list[str]:
+    """qffs' own model names (torchvision and file specs are open-ended)."""
+    return sorted(REGISTRY)
+
+
+def with_defaults(spec: str, **defaults: Any) -> str:
+    """Return ``spec`` with ``defaults`` added where the spec does not set them.
+
+    qffs models take ``num_classes``/``in_channels``; torchvision models only ``num_classes``;
+    user factories get nothing added (their signature is theirs).
+    """
+    parsed = parse_spec(spec)
+    if parsed.source == "file":
+        return str(parsed)
+    allowed = {"num_classes"} if parsed.source == "torchvision" else {"num_classes", "in_channels"}
+    kwargs = dict(parsed.kwargs)
+    for key, value in defaults.items():
+        if key in allowed and value is not None:
+            kwargs.setdefault(key, value)
+    return str(ModelSpec(parsed.source, parsed.name, kwargs, parsed.path))
+
+
+def build_model(spec: str) -> nn.Module:
+    """Build an (untrained) model from a spec string."""
+    parsed = parse_spec(spec)
+    if parsed.source == "file":
+        factory = _load_factory(parsed.path or "", parsed.name)
+    elif parsed.source == "torchvision":
+        import torchvision
+
+        if parsed.name not in torchvision.models.list_models(module=torchvision.models):
+            raise QffsError(
+                f"unknown torchvision model {parsed.name!r}; see torchvision.models.list_models()"
+            )
+        return torchvision.models.get_model(parsed.name, weights=None, **parsed.kwargs)
+    else:
+        if parsed.name not in REGISTRY:
+            raise QffsError(
+                f"unknown model {parsed.name!r}; known: {', '.join(model_names())}, "
+                "tv:<torchvision name>, or path/to/file.py:factory"
+            )
+        factory = REGISTRY[parsed.name]
+    try:
+        model = factory(**parsed.kwargs)
+    except TypeError as exc:
+        raise QffsError(f"model spec {spec!r}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise QffsError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+__all__ = ["REGISTRY", "ModelSpec", "build_model", "model_names", "parse_spec", "with_defaults"]

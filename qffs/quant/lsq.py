@@ -1,0 +1,88 @@
+"""The LSQ activation quantizer (SPEC §1): unsigned, per-tensor learned step size.
+
+    q(x) = s · clamp(round(x / s), 0, Q),   Q = 2^bits − 1,  round = half-to-even
+
+Backward (Esser et al. 2019), v = x / s:
+    dq/dx = 1 if 0 ≤ v ≤ Q else 0
+    dq/ds = round(v) − v inside, 0 below, Q above; scaled by g = 1 / sqrt(N · Q),
+    N = features per sample.
+
+The step is kept strictly positive by using ``max(step, eps)`` in the forward pass while the
+gradient still reaches the raw parameter, so a step pushed below ``eps`` can recover.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+#: Smallest step size used in the forward pass; keeps s > 0 whatever the optimiser does.
+STEP_EPS = 1e-8
+
+
+class _LSQFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, step: torch.Tensor, levels: int, grad_scale: float):
+        s = step.clamp_min(STEP_EPS)
+        v = x / s
+        level = torch.clamp(torch.round(v), 0, levels)
+        ctx.save_for_backward(x, s)
+        ctx.levels = levels
+        ctx.grad_scale = grad_scale
+        return level * s
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, s = ctx.saved_tensors
+        levels = ctx.levels
+        v = x / s
+        below = v < 0
+        above = v > levels
+        inside = ~(below | above)
+        grad_x = grad_out * inside if ctx.needs_input_grad[0] else None
+        grad_s = None
+        if ctx.needs_input_grad[1]:
+            dq_ds = torch.where(inside, torch.round(v) - v, torch.where(above, float(levels), 0.0))
+            grad_s = (grad_out * dq_ds).sum().mul(ctx.grad_scale).reshape(s.shape).to(s.dtype)
+        return grad_x, grad_s, None, None
+
+
+def lsq_quantize(x: torch.Tensor, step: torch.Tensor, levels: int) -> torch.Tensor:
+    """Fake-quantize ``x`` with step ``step`` to ``levels + 1`` unsigned levels (SPEC §1)."""
+    features = x[0].numel() if x.dim() > 1 else x.numel()
+    grad_scale = 1.0 / math.sqrt(max(features, 1) * levels)
+    return _LSQFunction.apply(x, step, levels, grad_scale)
+
+
+class LSQActivation(nn.Module):
+    """ReLU replacement: unsigned LSQ quantizer with one learned step per tensor.
+
+    Attributes read by the converter: :attr:`bits`, :attr:`levels` (Q = Z_max) and
+    :meth:`step_size` (the positive step s, a 0-dim tensor in the module's dtype).
+    """
+
+    def __init__(self, bits: int = 2, step: float = 1.0, is_output: bool = False):
+        super().__init__()
+        if bits < 1:
+            raise ValueError(f"bits must be >= 1, got {bits}")
+        self.bits = int(bits)
+        self.levels = 2**self.bits - 1
+        self.is_output = bool(is_output)
+        self.step = nn.Parameter(torch.tensor(float(step)))
+
+    def step_size(self) -> torch.Tensor:
+        """The step s actually used: ``max(step, STEP_EPS)``."""
+        return self.step.clamp_min(STEP_EPS)
+
+    def level(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer activation level clamp(round(x/s), 0, Q), as a float tensor."""
+        return torch.clamp(torch.round(x / self.step_size()), 0, self.levels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lsq_quantize(x, self.step, self.levels)
+
+    def extra_repr(self) -> str:
+        role = ", output" if self.is_output else ""
+        return f"bits={self.bits}, levels={self.levels}, step={float(self.step):.4g}{role}"

@@ -1,0 +1,186 @@
+"""The training loop shared by full-precision training and quantization-aware training.
+
+Plain supervised classification (torchvision's reference recipe, trimmed): SGD with momentum
+and weight decay, cosine or exponential learning-rate decay, per-epoch evaluation, the best
+epoch kept. Works on CPU, one GPU, or under ``torchrun`` (DistributedDataParallel; rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from qffs.metrics import predict
+from qffs.progress import track
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser and schedule. Defaults: the paper's QAT recipe (SGD 0.01, momentum 0.9, wd 5e-4)."""
+
+    epochs: int = 10
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"          # "cosine" | "exp" | "constant"
+    gamma: float = 0.9                # per-epoch factor for "exp"
+    label_smoothing: float = 0.0
+    no_decay_names: tuple[str, ...] = field(default_factory=tuple)  # parameter-name suffixes without weight decay
+
+    def validate(self) -> None:
+        from qffs.errors import QffsError
+
+        if self.epochs < 0:
+            raise QffsError(f"epochs must be >= 0, got {self.epochs}")
+        if self.lr <= 0:
+            raise QffsError(f"learning rate must be > 0, got {self.lr}")
+        if self.schedule not in ("cosine", "exp", "constant"):
+            raise QffsError(f"unknown schedule {self.schedule!r}; use cosine, exp or constant")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """"auto" → the local CUDA device when present (LOCAL_RANK under torchrun), else CPU."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def init_distributed() -> bool:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); idempotent."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu",
+             description: str = "eval") -> dict[str, float]:
+    """Top-1 accuracy (ties to the lowest class), mean loss and tied-prediction rate."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    correct = loss_sum = ties = count = 0.0
+    for x, y in track(loader, description):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        out = model(x)
+        pred, tied = predict(out)
+        correct += (pred == y).sum().item()
+        ties += tied.sum().item()
+        loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum").item()
+        count += y.numel()
+    correct, loss_sum, ties, count = _all_reduce([correct, loss_sum, ties, count], device)
+    model.train(was_training)
+    count = max(count, 1.0)
+    return {"accuracy": correct / count, "loss": loss_sum / count, "tied": ties / count, "samples": int(count)}
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if name.endswith(cfg.no_decay_names) and cfg.no_decay_names else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def _lr_factor(cfg: TrainConfig, progress: float, epoch: int) -> float:
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.schedule == "exp":
+        return cfg.gamma**epoch
+    return 1.0
+
+
+def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
+        device: torch.device | str = "cpu",
+        on_epoch: Callable[[dict[str, Any], nn.Module], None] | None = None,
+        log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """Train ``model`` in place; return (per-epoch history, best state dict by test accuracy).
+
+    ``on_epoch(record, model)`` is called on every rank after each evaluation (rank 0 decides
+    what to write). The cosine schedule decays per iteration to zero at the last step.
+    """
+    cfg.validate()
+    device = torch.device(device)
+    model.to(device)
+    net: nn.Module = model
+    if dist.is_available() and dist.is_initialized():
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.SGD(_param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    steps_per_epoch = max(len(train_loader), 1)
+    total_steps = max(cfg.epochs * steps_per_epoch, 1)
+    history: list[dict[str, Any]] = []
+    best_acc, best_state = -1.0, copy.deepcopy(model.state_dict())
+    step = 0
+    for epoch in range(cfg.epochs):
+        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        net.train()
+        start = time.perf_counter()
+        loss_sum = seen = correct = 0.0
+        for x, y in track(train_loader, f"epoch {epoch + 1}/{cfg.epochs}"):
+            lr = cfg.lr * _lr_factor(cfg, step / total_steps, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            out = net(x)
+            loss = criterion(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += loss.item() * y.numel()
+            correct += (out.argmax(-1) == y).sum().item()
+            seen += y.numel()
+        train_time = time.perf_counter() - start
+        loss_sum, correct, seen = _all_reduce([loss_sum, correct, seen], device)
+        test = evaluate(model, test_loader, device, description="test")
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                  "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_tied": test["tied"],
+                  "lr": lr, "epoch_seconds": round(train_time, 2)}
+        history.append(record)
+        if test["accuracy"] > best_acc:
+            best_acc, best_state = test["accuracy"], copy.deepcopy(model.state_dict())
+            record["best"] = True
+        if is_main_process():
+            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f}  "
+                f"train {100 * record['train_accuracy']:.2f}%  test {100 * test['accuracy']:.2f}%  "
+                f"({train_time:.0f}s)" + ("  *best" if record.get("best") else ""))
+        if on_epoch is not None:
+            on_epoch(record, model)
+    return history, best_state
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return asdict(cfg)
