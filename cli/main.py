@@ -1,0 +1,56 @@
+"""Entry point of the ``qffs`` console script: commands, one-line errors, exit codes.
+
+Exit codes: 0 success; 2 a user error (bad option, missing file, unsupported model — one line
+on stderr, ``--debug`` for the traceback); 130 interrupted (Ctrl-C); 1 an internal error (a bug).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cli import commands  # noqa: F401  (registers the commands on the app)
+from cli.app import app
+from qffs.errors import QffsError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=args, prog_name="qffs", standalone_mode=False)
+        return 0
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except typer.TyperException as exc:  # usage errors (bad option, missing argument)
+        if hasattr(exc, "show"):
+            exc.show()
+        else:
+            print(f"qffs: error: {exc.format_message()}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, typer.Abort):
+        print("qffs: interrupted; no partial output was written", file=sys.stderr)
+        return 130
+    except QffsError as exc:
+        if debug:
+            raise
+        print(f"qffs: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: still one line unless --debug
+        if debug:
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"qffs: internal error: {type(exc).__name__}: {msg} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
