@@ -1,0 +1,123 @@
+"""Measures and report files for a latency–accuracy evaluation (SPEC §6).
+
+Pure functions over measured numbers: the latency to lossless, convergence percentiles, the
+energy estimate, and the three output files (CSV curve, JSON with configuration and versions,
+PNG plot), each written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from qffs.io import atomic_path, write_text_atomic
+
+#: Horowitz (ISSCC 2014), 45 nm, 32-bit float: accumulate 0.9 pJ, multiply–accumulate 4.6 pJ.
+ENERGY_AC_PJ = 0.9
+ENERGY_MAC_PJ = 4.6
+#: SPEC §6: "lossless" = within 0.1 percentage point of the QANN accuracy.
+LOSSLESS_TOLERANCE = 0.001
+
+
+def latency_to_lossless(curve: Sequence[float], reference: float | None,
+                        tolerance: float = LOSSLESS_TOLERANCE) -> int | None:
+    """Smallest t (1-based) with ``curve[t-1] >= reference - tolerance``; None if never reached."""
+    if reference is None:
+        return None
+    for t, acc in enumerate(curve, start=1):
+        if acc >= reference - tolerance - 1e-12:
+            return t
+    return None
+
+
+def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 90, 99)) -> dict[str, float]:
+    """Nearest-rank percentiles plus mean and max (empty input → empty dict)."""
+    data = sorted(values)
+    if not data:
+        return {}
+    out = {"mean": sum(data) / len(data), "max": float(data[-1])}
+    for q in qs:
+        rank = max(1, math.ceil(q / 100 * len(data)))
+        out[f"p{int(q)}"] = float(data[rank - 1])
+    return out
+
+
+def energy_estimate(sops: float, macs: float, e_ac: float = ENERGY_AC_PJ,
+                    e_mac: float = ENERGY_MAC_PJ) -> dict[str, float]:
+    """Per-sample energy of the SNN (SOPs × E_AC) and the ANN (MACs × E_MAC), in pJ and their ratio."""
+    snn, ann = sops * e_ac, macs * e_mac
+    return {"snn_pj": snn, "ann_pj": ann, "ratio": snn / ann if ann else float("nan"),
+            "e_ac_pj": e_ac, "e_mac_pj": e_mac}
+
+
+def environment() -> dict[str, str]:
+    """Versions recorded in every JSON report."""
+    import torch
+
+    from qffs import __version__
+
+    return {"qffs": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def curve_csv(report: dict[str, Any]) -> str:
+    """The curve as CSV: one row per time step."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["t", "snn_accuracy", "tied", "qann_accuracy", "fp_accuracy", "conversion_loss"])
+    qann, fp = report.get("qann_accuracy"), report.get("fp_accuracy")
+    for t, acc, tied in zip(report["timesteps"], report["snn_accuracy"], report["tied"]):
+        loss = "" if qann is None else f"{qann - acc:.6f}"
+        writer.writerow([t, f"{acc:.6f}", f"{tied:.6f}", "" if qann is None else f"{qann:.6f}",
+                         "" if fp is None else f"{fp:.6f}", loss])
+    return buf.getvalue()
+
+
+def plot_curve(report: dict[str, Any], path: str | Path) -> Path:
+    """PNG of SNN accuracy vs time step, with QANN and FP accuracy as reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ts, acc = report["timesteps"], [100 * a for a in report["snn_accuracy"]]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ax.plot(ts, acc, marker="o", lw=2, color="#1f77b4", label="SNN")
+    if report.get("qann_accuracy") is not None:
+        ax.axhline(100 * report["qann_accuracy"], ls="--", color="#d62728",
+                   label=f"QANN {100 * report['qann_accuracy']:.2f}%")
+    if report.get("fp_accuracy") is not None:
+        ax.axhline(100 * report["fp_accuracy"], ls=":", color="#2ca02c",
+                   label=f"FP {100 * report['fp_accuracy']:.2f}%")
+    lossless = report.get("latency_to_lossless")
+    if lossless:
+        ax.axvline(lossless, color="grey", lw=1, alpha=0.6)
+        ax.annotate(f"lossless at t={lossless}", (lossless, (min(acc) + max(acc)) / 2), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8, color="grey")
+    ax.set_xlabel("time step t")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(report.get("title", "latency–accuracy"), fontsize=10)
+    ax.set_xticks(ts if len(ts) <= 20 else ts[:: max(1, len(ts) // 16)])
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "curve") -> dict[str, Path]:
+    """Write ``{stem}.csv``, ``{stem}.json`` and ``{stem}.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    paths = {"csv": out / f"{stem}.csv", "json": out / f"{stem}.json", "png": out / f"{stem}.png"}
+    write_text_atomic(paths["csv"], curve_csv(report))
+    plot_curve(report, paths["png"])
+    write_text_atomic(paths["json"], json.dumps({**report, "environment": environment()}, indent=2))
+    return paths
