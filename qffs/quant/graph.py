@@ -130,6 +130,17 @@ def _module_op_name(module: nn.Module) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _function_name(fn: Any) -> str:
+    name = getattr(fn, "__name__", None)
+    if name is None:
+        return str(fn)
+    for prefix, namespace in (("torch.nn.functional", F), ("torch", torch)):
+        if getattr(namespace, name, None) is fn:
+            return f"{prefix}.{name}"
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{name}" if module else name
+
+
 def _owner_path(node: fx.Node) -> str:
     """Path of the module whose forward made this call ('' for the top level)."""
     stack = node.meta.get("nn_module_stack") or {}
@@ -144,7 +155,7 @@ def _describe(node: fx.Node, gm: fx.GraphModule) -> str:
     if node.op == "call_module":
         return f"{_module_op_name(gm.get_submodule(node.target))} at {node.target}"
     if node.op == "call_function":
-        name = _UNSUPPORTED_FUNCTIONS.get(node.target) or getattr(node.target, "__name__", str(node.target))
+        name = _UNSUPPORTED_FUNCTIONS.get(node.target) or _function_name(node.target)
     else:
         name = f"Tensor.{node.target}()"
     owner = _owner_path(node)
