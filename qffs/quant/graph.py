@@ -47,6 +47,7 @@ __all__ = [
     "quantize",
     "quantizers",
     "refuse_nonlinearities",
+    "trace",
     "functionalize_inplace_relus",
     "replace_relus",
     "add_output_quantizer",
