@@ -1,0 +1,329 @@
+"""Datasets by name, read from local files only, with their standard transforms.
+
+    load_dataset("fashion-mnist", "train", limit=1000)   # (image tensor, label) pairs
+    dataset_info("cifar10-jpeg").num_classes               # 10
+
+| name            | source (no downloads)                                                        |
+| --------------- | ---------------------------------------------------------------------------- |
+| `fashion-mnist` | Debian's `/usr/share/datasets/fashion-mnist` (IDX gz) or a torchvision root   |
+| `mnist`         | a torchvision root (`<root>/MNIST/raw/`) or a directory of IDX files          |
+| `cifar10`       | a torchvision root with the python batches (`<root>/cifar-10-batches-py/`)   |
+| `cifar10-jpeg`  | the JPEG zip of `../shared/datasets/` (or `root`, or `$QFFS_CIFAR10_JPEG`)    |
+| `imagefolder`   | any ImageFolder tree: `root/train/<class>/*`, `root/val/<class>/*` (ImageNet) |
+
+Small datasets live in memory as uint8 tensors and are normalised per sample; training
+augmentation (random crop with padding, horizontal flip) runs on tensors with a seeded
+generator. ``limit`` keeps the first N samples in the dataset's own order, except for the
+class-grouped JPEG zip, whose first N come from a fixed seeded permutation so that every
+class is present.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from qffs.errors import QffsError
+
+DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar10-jpeg", "imagefolder")
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+_REPO = Path(__file__).resolve().parents[1]
+_CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+_CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+
+
+_INFO = {
+    "fashion-mnist": DatasetInfo("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), _FMNIST_CLASSES),
+    "mnist": DatasetInfo("mnist", 10, 1, 28, (0.1307,), (0.3081,), tuple(str(i) for i in range(10))),
+    "cifar10": DatasetInfo("cifar10", 10, 3, 32, _CIFAR_MEAN, _CIFAR_STD, _CIFAR_CLASSES),
+    "cifar10-jpeg": DatasetInfo("cifar10-jpeg", 10, 3, 32, _CIFAR_MEAN, _CIFAR_STD, _CIFAR_CLASSES),
+}
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise QffsError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+
+
+def _check_split(split: str) -> None:
+    if split not in ("train", "test"):
+        raise QffsError(f"split must be 'train' or 'test', got {split!r}")
+
+
+def _default_root(root: str | Path | None) -> Path | None:
+    root = root or os.environ.get("QFFS_DATA_ROOT")
+    return Path(root).expanduser() if root else None
+
+
+# --- in-memory tensor datasets ------------------------------------------------------------------
+class TensorImages(Dataset):
+    """uint8 images [N, C, H, W] + labels, normalised per sample; optional crop/flip augmentation."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: tuple[float, ...],
+                 std: tuple[float, ...], *, crop_padding: int = 0, flip: bool = False, seed: int = 0):
+        self.images, self.labels = images, labels.long()
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+        self.crop_padding, self.flip = crop_padding, flip
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _augment(self, img: torch.Tensor) -> torch.Tensor:
+        p = self.crop_padding
+        if p:
+            h, w = img.shape[-2:]
+            padded = torch.nn.functional.pad(img, (p, p, p, p))
+            dy, dx = torch.randint(0, 2 * p + 1, (2,), generator=self.generator).tolist()
+            img = padded[:, dy:dy + h, dx:dx + w]
+        if self.flip and torch.rand((), generator=self.generator) < 0.5:
+            img = img.flip(-1)
+        return img
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = self.images[index].float().div_(255)
+        if self.crop_padding or self.flip:
+            img = self._augment(img)
+        return (img - self.mean) / self.std, int(self.labels[index])
+
+
+# --- IDX (MNIST, Fashion-MNIST) -----------------------------------------------------------------
+def read_idx(path: Path) -> torch.Tensor:
+    """Read an IDX file (optionally gzipped) into a uint8 tensor."""
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise QffsError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise QffsError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+    return torch.from_numpy(data.reshape(dims).copy())
+
+
+def _find_idx(dirs: list[Path], stem: str) -> Path | None:
+    for d in dirs:
+        for candidate in (d / f"{stem}.gz", d / stem):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _idx_dataset(name: str, split: str, root: Path | None, torchvision_dir: str, hint: str) -> tuple[torch.Tensor, torch.Tensor]:
+    prefix = "train" if split == "train" else "t10k"
+    dirs = [root / torchvision_dir / "raw", root] if root else []
+    if name == "fashion-mnist" and root is None:
+        dirs = [FASHION_MNIST_DEBIAN]
+    images = _find_idx(dirs, f"{prefix}-images-idx3-ubyte")
+    labels = _find_idx(dirs, f"{prefix}-labels-idx1-ubyte")
+    if images is None or labels is None:
+        where = dirs[0] if dirs else "(no location)"
+        raise QffsError(f"{name} not found in {where}: {hint}")
+    return read_idx(images).unsqueeze(1), read_idx(labels)
+
+
+# --- CIFAR-10 python batches --------------------------------------------------------------------
+def _cifar_batches(split: str, root: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if root is None:
+        raise QffsError("cifar10 needs its location: pass --data-root DIR (a torchvision root containing "
+                        "cifar-10-batches-py/) or set QFFS_DATA_ROOT; for the JPEG copy use --dataset cifar10-jpeg")
+    base = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    files = [base / f"data_batch_{i}" for i in range(1, 6)] if split == "train" else [base / "test_batch"]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise QffsError(f"cifar10 batches not found in {base} (missing {', '.join(missing)}): pass the torchvision "
+                        "root that contains cifar-10-batches-py/")
+    data, labels = [], []
+    for f in files:
+        with f.open("rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")  # the dataset's own format: numpy arrays
+        data.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(batch[b"labels"])
+    return torch.from_numpy(np.concatenate(data)), torch.tensor(labels)
+
+
+# --- CIFAR-10 JPEG zip --------------------------------------------------------------------------
+def cifar10_jpeg_path(root: str | Path | None = None) -> Path:
+    """Locate ``cifar10-jpeg.zip``: ``root`` (file or dir), ``$QFFS_CIFAR10_JPEG``, ``../shared/datasets``."""
+    given = root or os.environ.get("QFFS_CIFAR10_JPEG")
+    if given:  # an explicit location must hold the zip: never fall back silently
+        p = Path(given).expanduser()
+        candidates = [p, p / "cifar10-jpeg.zip"]
+    else:
+        candidates = [Path.cwd().parent / "shared" / "datasets" / "cifar10-jpeg.zip",
+                      _REPO.parent / "shared" / "datasets" / "cifar10-jpeg.zip"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    if given:
+        raise QffsError(f"cifar10-jpeg.zip not found at {given}: pass the zip file or the directory holding it")
+    raise QffsError("cifar10-jpeg.zip not found: pass --data-root PATH_TO_ZIP or set QFFS_CIFAR10_JPEG "
+                    "(it ships in ../shared/datasets/ beside the repository)")
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("QFFS_CACHE", Path.home() / ".cache" / "qffs")).expanduser()
+
+
+def _decode_jpeg_zip(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode one split of the zip into uint8 [N,3,32,32] + labels; cached as .npz."""
+    from PIL import Image
+
+    stat = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}:{split}".encode()).hexdigest()[:16]
+    cache = _cache_dir() / f"cifar10-jpeg-{split}-{key}.npz"
+    if cache.is_file():
+        with np.load(cache) as f:
+            return torch.from_numpy(f["images"]), torch.from_numpy(f["labels"])
+    with zipfile.ZipFile(path) as zf:
+        names = sorted(n for n in zf.namelist() if n.startswith(f"{split}/") and n.lower().endswith((".jpg", ".jpeg", ".png")))
+        classes = sorted({n.split("/")[1] for n in names})
+        index = {c: i for i, c in enumerate(classes)}
+        images = np.empty((len(names), 3, 32, 32), dtype=np.uint8)
+        labels = np.empty(len(names), dtype=np.int64)
+        from qffs.progress import track
+
+        for i, name in enumerate(track(names, f"decoding {split} JPEGs (cached afterwards)")):
+            with Image.open(io.BytesIO(zf.read(name))) as img:
+                images[i] = np.asarray(img.convert("RGB").resize((32, 32))).transpose(2, 0, 1)
+            labels[i] = index[name.split("/")[1]]
+    from qffs.io import atomic_path
+
+    try:
+        with atomic_path(cache) as tmp:
+            with tmp.open("wb") as fh:
+                np.savez(fh, images=images, labels=labels)
+    except OSError:
+        pass  # a read-only cache only costs the decode next time
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+# --- public API ---------------------------------------------------------------------------------
+def dataset_info(name: str, root: str | Path | None = None) -> DatasetInfo:
+    """Classes, channels, image size and normalisation of a dataset."""
+    _check_name(name)
+    if name != "imagefolder":
+        return _INFO[name]
+    tree = _imagefolder_split_dir(_default_root(root), "train")
+    classes = tuple(sorted(d.name for d in tree.iterdir() if d.is_dir()))
+    return DatasetInfo("imagefolder", len(classes), 3, 224, _IMAGENET_MEAN, _IMAGENET_STD, classes)
+
+
+def _imagefolder_split_dir(root: Path | None, split: str) -> Path:
+    if root is None:
+        raise QffsError("imagefolder needs --data-root DIR (with train/<class>/ and val/<class>/ folders)")
+    names = ("train",) if split == "train" else ("val", "test")
+    for n in names:
+        if (root / n).is_dir():
+            return root / n
+    raise QffsError(f"no {' or '.join(names)}/ folder in {root}: expected an ImageFolder tree "
+                    "root/train/<class>/* and root/val/<class>/*")
+
+
+def _limit(images: torch.Tensor, labels: torch.Tensor, limit: int | None, permute: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if limit is None or limit >= len(labels):
+        return images, labels
+    if limit <= 0:
+        raise QffsError(f"limit must be positive, got {limit}")
+    if permute:  # class-grouped files: a fixed permutation so the first N cover every class
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1234))[:limit]
+        return images[order], labels[order]
+    return images[:limit], labels[:limit]
+
+
+def load_dataset(name: str, split: str = "test", *, root: str | Path | None = None, limit: int | None = None,
+                 augment: bool | None = None, seed: int = 0) -> Dataset:
+    """A dataset of (normalised float CHW image, int label); ``augment`` defaults to ``split == "train"``."""
+    _check_name(name)
+    _check_split(split)
+    augment = (split == "train") if augment is None else augment
+    base = _default_root(root)
+    if name == "imagefolder":
+        return _imagefolder(base, split, limit, augment)
+    info = _INFO[name]
+    permute = False
+    if name == "fashion-mnist":
+        images, labels = _idx_dataset(name, split, base, "FashionMNIST",
+                                      "install it with `sudo apt-get install dataset-fashion-mnist` or pass "
+                                      "--data-root pointing to a torchvision root (FashionMNIST/raw/)")
+    elif name == "mnist":
+        if base is None:
+            raise QffsError("mnist needs its location: pass --data-root DIR (a torchvision root with MNIST/raw/ "
+                            "or a directory of IDX files) or set QFFS_DATA_ROOT")
+        images, labels = _idx_dataset(name, split, base, "MNIST", "pass the torchvision root that contains MNIST/raw/")
+    elif name == "cifar10":
+        images, labels = _cifar_batches(split, base)
+    else:
+        images, labels = _decode_jpeg_zip(cifar10_jpeg_path(root), split)
+        permute = True
+    images, labels = _limit(images, labels, limit, permute)
+    pad = {"fashion-mnist": 2, "mnist": 2}.get(name, 4)
+    flip = name != "mnist"
+    return TensorImages(images, labels, info.mean, info.std, crop_padding=pad if augment else 0,
+                        flip=flip and augment, seed=seed)
+
+
+def _imagefolder(root: Path | None, split: str, limit: int | None, augment: bool) -> Dataset:
+    from torchvision import datasets, transforms
+
+    tree = _imagefolder_split_dir(root, split)
+    norm = transforms.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)
+    if augment:
+        tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                 transforms.ToTensor(), norm])
+    else:
+        tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), norm])
+    ds = datasets.ImageFolder(str(tree), transform=tf)
+    if limit is not None and limit < len(ds):
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(1234))[:limit].tolist()
+        return torch.utils.data.Subset(ds, order)
+    return ds
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
+                drop_last: bool = False) -> DataLoader:
+    """A seeded DataLoader; under an initialised torch.distributed, a DistributedSampler shards the data."""
+    if batch_size <= 0:
+        raise QffsError(f"batch size must be positive, got {batch_size}")
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                          drop_last=drop_last, pin_memory=torch.cuda.is_available())
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=num_workers,
+                      drop_last=drop_last, pin_memory=torch.cuda.is_available())
+
+
+__all__ = ["DATASETS", "DatasetInfo", "TensorImages", "cifar10_jpeg_path", "dataset_info", "load_dataset",
+           "make_loader", "read_idx"]
