@@ -1,0 +1,184 @@
+"""Stage 3: running the spiking network, one call of the rewritten graph per time step (SPEC §3–§5).
+
+``snn(x, timesteps=T)`` returns the cumulative readout after each step, ``[T, *qann(x).shape]``,
+in the QANN's units: output spike counts × output step size (bit-identical to the QANN's
+``s · level`` once quiet), or for an analog output the integrated current / T_in.
+``snn.simulate`` also returns per-layer spike counts, synaptic operations and each sample's
+convergence step, and can stop a batch as soon as every sample is quiet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from qffs.snn.layers import GatedAffine, GatedLayer
+from qffs.snn.neuron import IFNeuron
+from qffs.snn.pooling import EventMaxPool, NaiveMaxPool
+from qffs.snn.state import Stateful
+
+
+@dataclass
+class NeuronRecord:
+    """One IF layer over a simulation: spikes per sample (summed over its neurons and steps)."""
+
+    name: str
+    neurons: int                      # neurons per sample
+    pos_spikes: torch.Tensor          # [B] long
+    neg_spikes: torch.Tensor          # [B] long
+    counts: torch.Tensor | None = None  # [B, ...] final signed spike counts, when asked for
+
+
+@dataclass
+class SynapseRecord:
+    """One weighted layer: synaptic operations (SOPs) and input events per sample, and its ANN MACs."""
+
+    name: str
+    synops: torch.Tensor              # [B] float: Σ_t Σ nonzero inputs × fan-out
+    events: torch.Tensor              # [B] float: Σ_t nonzero inputs
+    macs: int                         # ANN multiply–accumulates per sample
+
+
+@dataclass
+class SimulationResult:
+    """What one simulation of a batch measured.
+
+    ``convergence_step[b]`` is the smallest t (1-based) from which sample b's readout can no
+    longer change: the last step at which any neuron spiked (at least 1; at least T_in for an
+    analog output, whose current flows until then). ``converged[b]`` says whether quiet was
+    observed (a step t ≥ T_in, 1-based, with no spike anywhere) within the run; where it is
+    False, ``convergence_step`` is only a lower bound.
+    """
+
+    output: torch.Tensor              # [T, B, ...] cumulative readout after each step
+    steps_run: int
+    input_window: int
+    convergence_step: torch.Tensor    # [B] long
+    converged: torch.Tensor           # [B] bool
+    neurons: list[NeuronRecord] = field(default_factory=list)
+    synapses: list[SynapseRecord] = field(default_factory=list)
+
+
+class SpikingNetwork(nn.Module):
+    """A converted QANN: the rewritten fx graph plus the clock that drives it step by step."""
+
+    def __init__(self, graph: fx.GraphModule, input_window: int, output_neuron: str | None, config: dict):
+        super().__init__()
+        self.graph = graph
+        self.input_window = int(input_window)
+        self.output_neuron = output_neuron
+        self.config = dict(config)
+
+    # -- structure ---------------------------------------------------------------------------
+    def named_neurons(self) -> list[tuple[str, IFNeuron]]:
+        return [(n, m) for n, m in self.graph.named_modules() if isinstance(m, IFNeuron)]
+
+    def named_synapses(self) -> list[tuple[str, GatedLayer]]:
+        return [(n, m) for n, m in self.graph.named_modules() if isinstance(m, GatedLayer)]
+
+    def _stateful(self) -> list[Stateful]:
+        return [m for m in self.graph.modules() if isinstance(m, Stateful)]
+
+    def reset(self) -> None:
+        """Clear every neuron's and pool's state (done at the start of each simulation)."""
+        for m in self._stateful():
+            m.reset()
+
+    # -- running -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
+        """Cumulative output after each of ``timesteps`` steps, ``[T, *qann(x).shape]``."""
+        return self.simulate(x, timesteps, record=False).output
+
+    @torch.no_grad()
+    def simulate(self, x: torch.Tensor, timesteps: int, *, until_quiet: bool = False, record: bool = True,
+                 record_counts: bool = False) -> SimulationResult:
+        """Run ``timesteps`` steps on the batch ``x`` (reset first).
+
+        ``until_quiet`` stops as soon as every sample is quiet; the remaining rows of
+        ``output`` repeat the final readout, so the shape stays ``[timesteps, ...]``.
+        ``record`` keeps spike and synaptic-operation statistics; ``record_counts`` also
+        the final spike count of every neuron (memory: one tensor per IF layer).
+        """
+        from qffs.errors import QffsError
+
+        if int(timesteps) < 1:
+            raise QffsError(f"timesteps must be >= 1, got {timesteps}")
+        timesteps = int(timesteps)
+        self.reset()
+        stateful = self._stateful()
+        neurons = self.named_neurons()
+        for m in stateful:
+            if isinstance(m, (IFNeuron, GatedLayer)):
+                m.record = record
+        out_neuron = self.graph.get_submodule(self.output_neuron) if self.output_neuron else None
+        batch = x.shape[0]
+        silent = torch.zeros_like(x)
+        last_spike = torch.full((batch,), -1, dtype=torch.long, device=x.device)
+        quiet = torch.zeros(batch, dtype=torch.bool, device=x.device)
+        readouts: list[torch.Tensor] = []
+        integrated = None
+        for t in range(timesteps):
+            for m in stateful:
+                m.step = t
+            out = self.graph(x if t < self.input_window else silent)
+            if out_neuron is not None:
+                readouts.append(out_neuron.count * out_neuron.step_size.to(out.dtype))
+            else:
+                integrated = out if integrated is None else integrated + out
+                readouts.append(integrated / self.input_window)
+            active = torch.zeros(batch, dtype=torch.bool, device=x.device)
+            for _, neuron in neurons:
+                if neuron.active is not None:
+                    active |= neuron.active
+                    neuron.active = None
+            last_spike[active] = t
+            if t >= self.input_window - 1:
+                quiet |= ~active
+                if until_quiet and bool(quiet.all()):
+                    break
+        steps_run = len(readouts)
+        output = torch.stack(readouts + [readouts[-1]] * (timesteps - steps_run))
+        floor = self.input_window if out_neuron is None else 1
+        convergence = torch.clamp(last_spike + 1, min=floor)
+        convergence = torch.where(quiet, convergence, torch.full_like(convergence, steps_run))
+        result = SimulationResult(output, steps_run, self.input_window, convergence, quiet)
+        if record:
+            for name, n in neurons:
+                per_sample = n.count[0].numel() if n.count is not None else 0
+                result.neurons.append(NeuronRecord(name, per_sample, n.pos_spikes, n.neg_spikes,
+                                                   n.count.clone() if record_counts else None))
+            for name, layer in self.named_synapses():
+                if layer.synops is not None:
+                    sample_shape = layer._fanout.shape
+                    result.synapses.append(SynapseRecord(name, layer.synops, layer.events,
+                                                         int(layer._fanout.sum().item())))
+        return result
+
+    # -- description -------------------------------------------------------------------------
+    def summary(self) -> list[dict]:
+        """Per layer, in graph order: kind, θ, Z_max, s, fan-in (weighted layers)."""
+        rows = []
+        for node in self.graph.graph.nodes:
+            if node.op != "call_module":
+                continue
+            m = self.graph.get_submodule(str(node.target))
+            row: dict = {"name": str(node.target)}
+            if isinstance(m, IFNeuron):
+                row.update(kind="IF output" if m.is_output else "IF", threshold=float(m.threshold),
+                           z_max=m.z_max, step_size=float(m.step_size))
+            elif isinstance(m, GatedLayer):
+                w = m.layer.weight
+                row.update(kind=type(m.layer).__name__, fan_in=int(w[0].numel()), bias=m.bias is not None)
+            elif isinstance(m, (EventMaxPool, NaiveMaxPool)):
+                row.update(kind="event max pool" if isinstance(m, EventMaxPool) else "naive max pool")
+            elif isinstance(m, GatedAffine):
+                row.update(kind="affine (BatchNorm)")
+            else:
+                row.update(kind=type(m).__name__)
+            rows.append(row)
+        return rows
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.config.items())
