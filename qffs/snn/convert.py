@@ -10,7 +10,6 @@ before changing anything: what it cannot convert is refused by name, before any 
 from __future__ import annotations
 
 import copy
-import functools
 
 import torch
 from torch import fx, nn
@@ -136,11 +135,21 @@ def _fresh_name(base: str, taken: set[str]) -> str:
     return name
 
 
+class _BoundPool:
+    """A functional max pool with its constant arguments bound: ``pool(c) = fn(c, *args, **kwargs)``."""
+
+    def __init__(self, fn, args: tuple, kwargs: dict):
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+
+    def __call__(self, cumulative: torch.Tensor) -> torch.Tensor:
+        return self.fn(cumulative, *self.args, **self.kwargs)
+
+
 def _pool_callable(node: fx.Node, gm: fx.GraphModule):
     if node.op == "call_module":
         return gm.get_submodule(str(node.target)), repr(gm.get_submodule(str(node.target)))
-    fn = functools.partial(node.target, *node.args[1:], **node.kwargs)
-    return fn, f"{node.target.__name__}{tuple(node.args[1:])}"
+    args, kwargs, fn = tuple(node.args[1:]), dict(node.kwargs), node.target
+    return _BoundPool(fn, args, kwargs), f"{getattr(fn, '__name__', fn)}{args}"
 
 
 def convert(qann: nn.Module, *, input_window: int | None = None, precharge: bool = True,

@@ -1,0 +1,89 @@
+"""Invariant E (SPEC §3) on random graphs: run until quiet, the SNN equals the QANN exactly.
+
+At least 500 generated graphs per run (400 with a spiking output, 100 analog), through the
+real quantize → calibrate → convert path, in float64. The ablations (no negative spikes, no
+pre-charge, naive max pooling) are shown to break it on the same generator.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, find, given, settings
+from hypothesis import strategies as st
+
+from qffs.snn import convert
+from tests.snn_graphs import build_qann, genomes, quantizer_levels
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny graphs run 3x faster on one thread (no thread-pool overhead)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+T_MAX = 200
+
+
+def _exact(g, **convert_kwargs) -> bool:
+    """True when the converged SNN reproduces every QANN level and the QANN output."""
+    qann, x = build_qann(g)
+    snn = convert(qann, **convert_kwargs)
+    result = snn.simulate(x, T_MAX, until_quiet=True, record_counts=True)
+    if not bool(result.converged.all()):
+        return False
+    levels = quantizer_levels(qann, x)
+    counts = {r.name: r.counts for r in result.neurons}
+    same_levels = all(torch.equal(counts[name], level) for name, level in levels.items())
+    return same_levels and torch.equal(result.output[-1], qann(x))
+
+
+@settings(max_examples=400, **SETTINGS)
+@given(genomes())
+def test_invariant_e_spiking_output(g):
+    qann, x = build_qann(g)
+    snn = convert(qann)
+    result = snn.simulate(x, T_MAX, until_quiet=True, record_counts=True)
+    assert result.converged.all(), f"not quiet after {T_MAX} steps"
+    expected = qann(x)
+    assert torch.equal(result.output[-1], expected)           # exactly, float64
+    counts = {r.name: r.counts for r in result.neurons}
+    for name, level in quantizer_levels(qann, x).items():      # every IF layer = QANN integer levels
+        assert torch.equal(counts[name], level), name
+    # the curve is final from each sample's convergence step on
+    for b, step in enumerate(result.convergence_step.tolist()):
+        assert torch.equal(result.output[step - 1, b], expected[b])
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(genomes(output_bits=st.none()))
+def test_invariant_e_analog_output(g):
+    qann, x = build_qann(g)
+    result = convert(qann).simulate(x, T_MAX, until_quiet=True, record_counts=True)
+    assert result.converged.all()
+    # analog readout = Σ_t (W·z_t θ + b·[t<T_in]) / T_in: the same sum in another order, so equal
+    # to float64 rounding, not bit for bit
+    torch.testing.assert_close(result.output[-1], qann(x), rtol=1e-9, atol=1e-9)
+    counts = {r.name: r.counts for r in result.neurons}
+    for name, level in quantizer_levels(qann, x).items():
+        assert torch.equal(counts[name], level), name
+
+
+def test_without_negative_spikes_invariant_e_fails():
+    """The paper's 'occasional noise': an overshoot that cannot be undone."""
+    g = find(genomes(), lambda g: not _exact(g, negative_spikes=False), settings=settings(max_examples=300, **SETTINGS))
+    assert not _exact(g, negative_spikes=False) and _exact(g)
+
+
+def test_without_precharge_invariant_e_fails():
+    g = find(genomes(), lambda g: not _exact(g, precharge=False), settings=settings(max_examples=300, **SETTINGS))
+    assert not _exact(g, precharge=False) and _exact(g)
+
+
+def test_naive_max_pooling_breaks_invariant_e():
+    with_pool = genomes().filter(lambda g: any(b in g.blocks for b in ("maxpool", "fmaxpool", "maxpool_s1")))
+    g = find(with_pool, lambda g: not _exact(g, max_pool="naive"), settings=settings(max_examples=300, **SETTINGS))
+    assert not _exact(g, max_pool="naive") and _exact(g)
