@@ -106,23 +106,129 @@ def _calibration_batches(loader, count: int) -> list[torch.Tensor]:
     return batches
 
 
+def _rebuild_qann(meta: dict[str, Any], state_dict: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
+    """The QANN described by ``meta`` (model spec, bit widths) with ``state_dict`` loaded."""
+    from qffs.quant import quantize
+
+    output_bits = meta.get("output_bits")
+    qann = quantize(build_model(meta["model"]), bits=int(meta["bits"]),
+                    output_bits=None if output_bits is None else int(output_bits))
+    load_into(qann, state_dict, source=source)
+    return qann.eval()
+
+
+def _expect_kind(ckpt, kind: str, path: str | Path) -> None:
+    if ckpt.kind == kind:
+        return
+    advice = {
+        ("qann", "fp"): f"quantize it first: qffs quantize {path} --out qann.pt",
+        ("qann", "foreign"): f"quantize it first: qffs quantize {path} --model SPEC --out qann.pt",
+        ("qann", "snn"): "it is already converted; pass it to qffs evaluate",
+        ("snn", "qann"): f"convert it first: qffs convert {path} --out snn.pt",
+        ("snn", "fp"): f"quantize and convert it first (or use qffs run {path})",
+        ("snn", "foreign"): "quantize and convert it first (qffs run)",
+    }.get((kind, ckpt.kind), "")
+    names = {"fp": "a full-precision", "foreign": "a plain (non-qffs)", "qann": "a quantized-ANN", "snn": "an SNN"}
+    want = {"qann": "a quantized ANN", "snn": "an SNN artifact"}[kind]
+    raise QffsError(f"{path} is {names.get(ckpt.kind, ckpt.kind)} checkpoint, not {want}" + (f"; {advice}" if advice else ""))
+
+
 def load_qann(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a quantized ANN from its checkpoint alone: (GraphModule in eval mode, metadata).
 
     The QANN is re-derived from the recorded model spec and bit widths by ``qffs.quantize``
     (deterministic names), then its state dict — weights, BN statistics, step sizes — is loaded.
     """
-    from qffs.quant import quantize
+    ckpt = load_checkpoint(path)
+    _expect_kind(ckpt, "qann", path)
+    return _rebuild_qann(ckpt.meta, ckpt.state_dict, str(path)), ckpt.meta
+
+
+CONVERT_OPTIONS = ("input_window", "precharge", "negative_spikes", "max_pool")
+
+
+def load_snn(path: str | Path):
+    """Rebuild an SNN artifact: (SpikingNetwork, the QANN it came from, metadata).
+
+    The artifact holds the QANN (spec, bits, state dict) and the conversion options; the
+    conversion is deterministic, so this is the SNN that was written.
+    """
+    from qffs.snn import convert
 
     ckpt = load_checkpoint(path)
-    if ckpt.kind != "qann":
-        hint = " (run qffs quantize on it first)" if ckpt.kind in ("fp", "foreign") else ""
-        raise QffsError(f"{path} is a {ckpt.kind} checkpoint, not a quantized ANN{hint}")
-    meta = ckpt.meta
-    qann = quantize(build_model(meta["model"]), bits=int(meta["bits"]),
-                    output_bits=None if meta.get("output_bits") is None else int(meta["output_bits"]))
-    load_into(qann, ckpt.state_dict, source=str(path))
-    return qann.eval(), meta
+    _expect_kind(ckpt, "snn", path)
+    qann = _rebuild_qann(ckpt.meta, ckpt.state_dict, str(path))
+    options = {k: ckpt.meta["conversion"][k] for k in CONVERT_OPTIONS if k in ckpt.meta.get("conversion", {})}
+    return convert(qann, **options), qann, ckpt.meta
+
+
+def sample_input_shape(dataset: str, root: str | None = None) -> tuple[int, int, int]:
+    from qffs.data import dataset_info
+
+    info = dataset_info(dataset, root)
+    return (info.in_channels, info.image_size, info.image_size)
+
+
+def convert_checkpoint(qann_path: str | Path, out: str | Path, *, input_window: int | None = None,
+                       precharge: bool = True, negative_spikes: bool = True,
+                       max_pool: str = "event") -> tuple[Path, list[dict[str, Any]]]:
+    """QFFS stage 2 as a job: QANN checkpoint → SNN artifact; returns (path, per-layer summary).
+
+    The summary lists, per layer, θ, Z_max, step size, fan-in and neurons per sample (found by
+    one step on a zero input of the dataset's shape).
+    """
+    from qffs.snn import convert
+
+    out = Path(out)
+    if out.suffix not in (".pt", ".pth", ".safetensors"):
+        raise QffsError(f"--out must end in .pt, .pth or .safetensors, got {out.name}")
+    qann, meta = load_qann(qann_path)
+    snn = convert(qann, input_window=input_window, precharge=precharge, negative_spikes=negative_spikes,
+                  max_pool=max_pool)
+    summary = snn.summary()
+    if meta.get("dataset"):
+        shape = sample_input_shape(meta["dataset"])
+        result = snn.simulate(torch.zeros(1, *shape), 1)
+        neurons = {r.name: r.neurons for r in result.neurons}
+        for row in summary:
+            if row["name"] in neurons:
+                row["neurons"] = neurons[row["name"]]
+    keep = {k: v for k, v in meta.items() if k not in ("format", "kind", "created", "qffs_version", "torch_version")}
+    save_checkpoint(out, qann.state_dict(), kind="snn", **{**keep, "model": meta["model"]},
+                    conversion=dict(snn.config), source_qann=str(qann_path), layers=summary)
+    return out, summary
+
+
+def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int, *, device: str = "auto",
+                        double: bool = False) -> dict[str, Any]:
+    """QFFS stage 3 as a job: simulate an SNN artifact on a test set; returns the report dict."""
+    from qffs.evaluate import evaluate_snn
+
+    if timesteps < 1:
+        raise QffsError(f"--timesteps must be >= 1, got {timesteps}")
+    snn, qann, meta = load_snn(snn_path)
+    dataset = data.dataset
+    trained_on = meta.get("dataset")
+    if trained_on and dataset != trained_on and not (
+            {dataset, trained_on} <= {"cifar10", "cifar10-jpeg"}):
+        raise QffsError(f"{snn_path} was trained on {trained_on}, not {dataset}: pass --dataset {trained_on}")
+    _, test_loader = make_loaders(data, train=False)
+    started = time.perf_counter()
+    report = evaluate_snn(snn, test_loader, timesteps, qann=qann, device=resolve_device(device),
+                          dtype=torch.float64 if double else torch.float32)
+    metrics = meta.get("metrics", {})
+    report.update({
+        "title": f"{meta['model']} on {dataset}: {meta.get('bits')}-bit hidden / "
+                 f"{meta.get('output_bits') or 'analog'} output, T_in={snn.input_window}",
+        "fp_accuracy": metrics.get("fp_accuracy"),
+        "qann_accuracy_trained": metrics.get("qann_accuracy"),
+        "model": meta["model"], "dataset": dataset, "snn_artifact": str(snn_path),
+        "bits": meta.get("bits"), "output_bits": meta.get("output_bits"),
+        "seconds": round(time.perf_counter() - started, 1),
+        "config": {"timesteps": timesteps, "batch_size": data.batch_size, "test_limit": data.test_limit,
+                   "device": device, "double": double},
+    })
+    return report
 
 
 def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptions, cfg: TrainConfig, *,
@@ -173,7 +279,7 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
         if not is_main_process():
             return
         metrics = summary()
-        steps = {name: float(q.step_size()) for name, q in quantizers(trained)}
+        steps = {name: float(q.step_size().detach()) for name, q in quantizers(trained)}
         if save:
             save_checkpoint(out, trained.state_dict(), kind="qann", model=spec, metrics=metrics,
                             step_sizes=steps, **meta)
@@ -189,3 +295,39 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     else:
         fit(qann, train_loader, test_loader, cfg, device=dev, on_epoch=on_epoch)
     return {"model": spec, "checkpoint": str(out), **summary()}
+
+
+#: The shipped Fashion-MNIST network the demo starts from.
+SHIPPED_FMNIST = Path(__file__).resolve().parents[1] / "models" / "fmnist_vgg_small.pt"
+
+
+def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions, cfg: TrainConfig, *,
+                 timesteps: int = 16, bits: int = 2, output_bits: int | None = 3, model: str | None = None,
+                 calibration: str = "mse", device: str = "auto", double: bool = False,
+                 log=print) -> dict[str, Any]:
+    """All three stages: quantize (QAT) → convert → evaluate, into ``out_dir``.
+
+    Writes ``qann.pt``, ``snn.pt`` and ``curve.csv/.json/.png`` (each atomically); returns the
+    evaluation report with the paths under ``"files"``.
+    """
+    from qffs.report import write_report
+
+    if timesteps < 1:
+        raise QffsError(f"--timesteps must be >= 1, got {timesteps}")
+    out = Path(out_dir)
+    started = time.perf_counter()
+    log(f"[1/3] quantize: {bits}-bit hidden, {output_bits or 'analog'} output, {cfg.epochs} QAT epoch(s)")
+    q = quantize_checkpoint(checkpoint, out / "qann.pt", data, cfg, bits=bits, output_bits=output_bits,
+                            calibration=calibration, model=model, device=device)
+    log(f"      FP {100 * q['fp_accuracy']:.2f}%  calibrated {100 * q['calibrated_accuracy']:.2f}%  "
+        f"QANN {100 * q['qann_accuracy']:.2f}%  ({q['seconds']:.0f} s)")
+    log("[2/3] convert")
+    snn_path, summary = convert_checkpoint(out / "qann.pt", out / "snn.pt")
+    log(f"      {sum(1 for r in summary if r['kind'].startswith('IF'))} IF layers, "
+        f"{sum(r.get('neurons', 0) for r in summary):,} neurons per sample")
+    log(f"[3/3] evaluate: T = {timesteps}")
+    report = evaluate_checkpoint(snn_path, data, timesteps, device=device, double=double)
+    report["pipeline_seconds"] = round(time.perf_counter() - started, 1)
+    report["quantize"] = q
+    report["files"] = {k: str(v) for k, v in write_report(report, out).items()}
+    return report

@@ -1,0 +1,79 @@
+"""``qffs run`` (all three stages from a pretrained checkpoint) and ``qffs demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.app import app
+
+
+def _finish(report: dict) -> None:
+    from cli.render import print_report
+
+    print_report(report)
+    files = report["files"]
+    typer.echo(f"done in {report['pipeline_seconds']:.0f} s; results in {Path(files['json']).parent}/ "
+               f"(curve.png, curve.csv, curve.json, qann.pt, snn.pt)")
+
+
+@app.command(
+    "run",
+    epilog=(
+        "Examples:\n\n"
+        "  qffs run models/fmnist_vgg_small.pt --out-dir runs/fmnist --epochs 3 --timesteps 16\n\n"
+        "  qffs run resnet20.th --model resnet20 --dataset cifar10-jpeg --epochs 1 --out-dir runs/r20"
+    ),
+)
+def run(
+    checkpoint: Path = typer.Argument(..., help="Pretrained full-precision checkpoint."),
+    out_dir: Path = typer.Option(Path("runs/latest"), "--out-dir", help="Where qann.pt, snn.pt and the curve files go."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec, if the checkpoint does not record it."),
+    dataset: str = typer.Option("fashion-mnist", "--dataset", "-d", help="Dataset for QAT and evaluation."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location."),
+    bits: int = typer.Option(2, help="Hidden activation bits."),
+    output_bits: int = typer.Option(3, help="Output bits; 0 keeps the output analog."),
+    epochs: int = typer.Option(3, help="QAT epochs."),
+    lr: float = typer.Option(0.01, help="QAT learning rate."),
+    batch_size: int = typer.Option(128, help="QAT batch size."),
+    timesteps: int = typer.Option(16, "--timesteps", "-T", help="Simulated time steps."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N training samples."),
+    test_limit: Optional[int] = typer.Option(None, help="Only the first N test samples."),
+    double: bool = typer.Option(False, "--double", help="Simulate in float64."),
+    seed: int = typer.Option(0, help="Random seed."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Quantize, convert and evaluate in one go: a pretrained checkpoint → latency–accuracy curve."""
+    from qffs.recipes import DataOptions, run_pipeline
+    from qffs.train import TrainConfig
+
+    report = run_pipeline(
+        checkpoint, out_dir, DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
+                                         batch_size=batch_size, seed=seed),
+        TrainConfig(epochs=epochs, lr=lr, schedule="exp", no_decay_names=("step",)), timesteps=timesteps,
+        bits=bits, output_bits=output_bits or None, model=model, device=device, double=double, log=typer.echo)
+    _finish(report)
+
+
+@app.command("demo", epilog="Examples:\n\n  qffs demo\n\n  qffs demo --epochs 2 --out-dir runs/demo2")
+def demo(
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out-dir", help="Where the results go."),
+    epochs: int = typer.Option(1, help="QAT epochs (1 keeps the demo to a few minutes on a laptop CPU)."),
+    timesteps: int = typer.Option(16, "--timesteps", "-T", help="Simulated time steps."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N training samples (faster, less accurate)."),
+    test_limit: Optional[int] = typer.Option(None, help="Only the first N test samples."),
+) -> None:
+    """The embedded default: shipped Fashion-MNIST VGG → 2/3-bit QANN → SNN → curve, table and plot."""
+    from qffs.errors import QffsError
+    from qffs.recipes import SHIPPED_FMNIST, DataOptions, run_pipeline
+    from qffs.train import TrainConfig
+
+    if not SHIPPED_FMNIST.is_file():
+        raise QffsError(f"the shipped checkpoint {SHIPPED_FMNIST} is missing (a broken install?)")
+    report = run_pipeline(
+        SHIPPED_FMNIST, out_dir, DataOptions(dataset="fashion-mnist", limit=limit, test_limit=test_limit),
+        TrainConfig(epochs=epochs, lr=0.01, schedule="exp", no_decay_names=("step",)), timesteps=timesteps,
+        log=typer.echo)
+    _finish(report)

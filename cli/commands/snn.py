@@ -1,0 +1,73 @@
+"""``qffs convert`` (stage 2) and ``qffs evaluate`` (stage 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.app import app
+
+
+@app.command(
+    "convert",
+    epilog=(
+        "Examples:\n\n"
+        "  qffs convert qann.pt --out snn.pt\n\n"
+        "  qffs convert qann.pt --out snn_noneg.pt --no-negative-spikes      # ablation: the paper's occasional noise"
+    ),
+)
+def convert(
+    qann: Path = typer.Argument(..., help="QANN checkpoint written by qffs quantize."),
+    out: Path = typer.Option(..., "--out", "-o", help="SNN artifact to write (.pt or .safetensors)."),
+    input_window: Optional[int] = typer.Option(None, help="T_in: steps during which input and biases flow (default: Q of the hidden layers)."),
+    precharge: bool = typer.Option(True, "--precharge/--no-precharge", help="Pre-charge membranes to θ/2 (round instead of floor)."),
+    negative_spikes: bool = typer.Option(True, "--negative-spikes/--no-negative-spikes", help="Allow negative spikes that undo overshoots."),
+    max_pool: str = typer.Option("event", help="Max pooling: event (exact) or naive (ablation)."),
+) -> None:
+    """Convert a quantized ANN into a spiking network artifact and print its layers."""
+    from cli.render import console, layer_table
+    from qffs.recipes import convert_checkpoint
+
+    path, summary = convert_checkpoint(qann, out, input_window=input_window, precharge=precharge,
+                                       negative_spikes=negative_spikes, max_pool=max_pool)
+    console.print(layer_table(summary))
+    typer.echo(f"wrote {path}")
+
+
+@app.command(
+    "evaluate",
+    epilog=(
+        "Examples:\n\n"
+        "  qffs evaluate snn.pt --timesteps 16 --out-dir results/\n\n"
+        "  qffs evaluate snn.pt --dataset fashion-mnist --timesteps 32 --double --limit 1000 --out-dir results/"
+    ),
+)
+def evaluate(
+    snn: Path = typer.Argument(..., help="SNN artifact written by qffs convert (or qffs run)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Test set (default: the one the model was trained on)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location."),
+    timesteps: int = typer.Option(16, "--timesteps", "-T", help="Simulate T steps; the curve covers t = 1..T."),
+    out_dir: Path = typer.Option(Path("results"), "--out-dir", help="Where curve.csv, curve.json and curve.png go."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N test samples."),
+    batch_size: int = typer.Option(256, help="Samples simulated at once."),
+    double: bool = typer.Option(False, "--double", help="Simulate in float64 (exact; float32 may differ at level boundaries)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Simulate an SNN on a test set: accuracy at every time step, spikes, SOPs, energy; CSV/JSON/PNG."""
+    from cli.render import print_report
+    from qffs.io import load_checkpoint
+    from qffs.recipes import DataOptions, evaluate_checkpoint
+    from qffs.report import write_report
+
+    if timesteps < 1:
+        from qffs.errors import QffsError
+
+        raise QffsError(f"--timesteps must be >= 1, got {timesteps}")
+    dataset = dataset or load_checkpoint(snn).meta.get("dataset") or "fashion-mnist"
+    report = evaluate_checkpoint(snn, DataOptions(dataset=dataset, root=data_root, test_limit=limit,
+                                                  batch_size=batch_size), timesteps, device=device, double=double)
+    paths = write_report(report, out_dir)
+    print_report(report)
+    typer.echo(f"results: {paths['csv']}, {paths['json']}, {paths['png']}")

@@ -1,0 +1,63 @@
+"""Terminal rendering of summaries and reports (rich tables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False)
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def layer_table(rows: list[dict[str, Any]]) -> Table:
+    """Per-layer summary of a converted network (θ, Z_max, fan-in, neurons)."""
+    table = Table(title="SNN layers", title_justify="left")
+    for col in ("layer", "kind", "θ", "Z_max", "step s", "fan-in", "neurons/sample"):
+        table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    for r in rows:
+        fmt = lambda k, f="{:.4g}": "" if r.get(k) is None else f.format(r[k])  # noqa: E731
+        table.add_row(r["name"], r["kind"], fmt("threshold"), fmt("z_max", "{}"), fmt("step_size"),
+                      fmt("fan_in", "{}"), fmt("neurons", "{:,}"))
+    return table
+
+
+def curve_table(report: dict[str, Any]) -> Table:
+    """t, SNN accuracy, gap to the QANN, tied predictions."""
+    table = Table()
+    for col in ("t", "SNN acc %", "QANN − SNN (pp)", "tied %"):
+        table.add_column(col, justify="right")
+    qann = report.get("qann_accuracy")
+    for t, acc, tied in zip(report["timesteps"], report["snn_accuracy"], report["tied"]):
+        gap = "" if qann is None else f"{100 * (qann - acc):+.2f}"
+        table.add_row(str(t), _pct(acc), gap, _pct(tied))
+    return table
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    conv = report.get("convergence", {})
+    e = report.get("energy", {})
+    lossless = report.get("latency_to_lossless")
+    lines = [
+        f"samples {report['samples']:,}   FP {_pct(report.get('fp_accuracy'))}%   "
+        f"QANN {_pct(report.get('qann_accuracy'))}%   SNN@T={report['timesteps'][-1]} {_pct(report['snn_accuracy'][-1])}%",
+        f"latency to lossless (≥ QANN − 0.1 pp): {'not reached' if lossless is None else f't = {lossless}'}",
+    ]
+    if conv.get("mean") is not None:
+        lines.append(f"convergence step: mean {conv['mean']:.2f}, p50 {conv['p50']:.0f}, p90 {conv['p90']:.0f}, "
+                     f"p99 {conv['p99']:.0f}, max {conv['max']:.0f}; not quiet by T: {conv['unconverged']}")
+    lines.append(f"spikes per neuron per sample: {report['spikes_per_neuron_per_sample']:.3f}   "
+                 f"SOPs/sample {report['synops_per_sample']:.3g} vs ANN MACs {report['ann_macs_per_sample']:.3g}   "
+                 f"energy SNN {e.get('snn_pj', 0) / 1e6:.3g} µJ vs ANN {e.get('ann_pj', 0) / 1e6:.3g} µJ")
+    return lines
+
+
+def print_report(report: dict[str, Any]) -> None:
+    console.print(report.get("title", "latency–accuracy"), style="bold")
+    console.print(curve_table(report))
+    for line in summary_lines(report):
+        console.print(line)
