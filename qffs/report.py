@@ -12,6 +12,7 @@ import io
 import json
 import math
 import platform
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def plot_curve(report: dict[str, Any], path: str | Path) -> Path:
                     xytext=(4, 4), fontsize=8, color="grey")
     ax.set_xlabel("time step t")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(report.get("title", "latency–accuracy"), fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(report.get("title", "latency–accuracy"), 72)), fontsize=9)
     ax.set_xticks(ts if len(ts) <= 20 else ts[:: max(1, len(ts) // 16)])
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)

@@ -1,0 +1,123 @@
+"""The command line as a user calls it: a subprocess of the installed ``qffs`` script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from qffs.io import save_checkpoint
+from qffs.models import build_model
+
+QFFS = str(Path(sys.executable).parent / "qffs")
+ENV = {**os.environ, "QFFS_PROGRESS": "0"}
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "models" / "fmnist_vgg_small.pt"
+
+
+def qffs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The installed console script in a subprocess, exactly as a user runs it."""
+    return subprocess.run([QFFS, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=600)
+
+
+@pytest.fixture
+def cli(capsys):
+    """The same entry point in-process (fast): returns (exit code, stdout, stderr)."""
+    from cli.main import main
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+    return call
+
+
+@pytest.mark.parametrize("command", ["", "train", "quantize", "convert", "evaluate", "run", "demo", "info"])
+def test_every_command_has_help_with_an_example(cli, command):
+    result = cli(*([command] if command else []), "--help")
+    assert result.returncode == 0
+    assert "Example" in result.stdout and "qffs " in result.stdout
+
+
+@pytest.fixture(scope="module")
+def fp_checkpoint(tmp_path_factory) -> Path:
+    """A small FP checkpoint (random weights) that records its spec and dataset."""
+    path = tmp_path_factory.mktemp("ckpt") / "fp.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, build_model("vgg_small").state_dict(), kind="fp",
+                    model="vgg_small(num_classes=10, in_channels=1)", dataset="fashion-mnist")
+    return path
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qffs: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_missing_file_from_the_real_script(tmp_path):
+    _one_line_error(qffs("evaluate", tmp_path / "nope.pt"), "checkpoint not found", "nope.pt")
+
+
+def test_missing_file(cli, tmp_path):
+    _one_line_error(cli("quantize", tmp_path / "nope.pt", "--out", tmp_path / "q.pt"), "checkpoint not found")
+    _one_line_error(cli("info", tmp_path / "nope.pt"), "checkpoint not found")
+
+
+def test_wrong_artifact_kind(cli, fp_checkpoint, tmp_path):
+    _one_line_error(cli("evaluate", fp_checkpoint), "full-precision checkpoint, not an SNN artifact")
+    _one_line_error(cli("convert", fp_checkpoint, "--out", tmp_path / "s.pt"),
+                    "not a quantized ANN", "qffs quantize")
+    assert not (tmp_path / "s.pt").exists()
+
+
+def test_bad_timesteps_and_unknown_dataset(cli, fp_checkpoint, tmp_path):
+    _one_line_error(cli("run", fp_checkpoint, "--timesteps", "0", "--out-dir", tmp_path), "--timesteps must be >= 1")
+    _one_line_error(cli("run", fp_checkpoint, "--dataset", "imagenet21k", "--out-dir", tmp_path),
+                    "unknown dataset 'imagenet21k'")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_debug_raises_instead_of_one_line(cli, tmp_path):
+    from qffs.errors import QffsError
+
+    with pytest.raises(QffsError, match="checkpoint not found"):
+        cli("--debug", "evaluate", tmp_path / "nope.pt")
+
+
+def test_usage_error_exit_code(cli):
+    result = cli("train", "--epochs", "many", "--out", "x.pt")
+    assert result.returncode == 2 and "Invalid value" in result.stderr
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_on_a_fashion_mnist_subset(tmp_path):
+    """quantize → convert → evaluate as three commands; files, exactness at the last step, a valid PNG."""
+    assert SHIPPED.is_file(), "the shipped checkpoint models/fmnist_vgg_small.pt is missing"
+    qann, snn, out = tmp_path / "qann.pt", tmp_path / "snn.pt", tmp_path / "results"
+    r = qffs("quantize", SHIPPED, "--out", qann, "--epochs", "1", "--limit", "1024", "--test-limit", "256")
+    assert r.returncode == 0, r.stderr
+    r = qffs("convert", qann, "--out", snn)
+    assert r.returncode == 0, r.stderr
+    assert "output_quantizer" in r.stdout and "θ" in r.stdout
+    r = qffs("evaluate", snn, "--timesteps", "24", "--limit", "256", "--double", "--out-dir", out)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["curve.csv", "curve.json", "curve.png"]
+    report = json.loads((out / "curve.json").read_text())
+    assert report["convergence"]["unconverged"] == 0
+    assert report["snn_accuracy"][-1] == report["qann_accuracy"]   # converged SNN = QANN
+    assert all(layer["mismatch_fraction"] == 0 for layer in report["layers"])
+    assert len((out / "curve.csv").read_text().splitlines()) == 25
+    with Image.open(out / "curve.png") as img:
+        img.verify()
+    assert "results:" in r.stdout and "latency to lossless" in r.stdout
