@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import typer
 
+def examples(*lines: str) -> str:
+    """An "Examples:" block that help output keeps verbatim (click's \\b marker: no re-wrapping)."""
+    return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
+
+
 app = typer.Typer(
     name="qffs",
     help=(
         "QFFS: pretrained ANN → 2/3-bit quantized ANN → spiking network that answers in a few "
         "time steps.\n\n"
-        "Examples:\n\n"
-        "  qffs demo                                      # the whole pipeline on the shipped Fashion-MNIST net\n\n"
-        "  qffs train --model vgg_small --dataset fashion-mnist --epochs 15 --out fp.pt\n\n"
-        "  qffs info models/fmnist_vgg_small.pt\n\n"
-        "Errors print one line and exit with code 2; add --debug for the traceback."
+        + examples(
+            "qffs demo                                  # whole pipeline on the shipped Fashion-MNIST net",
+            "qffs quantize fp.pt --out qann.pt          # stage 1: 2-bit hidden / 3-bit output QANN",
+            "qffs convert qann.pt --out snn.pt          # stage 2: IF neurons, thresholds, BN folded",
+            "qffs evaluate snn.pt -T 16 --out-dir res/  # stage 3: latency-accuracy curve",
+            "qffs run fp.pt --out-dir runs/x            # all three stages",
+        )
+        + "\n\nErrors print one line and exit with code 2; add --debug for the traceback."
     ),
     no_args_is_help=True,
     add_completion=False,

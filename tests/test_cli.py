@@ -121,3 +121,9 @@ def test_pipeline_end_to_end_on_a_fashion_mnist_subset(tmp_path):
     with Image.open(out / "curve.png") as img:
         img.verify()
     assert "results:" in r.stdout and "latency to lossless" in r.stdout
+
+
+def test_cli_reference_in_docs_is_current():
+    from cli.docs import render
+
+    assert (REPO / "docs" / "cli.md").read_text() == render(), "regenerate: python -m cli.docs > docs/cli.md"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import typer
 
-from cli.app import app
+from cli.app import app, examples
 
 
-@app.command("info", epilog="Example:\n\n  qffs info models/fmnist_vgg_small.pt")
+@app.command("info", epilog=examples("qffs info models/fmnist_vgg_small.pt"))
 def info(checkpoint: Path = typer.Argument(..., help="A .pt/.pth/.th/.safetensors file.")) -> None:
     """Print a checkpoint's kind, model spec, dataset, metrics and provenance."""
     from qffs.io import load_checkpoint

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import app
+from cli.app import app, examples
 
 
 def _finish(report: dict) -> None:
@@ -21,10 +21,9 @@ def _finish(report: dict) -> None:
 
 @app.command(
     "run",
-    epilog=(
-        "Examples:\n\n"
-        "  qffs run models/fmnist_vgg_small.pt --out-dir runs/fmnist --epochs 3 --timesteps 16\n\n"
-        "  qffs run resnet20.th --model resnet20 --dataset cifar10-jpeg --epochs 1 --out-dir runs/r20"
+    epilog=examples(
+        "qffs run models/fmnist_vgg_small.pt --out-dir runs/fmnist --epochs 3 --timesteps 16",
+        "qffs run resnet20.th --model resnet20 --dataset cifar10-jpeg --epochs 1 --out-dir runs/r20",
     ),
 )
 def run(
@@ -57,7 +56,7 @@ def run(
     _finish(report)
 
 
-@app.command("demo", epilog="Examples:\n\n  qffs demo\n\n  qffs demo --epochs 2 --out-dir runs/demo2")
+@app.command("demo", epilog=examples("qffs demo", "qffs demo --epochs 2 --out-dir runs/demo2"))
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out-dir", help="Where the results go."),
     epochs: int = typer.Option(1, help="QAT epochs (1 keeps the demo to a few minutes on a laptop CPU)."),

@@ -7,16 +7,15 @@ from typing import Optional
 
 import typer
 
-from cli.app import app
+from cli.app import app, examples
 
 
 @app.command(
     "quantize",
-    epilog=(
-        "Examples:\n\n"
-        "  qffs quantize models/fmnist_vgg_small.pt --out qann.pt                    # 2-bit hidden, 3-bit output, 3 epochs\n\n"
-        "  qffs quantize fp.pt --out qann_analog.pt --output-bits 0                  # analog (float) output\n\n"
-        "  qffs quantize resnet20.th --model resnet20 --dataset cifar10-jpeg --epochs 1 --limit 5000 --out r20q.pt"
+    epilog=examples(
+        "qffs quantize models/fmnist_vgg_small.pt --out qann.pt    # 2-bit hidden, 3-bit output, 3 epochs",
+        "qffs quantize fp.pt --out qann_analog.pt --output-bits 0  # analog (float) output",
+        "qffs quantize resnet20.th --model resnet20 --dataset cifar10-jpeg --epochs 1 --limit 5000 --out r20q.pt",
     ),
 )
 def quantize(

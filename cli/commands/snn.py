@@ -7,15 +7,14 @@ from typing import Optional
 
 import typer
 
-from cli.app import app
+from cli.app import app, examples
 
 
 @app.command(
     "convert",
-    epilog=(
-        "Examples:\n\n"
-        "  qffs convert qann.pt --out snn.pt\n\n"
-        "  qffs convert qann.pt --out snn_noneg.pt --no-negative-spikes      # ablation: the paper's occasional noise"
+    epilog=examples(
+        "qffs convert qann.pt --out snn.pt",
+        "qffs convert qann.pt --out snn_noneg.pt --no-negative-spikes   # ablation: the paper's occasional noise",
     ),
 )
 def convert(
@@ -38,10 +37,9 @@ def convert(
 
 @app.command(
     "evaluate",
-    epilog=(
-        "Examples:\n\n"
-        "  qffs evaluate snn.pt --timesteps 16 --out-dir results/\n\n"
-        "  qffs evaluate snn.pt --dataset fashion-mnist --timesteps 32 --double --limit 1000 --out-dir results/"
+    epilog=examples(
+        "qffs evaluate snn.pt --timesteps 16 --out-dir results/",
+        "qffs evaluate snn.pt --dataset fashion-mnist --timesteps 32 --double --limit 1000 --out-dir results/",
     ),
 )
 def evaluate(

@@ -7,16 +7,15 @@ from typing import Optional
 
 import typer
 
-from cli.app import app
+from cli.app import app, examples
 
 
 @app.command(
     "train",
-    epilog=(
-        "Examples:\n\n"
-        "  qffs train --model vgg_small --dataset fashion-mnist --epochs 15 --lr 0.05 --out fp.pt\n\n"
-        "  qffs train --model resnet20 --dataset cifar10-jpeg --epochs 2 --pretrained resnet20.th --out ft.pt\n\n"
-        "  torchrun --nproc-per-node 4 -m cli.main train --model resnet18 --dataset cifar10 --data-root ~/data --out r18.pt"
+    epilog=examples(
+        "qffs train --model vgg_small --dataset fashion-mnist --epochs 15 --lr 0.05 --out fp.pt",
+        "qffs train --model resnet20 --dataset cifar10-jpeg --epochs 2 --pretrained resnet20.th --out ft.pt",
+        "torchrun --nproc-per-node 4 -m cli.main train --model resnet18 --dataset cifar10 --data-root ~/data --out r18.pt",
     ),
 )
 def train(
