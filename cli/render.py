@@ -42,10 +42,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     conv = report.get("convergence", {})
     e = report.get("energy", {})
     lossless = report.get("latency_to_lossless")
+    agreement = report.get("qann_agreement")
     lines = [
         f"samples {report['samples']:,}   FP {_pct(report.get('fp_accuracy'))}%   "
         f"QANN {_pct(report.get('qann_accuracy'))}%   SNN@T={report['timesteps'][-1]} {_pct(report['snn_accuracy'][-1])}%",
-        f"latency to lossless (≥ QANN − 0.1 pp): {'not reached' if lossless is None else f't = {lossless}'}",
+        f"latency to lossless (≥ QANN − 0.1 pp): {'not reached' if lossless is None else f't = {lossless}'}"
+        + ("" if not agreement else f"   predictions equal to the QANN's at T: {100 * agreement[-1]:.2f}%"),
     ]
     if conv.get("mean") is not None:
         lines.append(f"convergence step: mean {conv['mean']:.2f}, p50 {conv['p50']:.0f}, p90 {conv['p90']:.0f}, "

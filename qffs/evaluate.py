@@ -49,6 +49,7 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
         qann = qann.to(device=device, dtype=dtype).eval()
     correct = torch.zeros(timesteps, dtype=torch.float64)
     tied = torch.zeros(timesteps, dtype=torch.float64)
+    agree = torch.zeros(timesteps, dtype=torch.float64)   # SNN prediction == QANN prediction
     qann_correct = qann_tied = 0.0
     samples = 0
     convergence: list[int] = []
@@ -70,6 +71,7 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
             out, levels = _quantizer_levels(qann, x)
             qpred, qtie = predict(out)
             qann_correct += float((qpred == y).sum())
+            agree += (pred == qpred).sum(1).double().cpu()
             qann_tied += float(qtie.sum())
         for rec in result.neurons:
             row = layers.setdefault(rec.name, {"neurons": rec.neurons, "pos": 0.0, "neg": 0.0, "mismatch": 0.0})
@@ -104,6 +106,7 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
         "samples": samples,
         "qann_accuracy": qann_acc,
         "qann_tied": qann_tied / n if qann is not None else None,
+        "qann_agreement": (agree / n).tolist() if qann is not None else None,
         "latency_to_lossless": latency_to_lossless(curve, qann_acc),
         "convergence": {**percentiles(convergence), "unconverged": unconverged},
         "spikes_per_neuron_per_sample": total_spikes / max(total_neurons, 1),

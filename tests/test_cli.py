@@ -116,6 +116,7 @@ def test_pipeline_end_to_end_on_a_fashion_mnist_subset(tmp_path):
     report = json.loads((out / "curve.json").read_text())
     assert report["convergence"]["unconverged"] == 0
     assert report["snn_accuracy"][-1] == report["qann_accuracy"]   # converged SNN = QANN
+    assert report["qann_agreement"][-1] == 1.0                      # prediction by prediction
     assert all(layer["mismatch_fraction"] == 0 for layer in report["layers"])
     assert len((out / "curve.csv").read_text().splitlines()) == 25
     with Image.open(out / "curve.png") as img:
