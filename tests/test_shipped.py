@@ -1,0 +1,40 @@
+"""The shipped Fashion-MNIST checkpoint reloads through the public loader with its accuracy."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from qffs import load_model
+from qffs.data import load_dataset, make_loader
+from qffs.train import evaluate
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+CHECKPOINT = MODELS / "fmnist_vgg_small.pt"
+CARD = MODELS / "fmnist_vgg_small.md"
+
+
+def test_shipped_checkpoint_is_small_and_self_describing():
+    assert CHECKPOINT.stat().st_size < 5 * 2**20
+    model, ckpt = load_model(CHECKPOINT)
+    assert ckpt.kind == "fp" and ckpt.meta["dataset"] == "fashion-mnist"
+    assert ckpt.meta["model"] == "vgg_small(num_classes=10, in_channels=1)"
+
+
+def test_shipped_checkpoint_reaches_its_recorded_accuracy():
+    model, ckpt = load_model(CHECKPOINT)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    result = evaluate(model, make_loader(load_dataset("fashion-mnist", "test"), 500))
+    assert result["samples"] == 10_000
+    assert result["accuracy"] >= 0.925
+    assert result["accuracy"] == pytest.approx(ckpt.meta["metrics"]["test_accuracy"], abs=1e-4)
+
+
+def test_model_card_states_the_measured_accuracy_and_command():
+    card = CARD.read_text()
+    _, ckpt = load_model(CHECKPOINT)
+    assert f"{100 * ckpt.meta['metrics']['test_accuracy']:.2f} %" in card
+    assert re.search(r"qffs train .*--model vgg_small", card)
