@@ -199,6 +199,10 @@ def convert_checkpoint(qann_path: str | Path, out: str | Path, *, input_window: 
     return out, summary
 
 
+def _bits(bits: int | None) -> str:
+    return "analog" if bits is None else f"{bits}-bit"
+
+
 def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int, *, device: str = "auto",
                         double: bool = False) -> dict[str, Any]:
     """QFFS stage 3 as a job: simulate an SNN artifact on a test set; returns the report dict."""
@@ -219,8 +223,9 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
     metrics = meta.get("metrics", {})
     report.update({
         "title": f"{meta['model']} on {dataset}: {meta.get('bits')}-bit hidden / "
-                 f"{meta.get('output_bits') or 'analog'} output, T_in={snn.input_window}",
+                 f"{_bits(meta.get('output_bits'))} output, T_in={snn.input_window}",
         "fp_accuracy": metrics.get("fp_accuracy"),
+        "fp_samples": metrics.get("test_samples"),
         "qann_accuracy_trained": metrics.get("qann_accuracy"),
         "model": meta["model"], "dataset": dataset, "snn_artifact": str(snn_path),
         "bits": meta.get("bits"), "output_bits": meta.get("output_bits"),
@@ -271,7 +276,7 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
 
     def summary() -> dict[str, Any]:
         best = max(history, key=lambda r: r["test_accuracy"]) if history else {"test_accuracy": ptq["accuracy"], "epoch": 0}
-        return {"fp_accuracy": fp["accuracy"], "calibrated_accuracy": ptq["accuracy"],
+        return {"fp_accuracy": fp["accuracy"], "test_samples": fp["samples"], "calibrated_accuracy": ptq["accuracy"],
                 "qann_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
                 "seconds": round(time.perf_counter() - started, 1)}
 
@@ -316,7 +321,7 @@ def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions,
         raise QffsError(f"--timesteps must be >= 1, got {timesteps}")
     out = Path(out_dir)
     started = time.perf_counter()
-    log(f"[1/3] quantize: {bits}-bit hidden, {output_bits or 'analog'} output, {cfg.epochs} QAT epoch(s)")
+    log(f"[1/3] quantize: {bits}-bit hidden, {_bits(output_bits)} output, {cfg.epochs} QAT epoch(s)")
     q = quantize_checkpoint(checkpoint, out / "qann.pt", data, cfg, bits=bits, output_bits=output_bits,
                             calibration=calibration, model=model, device=device)
     log(f"      FP {100 * q['fp_accuracy']:.2f}%  calibrated {100 * q['calibrated_accuracy']:.2f}%  "

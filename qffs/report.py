@@ -80,6 +80,13 @@ def curve_csv(report: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+def fp_label(report: dict[str, Any]) -> str:
+    """Legend text of the FP reference line; names its sample count when it differs from the curve's."""
+    fp_samples = report.get("fp_samples")
+    other_set = f" ({fp_samples:,} test images)" if fp_samples and fp_samples != report.get("samples") else ""
+    return f"FP {100 * report['fp_accuracy']:.2f}%{other_set}"
+
+
 def plot_curve(report: dict[str, Any], path: str | Path) -> Path:
     """PNG of SNN accuracy vs time step, with QANN and FP accuracy as reference lines."""
     import matplotlib
@@ -94,8 +101,7 @@ def plot_curve(report: dict[str, Any], path: str | Path) -> Path:
         ax.axhline(100 * report["qann_accuracy"], ls="--", color="#d62728",
                    label=f"QANN {100 * report['qann_accuracy']:.2f}%")
     if report.get("fp_accuracy") is not None:
-        ax.axhline(100 * report["fp_accuracy"], ls=":", color="#2ca02c",
-                   label=f"FP {100 * report['fp_accuracy']:.2f}%")
+        ax.axhline(100 * report["fp_accuracy"], ls=":", color="#2ca02c", label=fp_label(report))
     lossless = report.get("latency_to_lossless")
     if lossless:
         ax.axvline(lossless, color="grey", lw=1, alpha=0.6)

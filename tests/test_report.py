@@ -45,3 +45,11 @@ def test_write_report_files(tmp_path):
         img.verify()
         assert img.format == "PNG"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["curve.csv", "curve.json", "curve.png"]
+
+
+def test_fp_reference_names_its_sample_count_only_when_it_differs():
+    from qffs.report import fp_label
+
+    assert fp_label({"fp_accuracy": 0.9341, "fp_samples": 10_000, "samples": 10_000}) == "FP 93.41%"
+    assert fp_label({"fp_accuracy": 0.9341, "fp_samples": 10_000, "samples": 512}) == "FP 93.41% (10,000 test images)"
+    assert fp_label({"fp_accuracy": 0.9341}) == "FP 93.41%"   # QANNs written before fp_samples existed
