@@ -67,6 +67,24 @@ def test_boundaries_v0_and_vQ_are_inside_the_straight_through_range():
     assert math.isclose(float(q.step.grad), 3.0 / math.sqrt(4 * 3), rel_tol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bits", [1, 2, 3])
+def test_straight_through_range_is_closed_to_the_last_representable_value(dtype, bits):
+    """dq/dx = 1 exactly on [0, Q]: at 0 and Q, and 0 at their nearest neighbours outside, in every dtype."""
+    q = LSQActivation(bits, step=1.0).to(dtype)  # s = 1, so v = x
+    levels = torch.tensor(float(q.levels), dtype=dtype)
+    below = -torch.finfo(dtype).tiny * torch.finfo(dtype).eps          # largest negative value of dtype
+    above = torch.nextafter(levels.double(), torch.tensor(100.0, dtype=torch.float64)).to(dtype)
+    if not above > levels:  # half types: the double neighbour rounds back to Q; step one ulp of Q up
+        above = levels + 2.0 ** math.floor(math.log2(q.levels)) * torch.finfo(dtype).eps
+        assert (above - levels) > 0 and float(above - levels) == float(torch.finfo(dtype).eps * 2.0 ** math.floor(math.log2(q.levels)))
+    x = torch.tensor([[below, 0.0, 0.5, float(levels), float(above)]], dtype=dtype)
+    assert x[0, 0] < 0 and x[0, 4] > levels
+    x.requires_grad_()
+    q(x).sum().backward()
+    assert x.grad.float().tolist() == [[0.0, 1.0, 1.0, 1.0, 0.0]]
+
+
 def test_step_stays_positive_and_a_gradient_step_brings_it_back():
     q = _quantizer(2, 1.0)
     with torch.no_grad():
