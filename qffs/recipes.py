@@ -245,7 +245,7 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     Steps: load the FP model, measure its accuracy; ``quantize`` it (every ReLU → LSQ
     quantizer, logits → output quantizer); initialise step sizes on a few training batches;
     QAT for ``cfg.epochs`` (step sizes without weight decay unless ``cfg.no_decay_names`` is
-    emptied); keep the best epoch. Writes ``out`` (kind "qann": spec, bits, step sizes, state
+    emptied; with ``cfg.distill > 0`` the FP model is the distillation teacher); keep the best epoch. Writes ``out`` (kind "qann": spec, bits, step sizes, state
     dict, metrics, provenance) and ``.metrics.json`` beside it.
     """
     from qffs.io import load_model
@@ -298,7 +298,8 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     if cfg.epochs == 0:
         write(qann, save=True)
     else:
-        fit(qann, train_loader, test_loader, cfg, device=dev, on_epoch=on_epoch)
+        fit(qann, train_loader, test_loader, cfg, device=dev, on_epoch=on_epoch,
+            teacher=fp_model if cfg.distill > 0 else None)
     return {"model": spec, "checkpoint": str(out), **summary()}
 
 

@@ -34,6 +34,8 @@ class TrainConfig:
     schedule: str = "cosine"          # "cosine" | "exp" | "constant"
     gamma: float = 0.9                # per-epoch factor for "exp"
     label_smoothing: float = 0.0
+    distill: float = 0.0              # weight of the teacher's soft targets in the loss (0: plain cross-entropy)
+    temperature: float = 1.0          # softmax temperature of the distillation term
     no_decay_names: tuple[str, ...] = field(default_factory=tuple)  # parameter-name suffixes without weight decay
 
     def validate(self) -> None:
@@ -45,6 +47,10 @@ class TrainConfig:
             raise QffsError(f"learning rate must be > 0, got {self.lr}")
         if self.schedule not in ("cosine", "exp", "constant"):
             raise QffsError(f"unknown schedule {self.schedule!r}; use cosine, exp or constant")
+        if not 0.0 <= self.distill <= 1.0:
+            raise QffsError(f"distillation weight must be in [0, 1], got {self.distill}")
+        if self.temperature <= 0:
+            raise QffsError(f"distillation temperature must be > 0, got {self.temperature}")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -101,6 +107,13 @@ def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu",
     return {"accuracy": correct / count, "loss": loss_sum / count, "tied": ties / count, "samples": int(count)}
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Hinton's soft-target term: τ²·KL(softmax(teacher/τ) ‖ softmax(student/τ)), batch mean."""
+    log_p = nn.functional.log_softmax(student.float() / temperature, dim=-1)
+    log_q = nn.functional.log_softmax(teacher.float() / temperature, dim=-1)
+    return nn.functional.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * temperature**2
+
+
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -122,15 +135,23 @@ def _lr_factor(cfg: TrainConfig, progress: float, epoch: int) -> float:
 
 
 def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
-        device: torch.device | str = "cpu",
+        device: torch.device | str = "cpu", teacher: nn.Module | None = None,
         on_epoch: Callable[[dict[str, Any], nn.Module], None] | None = None,
         log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
     """Train ``model`` in place; return (per-epoch history, best state dict by test accuracy).
 
     ``on_epoch(record, model)`` is called on every rank after each evaluation (rank 0 decides
     what to write). The cosine schedule decays per iteration to zero at the last step.
+    With ``teacher`` and ``cfg.distill = w > 0`` the loss is
+    ``(1 − w)·CE(model(x), y) + w·distillation_loss(model(x), teacher(x))``, the teacher in eval mode.
     """
     cfg.validate()
+    if cfg.distill > 0 and teacher is None:
+        from qffs.errors import QffsError
+
+        raise QffsError("cfg.distill > 0 needs a teacher model")
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
     device = torch.device(device)
     model.to(device)
     net: nn.Module = model
@@ -156,6 +177,10 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = net(x)
             loss = criterion(out, y)
+            if cfg.distill > 0:
+                with torch.no_grad():
+                    soft = teacher(x)
+                loss = (1 - cfg.distill) * loss + cfg.distill * distillation_loss(out, soft, cfg.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -44,3 +44,45 @@ def test_predict_ties_go_to_lowest_index():
 def test_bad_config(kwargs, message):
     with pytest.raises(QffsError, match=message):
         TrainConfig(**kwargs).validate()
+
+
+def test_distillation_loss_is_zero_for_the_teachers_logits_and_positive_otherwise():
+    from qffs.train import distillation_loss
+
+    t = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, 1.0]])
+    assert distillation_loss(t, t).item() == pytest.approx(0.0, abs=1e-7)
+    assert distillation_loss(t + 5.0, t).item() == pytest.approx(0.0, abs=1e-6)   # softmax is shift-invariant
+    assert distillation_loss(t.flip(-1), t).item() > 0.1
+    # τ² scaling: at high temperature the term tends to (1/2N)·Σ(centred logit differences)² per sample
+    s = t + torch.tensor([[0.3, -0.3, 0.0], [0.0, 0.2, -0.2]])
+    hot = distillation_loss(s, t, temperature=100.0).item()
+    centred = (s - t) - (s - t).mean(-1, keepdim=True)
+    assert hot == pytest.approx(float(centred.pow(2).sum(-1).mean() / (2 * 3)), rel=5e-2)  # O(logit/τ) off
+
+
+def test_fit_with_a_teacher_pulls_the_student_towards_its_outputs():
+    """distill = 1: labels are ignored, so a student trained on a teacher that swaps two classes learns the swap."""
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3))
+    train = DataLoader(_blobs(), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    test = DataLoader(_blobs(seed=1), batch_size=64)
+    fit(teacher, train, test, TrainConfig(epochs=3, lr=0.1), log=lambda _: None)
+    swapped = nn.Sequential(teacher, nn.Linear(3, 3, bias=False))
+    with torch.no_grad():
+        swapped[1].weight.copy_(torch.eye(3)[[1, 0, 2]])
+    student = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3))
+    fit(student, train, test, TrainConfig(epochs=4, lr=0.1, distill=1.0, temperature=2.0), teacher=swapped,
+        log=lambda _: None)
+    x, y = next(iter(test))
+    agree = (student(x).argmax(-1) == swapped(x).argmax(-1)).float().mean().item()
+    assert agree > 0.9 and evaluate(student, test)["accuracy"] < 0.5
+
+
+def test_distillation_needs_a_teacher_and_a_valid_weight():
+    model = nn.Linear(2, 3)
+    loader = DataLoader(_blobs(32), batch_size=16)
+    with pytest.raises(QffsError, match="teacher"):
+        fit(model, loader, loader, TrainConfig(epochs=1, distill=0.5), log=lambda _: None)
+    for bad in ({"distill": 1.5}, {"temperature": 0.0}):
+        with pytest.raises(QffsError, match="distillation"):
+            TrainConfig(**bad).validate()

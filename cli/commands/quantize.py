@@ -33,6 +33,8 @@ def quantize(
     schedule: str = typer.Option("exp", help="Learning-rate decay: exp (paper), cosine or constant."),
     gamma: float = typer.Option(0.9, help="Per-epoch decay factor for --schedule exp."),
     batch_size: int = typer.Option(128, help="Batch size (paper: 32; larger is faster on CPU)."),
+    distill: float = typer.Option(0.0, help="Weight of knowledge distillation from the FP model (0: off, 0.5: half CE, half soft targets)."),
+    temperature: float = typer.Option(1.0, help="Softmax temperature of the distillation term."),
     calibration: str = typer.Option("mse", help="Step-size initialisation: mse or lsq (2*mean|x|/sqrt(Q))."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
     test_limit: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
@@ -49,7 +51,7 @@ def quantize(
         DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
                     batch_size=batch_size, workers=workers, seed=seed),
         TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
-                    gamma=gamma, no_decay_names=("step",)),
+                    gamma=gamma, no_decay_names=("step",), distill=distill, temperature=temperature),
         bits=bits, output_bits=output_bits or None, calibration=calibration, model=model, device=device,
     )
     typer.echo(
