@@ -36,6 +36,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     distill: float = 0.0              # weight of the teacher's soft targets in the loss (0: plain cross-entropy)
     temperature: float = 1.0          # softmax temperature of the distillation term
+    freeze_bn: bool = False           # BatchNorm uses (and keeps) its running statistics while training
     no_decay_names: tuple[str, ...] = field(default_factory=tuple)  # parameter-name suffixes without weight decay
 
     def validate(self) -> None:
@@ -107,6 +108,18 @@ def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu",
     return {"accuracy": correct / count, "loss": loss_sum / count, "tied": ties / count, "samples": int(count)}
 
 
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Put every BatchNorm in eval mode: it normalises with its running statistics and stops updating them.
+
+    In QAT this makes training see the normalisation that evaluation (and the SNN, where BN is
+    folded into the weights) will use, so quantizer steps are learned against the final
+    pre-activations; the affine parameters still train.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Hinton's soft-target term: τ²·KL(softmax(teacher/τ) ‖ softmax(student/τ)), batch mean."""
     log_p = nn.functional.log_softmax(student.float() / temperature, dim=-1)
@@ -168,6 +181,8 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
         if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
         net.train()
+        if cfg.freeze_bn:
+            freeze_batchnorm(model)
         start = time.perf_counter()
         loss_sum = seen = correct = 0.0
         for x, y in track(train_loader, f"epoch {epoch + 1}/{cfg.epochs}"):

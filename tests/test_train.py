@@ -86,3 +86,16 @@ def test_distillation_needs_a_teacher_and_a_valid_weight():
     for bad in ({"distill": 1.5}, {"temperature": 0.0}):
         with pytest.raises(QffsError, match="distillation"):
             TrainConfig(**bad).validate()
+
+
+def test_freeze_bn_keeps_running_statistics_and_still_trains_the_affine_parameters():
+    loader = DataLoader(_blobs(64), batch_size=16)
+    for freeze in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+        stats = model[1].running_mean.clone(), model[1].running_var.clone()
+        weight = model[1].weight.detach().clone()
+        fit(model, loader, loader, TrainConfig(epochs=1, lr=0.1, freeze_bn=freeze), log=lambda _: None)
+        same_stats = torch.equal(model[1].running_mean, stats[0]) and torch.equal(model[1].running_var, stats[1])
+        assert same_stats is freeze
+        assert not torch.equal(model[1].weight.detach(), weight)
