@@ -107,12 +107,19 @@ def plot_curve(report: dict[str, Any], path: str | Path) -> Path:
         ax.axvline(lossless, color="grey", lw=1, alpha=0.6)
         ax.annotate(f"lossless at t={lossless}", (lossless, (min(acc) + max(acc)) / 2), textcoords="offset points",
                     xytext=(4, 4), fontsize=8, color="grey")
+    ax.set_xticks(ts if len(ts) <= 20 else ts[:: max(1, len(ts) // 16)])
+    return save_accuracy_plot(fig, ax, report.get("title", "latency–accuracy"), path)
+
+
+def save_accuracy_plot(fig, ax, title: str, path: str | Path, legend_size: int = 8) -> Path:
+    """Label an accuracy-per-time-step axis, then write the figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel("time step t")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("\n".join(textwrap.wrap(report.get("title", "latency–accuracy"), 72)), fontsize=9)
-    ax.set_xticks(ts if len(ts) <= 20 else ts[:: max(1, len(ts) // 16)])
+    ax.set_title("\n".join(textwrap.wrap(title, 72)), fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=legend_size)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -45,13 +45,12 @@ def run(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Quantize, convert and evaluate in one go: a pretrained checkpoint → latency–accuracy curve."""
-    from qffs.recipes import DataOptions, run_pipeline
-    from qffs.train import TrainConfig
+    from qffs.recipes import DataOptions, qat_config, run_pipeline
 
     report = run_pipeline(
         checkpoint, out_dir, DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
                                          batch_size=batch_size, seed=seed),
-        TrainConfig(epochs=epochs, lr=lr, schedule="exp", no_decay_names=("step",)), timesteps=timesteps,
+        qat_config(epochs, lr), timesteps=timesteps,
         bits=bits, output_bits=output_bits or None, model=model, device=device, double=double, log=typer.echo)
     _finish(report)
 
@@ -66,13 +65,12 @@ def demo(
 ) -> None:
     """The embedded default: shipped Fashion-MNIST VGG → 2/3-bit QANN → SNN → curve, table and plot."""
     from qffs.errors import QffsError
-    from qffs.recipes import SHIPPED_FMNIST, DataOptions, run_pipeline
-    from qffs.train import TrainConfig
+    from qffs.recipes import SHIPPED_FMNIST, DataOptions, qat_config, run_pipeline
 
     if not SHIPPED_FMNIST.is_file():
         raise QffsError(f"the shipped checkpoint {SHIPPED_FMNIST} is missing (a broken install?)")
     report = run_pipeline(
         SHIPPED_FMNIST, out_dir, DataOptions(dataset="fashion-mnist", limit=limit, test_limit=test_limit),
-        TrainConfig(epochs=epochs, lr=0.01, schedule="exp", no_decay_names=("step",)), timesteps=timesteps,
+        qat_config(epochs), timesteps=timesteps,
         log=typer.echo)
     _finish(report)
