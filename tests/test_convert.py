@@ -160,6 +160,17 @@ def test_simulate_until_quiet_pads_and_records():
     assert torch.allclose(first.events, torch.full_like(first.events, 3 * 28 * 28))
 
 
+def test_until_quiet_without_recording_still_runs_to_quiet():
+    """Quiet detection does not depend on the spike statistics: record=False stops at the same step."""
+    qann, x = _qann()
+    snn = convert(qann.double())
+    recorded = snn.simulate(x.double(), 40, until_quiet=True)
+    bare = snn.simulate(x.double(), 40, until_quiet=True, record=False)
+    assert bare.steps_run == recorded.steps_run > snn.input_window
+    assert torch.equal(bare.convergence_step, recorded.convergence_step)
+    assert torch.equal(bare.output[-1], qann.double()(x.double()))
+
+
 def test_fan_out_is_exact_at_padded_borders():
     conv = GatedLayer(nn.Conv2d(1, 2, 3, padding=1, bias=False))
     fan = conv.fanout(torch.zeros(1, 1, 4, 4))

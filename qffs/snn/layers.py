@@ -32,6 +32,7 @@ class GatedLayer(Stateful):
         self.synops: torch.Tensor | None = None   # per sample, summed over steps
         self.events: torch.Tensor | None = None   # nonzero inputs per sample, summed over steps
         self._fanout: torch.Tensor | None = None
+        self._tally: torch.Tensor | None = None   # [inputs per sample, 2]: fan-out, 1
 
     def fanout(self, x: torch.Tensor) -> torch.Tensor:
         """Synapses driven by each input element (shape of one sample), computed once per shape."""
@@ -43,6 +44,7 @@ class GatedLayer(Stateful):
                 out = self._weighted(probe, torch.ones_like(w))
                 (grad,) = torch.autograd.grad(out.sum(), probe)
             self._fanout = grad[0].detach()
+            self._tally = torch.stack([self._fanout.flatten(), torch.ones_like(self._fanout).flatten()], 1)
         return self._fanout
 
     def _weighted(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -61,11 +63,11 @@ class GatedLayer(Stateful):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.record:
-            nonzero = (x != 0).to(x.dtype)
-            per_sample = (nonzero * self.fanout(x)).flatten(1).sum(1)
-            count = nonzero.flatten(1).sum(1)
-            self.synops = per_sample if self.synops is None else self.synops + per_sample
-            self.events = count if self.events is None else self.events + count
+            self.fanout(x)
+            # one pass: [B, inputs] events × [inputs, 2] (fan-out, 1) = per-sample SOPs and event counts
+            tally = (x != 0).flatten(1).to(x.dtype) @ self._tally.to(x.dtype)
+            self.synops = tally[:, 0] if self.synops is None else self.synops + tally[:, 0]
+            self.events = tally[:, 1] if self.events is None else self.events + tally[:, 1]
         out = self.layer(x)
         if self.bias is not None and self.in_window:
             shape = (1, -1) + (1,) * (out.dim() - 2)

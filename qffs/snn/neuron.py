@@ -56,23 +56,28 @@ class IFNeuron(Stateful):
         self.neg_spikes = torch.zeros(batch, dtype=torch.long, device=current.device)
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
-        if self.membrane is None or self.membrane.shape != current.shape:
+        if self.membrane is None or self.membrane.shape != current.shape or self.membrane.dtype != current.dtype:
             self._init_state(current)
         theta = self.threshold.to(current.dtype)
-        u = self.membrane + current
-        fire = (u >= theta) & (self.count < self.z_max)
-        spikes = fire.to(current.dtype)
-        if self.negative_spikes:
-            unfire = (u < 0) & (self.count > 0)
-            spikes = spikes - unfire.to(current.dtype)
-        self.membrane = u - spikes * theta
-        self.count = self.count + spikes
+        u = self.membrane.add_(current)                      # the state is ours: update in place
+        fire = u.ge(theta).logical_and_(self.count.lt(self.z_max))
+        if self.negative_spikes:                             # never together with fire, as θ > 0
+            unfire = u.lt(0).logical_and_(self.count.gt(0))
+            spikes = (fire.view(torch.int8) - unfire.view(torch.int8)).to(current.dtype)
+        else:
+            spikes = fire.to(current.dtype)
+        out = spikes * theta                                 # exact: spikes ∈ {−1, 0, 1}
+        u.sub_(out)
+        self.count.add_(spikes)
+        # per-sample spike counts: summing bytes is ~20x faster than summing a bool tensor
+        pos = fire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
+        neg = unfire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32) if self.negative_spikes else None
         if self.record:
-            self.pos_spikes += fire.flatten(1).sum(1)
-            if self.negative_spikes:
-                self.neg_spikes += unfire.flatten(1).sum(1)
-            self.active = (spikes != 0).flatten(1).any(1)
-        return spikes * theta
+            self.pos_spikes += pos
+            if neg is not None:
+                self.neg_spikes += neg
+        self.active = (pos > 0) if neg is None else (pos + neg > 0)  # the network detects quiet from this
+        return out
 
     def extra_repr(self) -> str:
         return (f"threshold={float(self.threshold):.4g}, z_max={self.z_max}, precharge={self.precharge}, "

@@ -32,7 +32,7 @@ class EventMaxPool(Stateful):
         if self.cumulative is None or self.cumulative.shape != events.shape:
             self.cumulative = torch.zeros_like(events)
             self.pooled = None
-        self.cumulative = self.cumulative + events
+        self.cumulative.add_(events)                       # the state is ours: update in place
         pooled = self.pool(self.cumulative)
         out = pooled if self.pooled is None else pooled - self.pooled
         self.pooled = pooled
