@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 console = Console(highlight=False)
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    # A pipe or a log file has no width; rich would assume 80 and cut layer names short.
+    console.width = 120
 
 
 def _pct(value: float | None) -> str:
@@ -18,7 +22,8 @@ def layer_table(rows: list[dict[str, Any]]) -> Table:
     """Per-layer summary of a converted network (θ, Z_max, fan-in, neurons)."""
     table = Table(title="SNN layers", title_justify="left")
     for col in ("layer", "kind", "θ", "Z_max", "step s", "fan-in", "neurons/sample"):
-        table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+        text = col in ("layer", "kind")   # names are never cut: users grep them
+        table.add_column(col, justify="left" if text else "right", no_wrap=text)
     for r in rows:
         fmt = lambda k, f="{:.4g}": "" if r.get(k) is None else f.format(r[k])  # noqa: E731
         table.add_row(r["name"], r["kind"], fmt("threshold"), fmt("z_max", "{}"), fmt("step_size"),

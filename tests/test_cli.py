@@ -16,7 +16,7 @@ from qffs.io import save_checkpoint
 from qffs.models import build_model
 
 QFFS = str(Path(sys.executable).parent / "qffs")
-ENV = {**os.environ, "QFFS_PROGRESS": "0"}
+ENV = {**os.environ, "QFFS_PROGRESS": "0", "COLUMNS": "80"}   # CI pipes are 80 wide
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "fmnist_vgg_small.pt"
 
