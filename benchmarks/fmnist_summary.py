@@ -41,8 +41,8 @@ def qat_table(d: Path) -> list[str]:
         hist = [pct(h["test_accuracy"]) for h in m["history"]] + ["—"] * (3 - len(m["history"]))
         per_epoch = sum(h["epoch_seconds"] for h in m["history"]) / max(len(m["history"]), 1)
         met = m["metrics"]
-        cmd = json.loads((d / f"quantize_{key[1:]}.time.json").read_text())["command"] \
-            if (d / f"quantize_{key[1:]}.time.json").is_file() else ""
+        timing = d / f"quantize_{key[1:]}.time.json"
+        cmd = json.loads(timing.read_text())["command"].split("/bin/")[-1] if timing.is_file() else ""
         rows.append(f"| {name} | {pct(met['fp_accuracy'])} | {pct(met['calibrated_accuracy'])} | "
                     + " | ".join(hist[:3])
                     + f" | {100 * (met['qann_accuracy'] - met['fp_accuracy']):+.2f} | {per_epoch:.0f} | `{cmd}` |")
@@ -69,8 +69,8 @@ def curve_table(curves: dict[str, dict], keys: list[str]) -> list[str]:
 def measures_table(curves: dict[str, dict], keys: list[str]) -> list[str]:
     keys = [k for k in keys if k in curves]
     rows = ["| network | QANN | SNN at T | = QANN prediction at T | lossless at t | convergence mean / p50 / p99 / max | "
-            "not quiet by T | neurons ≠ QANN level | spikes/neuron | SOPs / ANN MACs | energy SNN/ANN | simulation s |",
-            "| --- |" + " --- |" * 11]
+            "not quiet by T | neurons ≠ QANN level | spikes/neuron | SOPs / ANN MACs | energy SNN/ANN |",
+            "| --- |" + " --- |" * 10]
     for k in keys:
         r = curves[k]
         c = r["convergence"]
@@ -80,7 +80,7 @@ def measures_table(curves: dict[str, dict], keys: list[str]) -> list[str]:
             f"| {CURVES[k]} | {pct(r['qann_accuracy'])} | {pct(r['snn_accuracy'][-1])} | {pct(r['qann_agreement'][-1])} | "
             f"{r['latency_to_lossless'] or 'not reached'} | {conv} | {c['unconverged']} | {100 * mismatch:.3f} % | "
             f"{r['spikes_per_neuron_per_sample']:.3f} | {r['synops_per_sample'] / 1e6:.2f} M / {r['ann_macs_per_sample'] / 1e6:.2f} M | "
-            f"{r['energy']['ratio']:.3f} | {r['seconds']:.0f} |")
+            f"{r['energy']['ratio']:.3f} |")
     return rows
 
 
