@@ -258,8 +258,9 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     Steps: load the FP model, measure its accuracy; ``quantize`` it (every ReLU → LSQ
     quantizer, logits → output quantizer); initialise step sizes on a few training batches;
     QAT for ``cfg.epochs`` (step sizes without weight decay unless ``cfg.no_decay_names`` is
-    emptied; with ``cfg.distill > 0`` the FP model is the distillation teacher); keep the best epoch. Writes ``out`` (kind "qann": spec, bits, step sizes, state
-    dict, metrics, provenance) and ``.metrics.json`` beside it.
+    emptied; with ``cfg.distill > 0`` the FP model is the distillation teacher); keep the best
+    epoch. Writes ``out`` (kind "qann": spec, bits, step sizes, state dict, metrics,
+    provenance) and ``.metrics.json`` beside it.
     """
     from qffs.io import load_model
     from qffs.quant import calibrate, quantize, quantizers

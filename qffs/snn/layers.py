@@ -44,7 +44,7 @@ class GatedLayer(Stateful):
                 out = self._weighted(probe, torch.ones_like(w))
                 (grad,) = torch.autograd.grad(out.sum(), probe)
             self._fanout = grad[0].detach()
-            self._tally = torch.stack([self._fanout.flatten(), torch.ones_like(self._fanout).flatten()], 1)
+            self._tally = None
         return self._fanout
 
     def _weighted(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -63,9 +63,11 @@ class GatedLayer(Stateful):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.record:
-            self.fanout(x)
+            fanout = self.fanout(x)
+            if self._tally is None or self._tally.dtype != x.dtype:   # built once per shape and dtype
+                self._tally = torch.stack([fanout.flatten(), torch.ones_like(fanout).flatten()], 1).to(x.dtype)
             # one pass: [B, inputs] events × [inputs, 2] (fan-out, 1) = per-sample SOPs and event counts
-            tally = (x != 0).flatten(1).to(x.dtype) @ self._tally.to(x.dtype)
+            tally = (x != 0).flatten(1).to(x.dtype) @ self._tally
             self.synops = tally[:, 0] if self.synops is None else self.synops + tally[:, 0]
             self.events = tally[:, 1] if self.events is None else self.events + tally[:, 1]
         out = self.layer(x)

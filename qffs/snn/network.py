@@ -151,7 +151,6 @@ class SpikingNetwork(nn.Module):
                                                    n.count.clone() if record_counts else None))
             for name, layer in self.named_synapses():
                 if layer.synops is not None:
-                    sample_shape = layer._fanout.shape
                     result.synapses.append(SynapseRecord(name, layer.synops, layer.events,
                                                          int(layer._fanout.sum().item())))
         return result
