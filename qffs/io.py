@@ -1,16 +1,30 @@
 """Checkpoints: load anything people have, write one self-describing format, atomically.
 
-Reading accepts ``.pt/.pth/.th`` (``torch.load(weights_only=True)`` always: a file that needs
-arbitrary pickled objects is refused) and ``.safetensors``; a plain state dict or a dict with a
-``state_dict``/``model``/``net`` entry; ``module.`` prefixes (DataParallel/DDP) are stripped.
+Reading accepts what public repositories and older PyTorch releases wrote, without running
+code:
+
+- ``.pt/.pth/.th/.tar`` through ``torch.load(weights_only=True)`` always (plus the harmless
+  globals training scripts put beside the weights: ``argparse.Namespace``, numpy scalars and
+  arrays); a file that needs any other pickled object is refused, naming what it needs;
+  ``.safetensors`` through safetensors;
+- tensors saved on a GPU load on the CPU (``map_location``);
+- a plain state dict, or one nested under ``state_dict``/``model``/``net``/``model_state_dict``/
+  ``ema``/``state_dict_ema``/``model_ema`` next to non-tensor entries (epoch, accuracy,
+  optimizer state);
+- the ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile) prefixes, in any
+  combination;
+- BatchNorm without ``num_batches_tracked`` (PyTorch < 0.4.1): :func:`load_into` lets
+  PyTorch's own ``load_state_dict`` rules decide what is missing, and they back-fill it.
 
 Every file qffs writes holds the state dict plus a ``qffs`` metadata dict that says how to
-rebuild the model (its spec string), the dataset, metrics and the qffs version, and is written
-to a temporary file first and renamed into place: a crash never leaves half a file.
+rebuild the model (its spec string), the dataset and preprocessing, metrics and the qffs
+version, and is written to a temporary file first and renamed into place: a crash never
+leaves half a file.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as _dt
 import json
@@ -28,16 +42,25 @@ from torch import nn
 from qffs.errors import QffsError
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".safetensors")
-_NESTED_KEYS = ("state_dict", "model", "net", "model_state_dict")
+#: Where training scripts nest the weights, in the order they are looked for.
+NESTED_KEYS = ("state_dict", "model", "net", "model_state_dict", "ema", "state_dict_ema", "model_ema")
+#: Prefixes that wrappers add to every key: DataParallel/DDP and torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: tensors plus the qffs metadata (empty for foreign files)."""
+    """A loaded checkpoint: tensors plus the qffs metadata (empty for foreign files).
+
+    ``entry`` says where in the file the weights were found ("" for a plain state dict,
+    "state_dict", "model.ema", …); ``stripped`` lists the wrapper prefixes removed.
+    """
 
     state_dict: dict[str, torch.Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    entry: str = ""
+    stripped: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -67,37 +90,70 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def _strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:
-    if state_dict and all(k.startswith(prefix) for k in state_dict):
-        return {k[len(prefix):]: v for k, v in state_dict.items()}
-    return dict(state_dict)
+def strip_wrapper_prefixes(state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Remove ``module.``/``_orig_mod.`` while every key carries one; returns (dict, prefixes removed)."""
+    out, removed = dict(state_dict), []
+    while out:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in out)), None)
+        if prefix is None:
+            break
+        out = {k[len(prefix):]: v for k, v in out.items()}
+        removed.append(prefix)
+    return out, tuple(removed)
 
 
-def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _find_weights(obj: Any, path: Path, entry: str = "", depth: int = 0) -> tuple[Mapping[str, Any], str]:
+    """The mapping that holds the tensors, and the key path that led to it."""
+    if not isinstance(obj, Mapping):
+        raise QffsError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    if depth < 3:
+        for key in NESTED_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                return _find_weights(obj[key], path, f"{entry}.{key}".lstrip("."), depth + 1)
+    if any(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, entry
+    keys = ", ".join(map(str, list(obj)[:8])) or "none"
+    raise QffsError(f"{path}: no state dict found{f' under {entry!r}' if entry else ''} (keys: {keys}); "
+                    f"expected tensors or one of the keys {', '.join(NESTED_KEYS)}")
+
+
+def _unwrap(obj: Any, path: Path) -> Checkpoint:
     meta: dict[str, Any] = {}
     if isinstance(obj, Mapping) and isinstance(obj.get("qffs"), Mapping):
         meta = dict(obj["qffs"])
-    if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        for key in _NESTED_KEYS:
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-        else:
-            raise QffsError(
-                f"{path}: no state dict found (top-level keys: {', '.join(map(str, list(obj)[:8]))}); "
-                f"expected tensors or one of the keys {', '.join(_NESTED_KEYS)}"
-            )
-    if not isinstance(obj, Mapping):
-        raise QffsError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    return _strip_prefix(tensors), meta
+    weights, entry = _find_weights(obj, path)
+    # a new dict: PyTorch's per-module version metadata is dropped, so BatchNorm back-fills
+    # num_batches_tracked for old checkpoints (see load_into)
+    tensors = {str(k): v for k, v in weights.items() if isinstance(v, torch.Tensor)}
+    state_dict, stripped = strip_wrapper_prefixes(tensors)
+    return Checkpoint(state_dict, meta, path, entry, stripped)
+
+
+def _harmless_globals() -> list[Any]:
+    """Objects training scripts save beside the weights that carry only data."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"]
+    return [argparse.Namespace, core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+def _unsafe_globals(file: Path) -> str:
+    with contextlib.suppress(Exception):
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(file)
+        harmless = {f"{g.__module__}.{g.__qualname__}" for g in _harmless_globals()}
+        names = [n for n in names if n not in harmless]
+        if names:
+            more = f" (+{len(names) - 4} more)" if len(names) > 4 else ""
+            return f" ({', '.join(names[:4])}{more})"
+    return ""
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Read a checkpoint file safely (see the module docstring)."""
+    """Read a checkpoint file without running code from it (see the module docstring)."""
     file = Path(path)
     if not file.is_file():
-        raise QffsError(f"checkpoint not found: {file}")
+        raise QffsError(f"checkpoint not found: {file}" + (" (a directory)" if file.is_dir() else ""))
     if file.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
@@ -108,46 +164,91 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         except (SafetensorError, OSError) as exc:
             raise QffsError(f"{file}: not a readable safetensors file ({exc})") from exc
         meta = json.loads(raw_meta["qffs"]) if "qffs" in raw_meta else {}
-        return Checkpoint(_strip_prefix(tensors), meta, file)
+        state_dict, stripped = strip_wrapper_prefixes(tensors)
+        return Checkpoint(state_dict, meta, file, "", stripped)
     try:
-        obj = torch.load(file, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_harmless_globals()):
+            obj = torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise QffsError(
-            f"refusing to load {file}: it contains pickled Python objects beyond tensors "
+            f"refusing to load {file}: it contains pickled Python objects beyond tensors{_unsafe_globals(file)} "
             "(torch.load weights_only=True). Re-save it as a plain state dict "
             "(torch.save(model.state_dict(), path)) in a trusted session."
         ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise QffsError(f"{file}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from exc
-    state_dict, meta = _unwrap(obj, file)
-    return Checkpoint(state_dict, meta, file)
+    return _unwrap(obj, file)
 
 
-def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> nn.Module:
-    """``model.load_state_dict(strict=True)`` with an error that names what does not match."""
+def _few(items: list[str]) -> str:
+    more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+    return ", ".join(items[:5]) + more
+
+
+def _weighted_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+
+
+def _spec_with(spec: str | None, **kwargs: Any) -> str:
+    """``--model`` text that sets ``kwargs`` on ``spec`` (a qffs or torchvision spec)."""
+    from qffs.models import ModelSpec, parse_spec
+
+    if not spec:
+        return ", ".join(f"{k}={v}" for k, v in kwargs.items()) + " in the model spec"
+    parsed = parse_spec(spec)
+    return f"--model '{ModelSpec(parsed.source, parsed.name, {**parsed.kwargs, **kwargs}, parsed.path)}'"
+
+
+def _mismatch_hint(model: nn.Module, shapes: dict[str, tuple[tuple, tuple]], spec: str | None) -> str:
+    """Name the two mismatches people hit most: the number of classes and of input channels."""
+    weighted = _weighted_modules(model)
+    if not weighted or not shapes:
+        return ""
+    owners = {k.rpartition(".")[0] for k in shapes}
+    first, last = weighted[0], weighted[-1]
+    if owners == {last[0]} and all(a[1:] == b[1:] for a, b in shapes.values()):
+        theirs, ours = next(iter(shapes.values()))
+        return (f" — only the classifier head ({last[0] or 'the last layer'}) differs: the checkpoint predicts "
+                f"{theirs[0]} classes, the model {ours[0]}; to keep the checkpoint's head pass {_spec_with(spec, num_classes=theirs[0])} "
+                f"and data with {theirs[0]} classes")
+    weight = f"{first[0]}.weight".lstrip(".")
+    if owners == {first[0]} and set(shapes) == {weight} and len(shapes[weight][0]) > 1:
+        theirs, ours = shapes[weight]
+        if theirs[0] == ours[0] and theirs[2:] == ours[2:] and theirs[1] != ours[1]:
+            groups = getattr(first[1], "groups", 1)
+            c_theirs, c_ours = theirs[1] * groups, ours[1] * groups
+            return (f" — only the input channels differ: the checkpoint's first layer takes {c_theirs}, the model "
+                    f"{c_ours}; pass {_spec_with(spec, in_channels=c_theirs)} and data with {c_theirs} channels")
+    return ""
+
+
+def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint", *,
+              spec: str | None = None) -> nn.Module:
+    """Load ``state_dict`` into ``model`` under PyTorch's rules, or say exactly what does not match.
+
+    PyTorch's ``load_state_dict`` decides what is missing (so BatchNorm back-fills the
+    ``num_batches_tracked`` that PyTorch < 0.4.1 did not save); anything it reports missing or
+    unexpected, and every shape mismatch, is named in one :class:`QffsError`, with a hint when
+    only the classifier head (number of classes) or the input channels differ. ``spec`` (the
+    model spec string) makes the hint a ready ``--model`` option. On error the model may be
+    partly loaded: build a fresh one.
+    """
     own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [
-        f"{k} {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state_dict and state_dict[k].shape != own[k].shape
-    ]
-
-    def _few(keys: list[str]) -> str:
-        more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
-        return ", ".join(keys[:5]) + more
-
+    shapes = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
+              if k in own and tuple(v.shape) != tuple(own[k].shape)}
+    fitting = {k: v for k, v in state_dict.items() if k not in shapes}
+    result = model.load_state_dict(fitting, strict=False)
+    missing = [k for k in result.missing_keys if k not in shapes]
     problems = []
     if missing:
         problems.append(f"missing keys: {_few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_few(unexpected)}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected keys: {_few(list(result.unexpected_keys))}")
     if shapes:
-        problems.append(f"shape mismatch: {_few(shapes)}")
+        problems.append("shape mismatch: " + _few([f"{k} {a} vs model {b}" for k, (a, b) in shapes.items()]))
     if problems:
-        raise QffsError(f"{source} does not match the model: " + "; ".join(problems))
-    model.load_state_dict(state_dict, strict=True)
+        hint = _mismatch_hint(model, shapes, spec) if not missing and not result.unexpected_keys else ""
+        raise QffsError(f"{source} does not match the model: " + "; ".join(problems) + hint)
     return model
 
 
@@ -162,7 +263,7 @@ def load_model(path: str | Path, spec: str | None = None) -> tuple[nn.Module, Ch
     if ckpt.kind not in ("fp", "foreign"):
         raise QffsError(f"{path} is a {ckpt.kind} checkpoint, not a full-precision model")
     model = build_model(spec)
-    load_into(model, ckpt.state_dict, source=str(path))
+    load_into(model, ckpt.state_dict, source=str(path), spec=spec)
     return model, ckpt
 
 
@@ -209,5 +310,5 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], *,
     return file
 
 
-__all__ = ["Checkpoint", "atomic_path", "load_checkpoint", "load_into", "load_model", "save_checkpoint",
-           "write_text_atomic"]
+__all__ = ["NESTED_KEYS", "WRAPPER_PREFIXES", "Checkpoint", "atomic_path", "load_checkpoint", "load_into", "load_model",
+           "save_checkpoint", "strip_wrapper_prefixes", "write_text_atomic"]

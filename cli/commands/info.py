@@ -18,8 +18,13 @@ def info(checkpoint: Path = typer.Argument(..., help="A .pt/.pth/.th/.safetensor
     ckpt = load_checkpoint(checkpoint)
     params = sum(t.numel() for t in ckpt.state_dict.values())
     typer.echo(f"{checkpoint}: {ckpt.kind} checkpoint, {len(ckpt.state_dict)} tensors, {params:,} values")
-    for key in ("model", "dataset", "bits", "output_bits", "qffs_version", "created"):
-        if key in ckpt.meta:
-            typer.echo(f"  {key}: {ckpt.meta[key]}")
+    if ckpt.kind == "foreign" and (ckpt.entry or ckpt.stripped):
+        where = f"weights under {ckpt.entry!r}" if ckpt.entry else "weights at the top level"
+        typer.echo(f"  {where}" + (f", prefixes removed: {' '.join(ckpt.stripped)}" if ckpt.stripped else ""))
+    for key in ("model", "dataset", "data_root", "preprocessing", "input_shape", "bits", "output_bits",
+                "qffs_version", "created"):
+        if ckpt.meta.get(key) is not None:
+            value = ckpt.meta[key]
+            typer.echo(f"  {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     if "metrics" in ckpt.meta:
         typer.echo(f"  metrics: {json.dumps(ckpt.meta['metrics'])}")
