@@ -2,7 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
+
+#: Preprocessing options, shared by every command that reads data (validated in qffs.data).
+MEAN_OPTION = typer.Option(
+    None, "--mean", metavar="M1,M2,..",
+    help="Input normalisation the checkpoint was trained with: per-channel mean of images scaled to [0, 1], "
+         "comma-separated (e.g. 0.485,0.456,0.406). Default: the value recorded in the checkpoint, else the "
+         "dataset's usual one.")
+STD_OPTION = typer.Option(
+    None, "--std", metavar="S1,S2,..",
+    help="Per-channel standard deviation, comma-separated (e.g. 0.229,0.224,0.225). Default: as for --mean.")
+IMAGE_SIZE_OPTION = typer.Option(
+    None, "--image-size", min=1,
+    help="ImageFolder input size in pixels. Default: recorded in the checkpoint, else the tree's own image size "
+         "up to 64 px (CIFAR-style), else 224.")
+
+
+def channel_values(text: Optional[str], option: str) -> Optional[tuple[float, ...]]:
+    """'0.485,0.456,0.406' → (0.485, 0.456, 0.406); None stays None (qffs.data checks the values)."""
+    if text is None:
+        return None
+    from qffs.errors import QffsError
+
+    try:
+        return tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise QffsError(f"{option} expects comma-separated numbers, one per channel (e.g. {option} "
+                        f"0.485,0.456,0.406), got {text!r}") from None
+
 
 def examples(*lines: str) -> str:
     """An "Examples:" block that help output keeps verbatim (click's \\b marker: no re-wrapping)."""

@@ -16,6 +16,10 @@ augmentation (random crop with padding, horizontal flip) runs on tensors with a 
 generator. ``limit`` keeps the first N samples in the dataset's own order, except for the
 class-grouped JPEG zip, whose first N come from a fixed seeded permutation so that every
 class is present.
+
+Preprocessing travels with the model (:class:`Preprocessing`): a checkpoint trained with other
+normalisation constants (ImageNet's mean/std on CIFAR, or none) or another image size gets
+exactly its own, given once and recorded in every artifact qffs writes.
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,6 +71,60 @@ _INFO = {
     "cifar10": DatasetInfo("cifar10", 10, 3, 32, _CIFAR_MEAN, _CIFAR_STD, _CIFAR_CLASSES),
     "cifar10-jpeg": DatasetInfo("cifar10-jpeg", 10, 3, 32, _CIFAR_MEAN, _CIFAR_STD, _CIFAR_CLASSES),
 }
+
+
+#: ImageFolder images up to this size are treated as CIFAR-style (no resize margin, random-crop
+#: augmentation with padding); larger ones the ImageNet way (resize to 256/224·N, centre crop N).
+SMALL_IMAGE_MAX = 64
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the model's input: scaled to [0, 1], resized to ``image_size``
+    (ImageFolder only), then ``(x - mean) / std`` per channel."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"mean": list(self.mean), "std": list(self.std), "image_size": self.image_size}
+
+
+def _channel_values(option: str, values: Sequence[float], channels: int, positive: bool) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) != channels:
+        raise QffsError(f"{option} has {len(values)} value(s) but the data has {channels} channel(s): give one "
+                        f"comma-separated value per channel, e.g. --{option.split()[-1].lstrip('-')} " + ",".join(["0.5"] * channels))
+    if not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
+        raise QffsError(f"{option} values must be {'finite and > 0' if positive else 'finite'}, "
+                        f"got {','.join(map(str, values))}")
+    return values
+
+
+def resolve_preprocessing(dataset: str, root: str | Path | None = None, *, mean: Sequence[float] | None = None,
+                          std: Sequence[float] | None = None, image_size: int | None = None,
+                          recorded: Mapping[str, Any] | None = None) -> Preprocessing:
+    """The preprocessing a job uses: each value from the caller, else the artifact's recorded one,
+    else the dataset's usual one; validated here once (one value per channel, std > 0, a size
+    only ImageFolder can change)."""
+    info = dataset_info(dataset, root)
+    recorded = recorded or {}
+
+    def pick(name: str, given: Any, default: tuple[float, ...], positive: bool) -> tuple[float, ...]:
+        if given is not None:
+            return _channel_values(f"--{name}", given, info.in_channels, positive)
+        if recorded.get(name) is not None:
+            return _channel_values(f"recorded {name}", recorded[name], info.in_channels, positive)
+        return default
+
+    size = image_size if image_size is not None else recorded.get("image_size", info.image_size)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise QffsError(f"--image-size must be a positive integer, got {size!r}")
+    if dataset != "imagefolder" and size != info.image_size:
+        raise QffsError(f"--image-size {size}: {dataset} images are {info.image_size}×{info.image_size} and are not "
+                        "resized; --image-size applies to --dataset imagefolder")
+    return Preprocessing(pick("mean", mean, info.mean, False), pick("std", std, info.std, True), size)
 
 
 def _check_name(name: str) -> None:
@@ -231,9 +292,36 @@ def dataset_info(name: str, root: str | Path | None = None) -> DatasetInfo:
     _check_name(name)
     if name != "imagefolder":
         return _INFO[name]
-    tree = _imagefolder_split_dir(_default_root(root), "train")
+    base = _default_root(root)
+    try:
+        tree = _imagefolder_split_dir(base, "train")
+    except QffsError:  # an evaluation-only tree: its val/ or test/ split says the same
+        tree = next((base / n for n in ("val", "test") if base is not None and (base / n).is_dir()), None)
+        if tree is None:
+            raise QffsError(f"no train/, val/ or test/ folder in {base}: expected an ImageFolder tree "
+                            "root/train/<class>/* and root/val/<class>/*") from None
     classes = tuple(sorted(d.name for d in tree.iterdir() if d.is_dir()))
-    return DatasetInfo("imagefolder", len(classes), 3, 224, _IMAGENET_MEAN, _IMAGENET_STD, classes)
+    if not classes:
+        raise QffsError(f"{tree} has no class folders: expected {tree}/<class>/<image files>")
+    return DatasetInfo("imagefolder", len(classes), 3, _native_size(tree), _IMAGENET_MEAN, _IMAGENET_STD, classes)
+
+
+def _native_size(tree: Path) -> int:
+    """The default ImageFolder input size: a small tree's own image size (≤ 64 px, CIFAR-style),
+    else ImageNet's 224."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    for class_dir in sorted(d for d in tree.iterdir() if d.is_dir()):
+        for file in sorted(class_dir.rglob("*")):
+            if file.suffix.lower() in IMG_EXTENSIONS:
+                try:
+                    with Image.open(file) as img:
+                        side = max(img.size)
+                except (OSError, UnidentifiedImageError) as exc:
+                    raise QffsError(f"cannot read image {file}: {exc}") from exc
+                return side if side <= SMALL_IMAGE_MAX else 224
+    raise QffsError(f"no images in {tree}: expected {tree}/<class>/<image files> ({', '.join(IMG_EXTENSIONS)})")
 
 
 def _imagefolder_split_dir(root: Path | None, split: str) -> Path:
@@ -259,15 +347,19 @@ def _limit(images: torch.Tensor, labels: torch.Tensor, limit: int | None, permut
 
 
 def load_dataset(name: str, split: str = "test", *, root: str | Path | None = None, limit: int | None = None,
-                 augment: bool | None = None, seed: int = 0) -> Dataset:
-    """A dataset of (normalised float CHW image, int label); ``augment`` defaults to ``split == "train"``."""
+                 augment: bool | None = None, seed: int = 0, preprocessing: Preprocessing | None = None) -> Dataset:
+    """A dataset of (normalised float CHW image, int label); ``augment`` defaults to ``split == "train"``.
+
+    ``preprocessing`` (see :func:`resolve_preprocessing`) defaults to the dataset's usual one.
+    """
     _check_name(name)
     _check_split(split)
     augment = (split == "train") if augment is None else augment
     base = _default_root(root)
     if name == "imagefolder":
-        return _imagefolder(base, split, limit, augment)
-    info = _INFO[name]
+        tree = _imagefolder_split_dir(base, split)
+        return _imagefolder(tree, limit, augment, preprocessing or resolve_preprocessing(name, root))
+    prep = preprocessing or resolve_preprocessing(name, root)
     permute = False
     if name == "fashion-mnist":
         images, labels = _idx_dataset(name, split, base, "FashionMNIST",
@@ -286,20 +378,25 @@ def load_dataset(name: str, split: str = "test", *, root: str | Path | None = No
     images, labels = _limit(images, labels, limit, permute)
     pad = {"fashion-mnist": 2, "mnist": 2}.get(name, 4)
     flip = name != "mnist"
-    return TensorImages(images, labels, info.mean, info.std, crop_padding=pad if augment else 0,
+    return TensorImages(images, labels, prep.mean, prep.std, crop_padding=pad if augment else 0,
                         flip=flip and augment, seed=seed)
 
 
-def _imagefolder(root: Path | None, split: str, limit: int | None, augment: bool) -> Dataset:
+def _imagefolder(tree: Path, limit: int | None, augment: bool, prep: Preprocessing) -> Dataset:
     from torchvision import datasets, transforms
 
-    tree = _imagefolder_split_dir(root, split)
-    norm = transforms.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)
-    if augment:
-        tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+    n = prep.image_size
+    norm = transforms.Normalize(prep.mean, prep.std)
+    if n <= SMALL_IMAGE_MAX:  # CIFAR-style: the whole image at N×N; pad-and-crop augmentation
+        resize = [transforms.Resize((n, n))]
+        extra = [transforms.RandomCrop(n, padding=max(1, n // 8)), transforms.RandomHorizontalFlip()] if augment else []
+        tf = transforms.Compose([*resize, *extra, transforms.ToTensor(), norm])
+    elif augment:
+        tf = transforms.Compose([transforms.RandomResizedCrop(n), transforms.RandomHorizontalFlip(),
                                  transforms.ToTensor(), norm])
     else:
-        tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), norm])
+        tf = transforms.Compose([transforms.Resize(round(n * 256 / 224)), transforms.CenterCrop(n),
+                                 transforms.ToTensor(), norm])
     ds = datasets.ImageFolder(str(tree), transform=tf)
     if limit is not None and limit < len(ds):
         order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(1234))[:limit].tolist()
@@ -325,5 +422,5 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, see
                       drop_last=drop_last, pin_memory=torch.cuda.is_available())
 
 
-__all__ = ["DATASETS", "DatasetInfo", "TensorImages", "cifar10_jpeg_path", "dataset_info", "load_dataset",
-           "make_loader", "read_idx"]
+__all__ = ["DATASETS", "DatasetInfo", "Preprocessing", "TensorImages", "cifar10_jpeg_path", "dataset_info",
+           "load_dataset", "make_loader", "read_idx", "resolve_preprocessing"]

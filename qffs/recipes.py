@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +18,9 @@ from qffs.errors import QffsError
 from qffs.io import load_checkpoint, load_into, save_checkpoint, write_text_atomic
 from qffs.models import build_model, with_defaults
 from qffs.train import TrainConfig, config_dict, fit, init_distributed, is_main_process, resolve_device
+
+if TYPE_CHECKING:
+    from qffs.data import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -31,17 +34,42 @@ class DataOptions:
     batch_size: int = 128
     workers: int = 0
     seed: int = 0
+    mean: tuple[float, ...] | None = None   # per-channel normalisation; None: recorded, else the dataset's
+    std: tuple[float, ...] | None = None
+    image_size: int | None = None           # ImageFolder input size; None: recorded, else the tree's
+
+    def preprocessing(self, recorded: dict[str, Any] | None = None) -> Preprocessing:
+        """This job's preprocessing: the options given, else ``recorded`` (an artifact's), else the dataset's."""
+        from qffs.data import resolve_preprocessing
+
+        return resolve_preprocessing(self.dataset, self.root, mean=self.mean, std=self.std,
+                                     image_size=self.image_size, recorded=recorded)
 
 
-def make_loaders(opts: DataOptions, *, train: bool = True):
-    """(train loader or None, test loader) for ``opts``."""
+def data_meta(opts: DataOptions, prep: Preprocessing) -> dict[str, Any]:
+    """What every artifact records about its data, so later stages need not be told again."""
+    return {"dataset": opts.dataset, "data_root": opts.root, "preprocessing": prep.as_dict()}
+
+
+def model_spec_for(model: str, data: DataOptions, prep: Preprocessing) -> str:
+    """``model`` with the dataset's classes, channels and image size where the spec leaves them open."""
+    from qffs.data import dataset_info
+
+    info = dataset_info(data.dataset, data.root)
+    return with_defaults(model, num_classes=info.num_classes, in_channels=info.in_channels,
+                         image_size=prep.image_size)
+
+
+def make_loaders(opts: DataOptions, prep: Preprocessing | None = None, *, train: bool = True):
+    """(train loader or None, test loader) for ``opts``, normalised by ``prep`` (default: the options')."""
     from qffs.data import load_dataset, make_loader
 
-    test = make_loader(load_dataset(opts.dataset, "test", root=opts.root, limit=opts.test_limit),
+    prep = prep or opts.preprocessing()
+    test = make_loader(load_dataset(opts.dataset, "test", root=opts.root, limit=opts.test_limit, preprocessing=prep),
                        max(opts.batch_size, 256), shuffle=False, num_workers=opts.workers)
     if not train:
         return None, test
-    ds = load_dataset(opts.dataset, "train", root=opts.root, limit=opts.limit, seed=opts.seed)
+    ds = load_dataset(opts.dataset, "train", root=opts.root, limit=opts.limit, seed=opts.seed, preprocessing=prep)
     return make_loader(ds, opts.batch_size, shuffle=True, seed=opts.seed, num_workers=opts.workers,
                        drop_last=len(ds) > opts.batch_size), test
 
@@ -59,8 +87,6 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
     Writes ``out`` (best checkpoint, with spec, dataset, metrics, config) and its
     ``.metrics.json`` beside it after every epoch. Returns the final metrics dict.
     """
-    from qffs.data import dataset_info
-
     cfg.validate()
     out = Path(out)
     if out.suffix not in (".pt", ".pth", ".safetensors"):
@@ -68,14 +94,15 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
     distributed = init_distributed()
     dev = resolve_device(device)
     torch.manual_seed(data.seed)
-    info = dataset_info(data.dataset, data.root)
-    spec = with_defaults(model, num_classes=info.num_classes, in_channels=info.in_channels)
+    source = load_checkpoint(pretrained) if pretrained else None
+    prep = data.preprocessing(recorded=source.meta.get("preprocessing") if source else None)
+    spec = model_spec_for(model, data, prep)
     net = build_model(spec)
-    if pretrained:
-        load_into(net, load_checkpoint(pretrained).state_dict, source=pretrained)
-    train_loader, test_loader = make_loaders(data)
+    if source is not None:
+        load_into(net, source.state_dict, source=str(pretrained), spec=spec)
+    train_loader, test_loader = make_loaders(data, prep)
     started = time.perf_counter()
-    meta = {"dataset": data.dataset, "train_config": config_dict(cfg), "batch_size": data.batch_size,
+    meta = {**data_meta(data, prep), "train_config": config_dict(cfg), "batch_size": data.batch_size,
             "seed": data.seed, "limit": data.limit, "pretrained": pretrained, "distributed": distributed}
     history: list[dict[str, Any]] = []
 
@@ -113,7 +140,7 @@ def _rebuild_qann(meta: dict[str, Any], state_dict: dict[str, torch.Tensor], sou
     output_bits = meta.get("output_bits")
     qann = quantize(build_model(meta["model"]), bits=int(meta["bits"]),
                     output_bits=None if output_bits is None else int(output_bits))
-    load_into(qann, state_dict, source=source)
+    load_into(qann, state_dict, source=source, spec=meta["model"])
     return qann.eval()
 
 
@@ -162,11 +189,16 @@ def load_snn(path: str | Path):
     return convert(qann, **options), qann, ckpt.meta
 
 
-def sample_input_shape(dataset: str, root: str | None = None) -> tuple[int, int, int]:
+def sample_input_shape(meta: dict[str, Any]) -> tuple[int, ...] | None:
+    """One sample's input shape: recorded by quantize (``input_shape``), else the dataset's, else unknown."""
     from qffs.data import dataset_info
 
-    info = dataset_info(dataset, root)
-    return (info.in_channels, info.image_size, info.image_size)
+    if meta.get("input_shape"):
+        return tuple(int(d) for d in meta["input_shape"])
+    if meta.get("dataset") and meta["dataset"] != "imagefolder":
+        info = dataset_info(meta["dataset"])
+        return (info.in_channels, info.image_size, info.image_size)
+    return None
 
 
 def convert_checkpoint(qann_path: str | Path, out: str | Path, *, input_window: int | None = None,
@@ -186,8 +218,8 @@ def convert_checkpoint(qann_path: str | Path, out: str | Path, *, input_window: 
     snn = convert(qann, input_window=input_window, precharge=precharge, negative_spikes=negative_spikes,
                   max_pool=max_pool)
     summary = snn.summary()
-    if meta.get("dataset"):
-        shape = sample_input_shape(meta["dataset"])
+    shape = sample_input_shape(meta)
+    if shape is not None:
         result = snn.simulate(torch.zeros(1, *shape), 1)
         neurons = {r.name: r.neurons for r in result.neurons}
         for row in summary:
@@ -216,7 +248,10 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
     if trained_on and dataset != trained_on and not (
             {dataset, trained_on} <= {"cifar10", "cifar10-jpeg"}):
         raise QffsError(f"{snn_path} was trained on {trained_on}, not {dataset}: pass --dataset {trained_on}")
-    _, test_loader = make_loaders(data, train=False)
+    if data.root is None and dataset == trained_on and meta.get("data_root"):
+        data = replace(data, root=str(meta["data_root"]))
+    prep = data.preprocessing(recorded=meta.get("preprocessing"))
+    _, test_loader = make_loaders(data, prep, train=False)
     started = time.perf_counter()
     report = evaluate_snn(snn, test_loader, timesteps, qann=qann, device=resolve_device(device),
                           dtype=torch.float64 if double else torch.float32)
@@ -231,7 +266,7 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
         "bits": meta.get("bits"), "output_bits": meta.get("output_bits"),
         "seconds": round(time.perf_counter() - started, 1),
         "config": {"timesteps": timesteps, "batch_size": data.batch_size, "test_limit": data.test_limit,
-                   "device": device, "double": double},
+                   "device": device, "double": double, "data_root": data.root, "preprocessing": prep.as_dict()},
     })
     return report
 
@@ -249,6 +284,25 @@ def qat_config(epochs: int, lr: float = 0.01, **overrides: Any) -> TrainConfig:
                           **overrides})
 
 
+def _load_fp(checkpoint: str | Path, model: str | None, data: DataOptions):
+    """(FP model with its weights, the checkpoint, the spec used): ``model`` if given, else the recorded spec."""
+    from qffs.io import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.kind not in ("fp", "foreign"):
+        raise QffsError(f"{checkpoint} is a {ckpt.kind} checkpoint, not a full-precision model")
+    if model:
+        spec = model_spec_for(model, data, data.preprocessing(recorded=ckpt.meta.get("preprocessing")))
+    elif ckpt.meta.get("model"):
+        spec = str(ckpt.meta["model"])
+    else:
+        raise QffsError(f"{checkpoint} does not record its model: pass the model spec, e.g. --model resnet20 "
+                        "or --model path/to/model.py:factory")
+    net = build_model(spec)
+    load_into(net, ckpt.state_dict, source=str(checkpoint), spec=spec)
+    return net, ckpt, spec
+
+
 def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptions, cfg: TrainConfig, *,
                         bits: int = 2, output_bits: int | None = 3, calibration: str = "mse",
                         calibration_batches: int = 4, model: str | None = None,
@@ -262,7 +316,6 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     epoch. Writes ``out`` (kind "qann": spec, bits, step sizes, state dict, metrics,
     provenance) and ``.metrics.json`` beside it.
     """
-    from qffs.io import load_model
     from qffs.quant import calibrate, quantize, quantizers
     from qffs.train import evaluate
 
@@ -275,15 +328,19 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     init_distributed()
     dev = resolve_device(device)
     torch.manual_seed(data.seed)
-    fp_model, fp_ckpt = load_model(checkpoint, spec=model)
-    spec = str(fp_ckpt.meta.get("model") or model)
-    started = time.perf_counter()
-    train_loader, test_loader = make_loaders(data)
-    fp = evaluate(fp_model.to(dev), test_loader, dev, description="FP accuracy")
+    # everything that can be refused is checked before any data is read: the file, the
+    # preprocessing, the model code against the weights, and every graph node (qffs.ops)
+    fp_model, fp_ckpt, spec = _load_fp(checkpoint, model, data)
+    prep = data.preprocessing(recorded=fp_ckpt.meta.get("preprocessing"))
     qann = quantize(fp_model, bits=bits, output_bits=output_bits).to(dev)
-    calibrate(qann, [b.to(dev) for b in _calibration_batches(train_loader, calibration_batches)], method=calibration)
+    started = time.perf_counter()
+    train_loader, test_loader = make_loaders(data, prep)
+    fp = evaluate(fp_model.to(dev), test_loader, dev, description="FP accuracy")
+    batches = _calibration_batches(train_loader, calibration_batches)
+    calibrate(qann, [b.to(dev) for b in batches], method=calibration)
     ptq = evaluate(qann, test_loader, dev, description="QANN after calibration")
-    meta = {"dataset": data.dataset, "bits": bits, "output_bits": output_bits, "calibration": calibration,
+    meta = {**data_meta(data, prep), "input_shape": list(batches[0].shape[1:]), "bits": bits,
+            "output_bits": output_bits, "calibration": calibration,
             "source_checkpoint": str(checkpoint), "train_config": config_dict(cfg),
             "batch_size": data.batch_size, "seed": data.seed, "limit": data.limit}
     history: list[dict[str, Any]] = []

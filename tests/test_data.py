@@ -144,7 +144,7 @@ def test_known_names_and_info():
     (lambda tmp: load_dataset("cifar10"), "cifar10 needs its location"),
     (lambda tmp: load_dataset("cifar10-jpeg", root=tmp / "nope.zip"), "cifar10-jpeg.zip not found at .*nope.zip"),
     (lambda tmp: load_dataset("imagefolder", root=tmp), "no val or test/ folder in"),
-    (lambda tmp: dataset_info("imagefolder", tmp), "no train/ folder in"),
+    (lambda tmp: dataset_info("imagefolder", tmp), "no train/, val/ or test/ folder in"),
     (lambda tmp: load_dataset("fashion-mnist", "valid"), "split must be 'train' or 'test'"),
     (lambda tmp: load_dataset("fashion-mnist", limit=0), "limit must be positive"),
 ])

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import app, examples
+from cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, STD_OPTION, app, channel_values, examples
 
 
 def _finish(report: dict) -> None:
@@ -24,6 +24,7 @@ def _finish(report: dict) -> None:
     epilog=examples(
         "qffs run models/fmnist_vgg_small.pt --out-dir runs/fmnist --epochs 3 --timesteps 16",
         "qffs run resnet20.th --model resnet20 --dataset cifar10-jpeg --epochs 1 --out-dir runs/r20",
+        "qffs run fp.pt --dataset imagefolder --data-root ~/data/tiny --image-size 32 --out-dir runs/tiny",
     ),
 )
 def run(
@@ -32,6 +33,9 @@ def run(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec, if the checkpoint does not record it."),
     dataset: str = typer.Option("fashion-mnist", "--dataset", "-d", help="Dataset for QAT and evaluation."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location."),
+    mean: Optional[str] = MEAN_OPTION,
+    std: Optional[str] = STD_OPTION,
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
     bits: int = typer.Option(2, help="Hidden activation bits."),
     output_bits: int = typer.Option(3, help="Output bits; 0 keeps the output analog."),
     epochs: int = typer.Option(3, help="QAT epochs."),
@@ -49,7 +53,7 @@ def run(
 
     report = run_pipeline(
         checkpoint, out_dir, DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
-                                         batch_size=batch_size, seed=seed),
+                                         batch_size=batch_size, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size),
         qat_config(epochs, lr), timesteps=timesteps,
         bits=bits, output_bits=output_bits or None, model=model, device=device, double=double, log=typer.echo)
     _finish(report)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import app, examples
+from cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, STD_OPTION, app, channel_values, examples
 
 
 @app.command(
@@ -16,6 +16,8 @@ from cli.app import app, examples
         "qffs quantize models/fmnist_vgg_small.pt --out qann.pt    # 2-bit hidden, 3-bit output, 3 epochs",
         "qffs quantize fp.pt --out qann_analog.pt --output-bits 0  # analog (float) output",
         "qffs quantize resnet20.th --model resnet20 --dataset cifar10-jpeg --epochs 1 --limit 5000 --out r20q.pt",
+        "qffs quantize ckpt.pth --model repo/resnet.py:resnet20 --dataset cifar10-jpeg \\",
+        "    --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --epochs 0 --out q.pt  # their normalisation",
     ),
 )
 def quantize(
@@ -24,6 +26,9 @@ def quantize(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec, if the checkpoint does not record it."),
     dataset: str = typer.Option("fashion-mnist", "--dataset", "-d", help="Dataset to fine-tune and evaluate on."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location."),
+    mean: Optional[str] = MEAN_OPTION,
+    std: Optional[str] = STD_OPTION,
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
     bits: int = typer.Option(2, help="Bits of the hidden activations (Q = 2^bits - 1 levels)."),
     output_bits: int = typer.Option(3, help="Bits of the output (logits) quantizer; 0 keeps the output analog."),
     epochs: int = typer.Option(3, help="Quantization-aware training epochs (0: calibration only)."),
@@ -51,7 +56,7 @@ def quantize(
     result = quantize_checkpoint(
         checkpoint, out,
         DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
-                    batch_size=batch_size, workers=workers, seed=seed),
+                    batch_size=batch_size, workers=workers, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size),
         qat_config(epochs, lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule, gamma=gamma,
                    distill=distill, temperature=temperature, label_smoothing=label_smoothing, freeze_bn=freeze_bn),
         bits=bits, output_bits=output_bits or None, calibration=calibration, model=model, device=device,

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import app, examples
+from cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, STD_OPTION, app, channel_values, examples
 
 
 @app.command(
@@ -45,7 +45,10 @@ def convert(
 def evaluate(
     snn: Path = typer.Argument(..., help="SNN artifact written by qffs convert (or qffs run)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Test set (default: the one the model was trained on)."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location (default: the one recorded in the artifact)."),
+    mean: Optional[str] = MEAN_OPTION,
+    std: Optional[str] = STD_OPTION,
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
     timesteps: int = typer.Option(16, "--timesteps", "-T", help="Simulate T steps; the curve covers t = 1..T."),
     out_dir: Path = typer.Option(Path("results"), "--out-dir", help="Where curve.csv, curve.json and curve.png go."),
     limit: Optional[int] = typer.Option(None, help="Only the first N test samples."),
@@ -64,8 +67,8 @@ def evaluate(
 
         raise QffsError(f"--timesteps must be >= 1, got {timesteps}")
     dataset = dataset or load_checkpoint(snn).meta.get("dataset") or "fashion-mnist"
-    report = evaluate_checkpoint(snn, DataOptions(dataset=dataset, root=data_root, test_limit=limit,
-                                                  batch_size=batch_size), timesteps, device=device, double=double)
+    data = DataOptions(dataset=dataset, root=data_root, test_limit=limit, batch_size=batch_size, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size)
+    report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double)
     paths = write_report(report, out_dir)
     print_report(report)
     typer.echo(f"results: {paths['csv']}, {paths['json']}, {paths['png']}")

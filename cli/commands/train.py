@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import app, examples
+from cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, STD_OPTION, app, channel_values, examples
 
 
 @app.command(
@@ -23,6 +23,9 @@ def train(
     model: str = typer.Option("vgg_small", "--model", "-m", help="Model spec: vgg_small, vgg16, resnet18, resnet20, tv:NAME, or file.py:factory."),
     dataset: str = typer.Option("fashion-mnist", "--dataset", "-d", help="fashion-mnist, mnist, cifar10, cifar10-jpeg or imagefolder."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location (default: the dataset's standard place)."),
+    mean: Optional[str] = MEAN_OPTION,
+    std: Optional[str] = STD_OPTION,
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
     epochs: int = typer.Option(15, help="Training epochs."),
     lr: float = typer.Option(0.05, help="Initial learning rate (SGD)."),
     momentum: float = typer.Option(0.9, help="SGD momentum."),
@@ -44,7 +47,7 @@ def train(
     result = train_fp(
         model, out,
         DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
-                    batch_size=batch_size, workers=workers, seed=seed),
+                    batch_size=batch_size, workers=workers, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size),
         TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                     schedule=schedule, gamma=gamma),
         pretrained=pretrained, device=device,

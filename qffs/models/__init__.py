@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -114,13 +115,19 @@ def model_names() -> list[str]:
 def with_defaults(spec: str, **defaults: Any) -> str:
     """Return ``spec`` with ``defaults`` added where the spec does not set them.
 
-    qffs models take ``num_classes``/``in_channels``; torchvision models only ``num_classes``;
-    user factories get nothing added (their signature is theirs).
+    qffs models get those of their factory's parameters that are given (``num_classes``,
+    ``in_channels``, ``image_size``); torchvision models only ``num_classes``; user factories
+    get nothing added (their signature is theirs).
     """
     parsed = parse_spec(spec)
     if parsed.source == "file":
         return str(parsed)
-    allowed = {"num_classes"} if parsed.source == "torchvision" else {"num_classes", "in_channels"}
+    if parsed.source == "torchvision":
+        allowed = {"num_classes"}
+    elif parsed.name in REGISTRY:
+        allowed = set(inspect.signature(REGISTRY[parsed.name]).parameters)
+    else:
+        allowed = {"num_classes", "in_channels"}
     kwargs = dict(parsed.kwargs)
     for key, value in defaults.items():
         if key in allowed and value is not None:
