@@ -1,113 +1,222 @@
-"""The op taxonomy the converter works from: which graph nodes mean what in an SNN.
+"""The one op table: what every fx node of a network means for QFFS.
 
-Every fx node of a quantized ANN falls into one of these kinds (:func:`classify`):
+Both stages read it: :func:`qffs.quantize` refuses, before any data is read or any training
+runs, exactly the networks that :func:`qffs.convert` would refuse later, by the same
+:func:`check_graph`. Every node falls into one kind (:func:`classify`):
 
 - ``quantizer`` — an :class:`~qffs.quant.lsq.LSQActivation`: becomes an IF neuron;
+- ``relu`` — a ReLU-like call site (``ReLU``, ``ReLU6``, ``hardtanh(0, m)``, ``clamp(min=0)``,
+  ``x.relu()`` …): ``quantize`` gives it a quantizer; ``convert`` refuses it (no step size);
 - ``weighted`` — ``nn.Conv1d/2d`` or ``nn.Linear``: stays, its bias gated to the input window;
 - ``batchnorm`` — folded into the layer before it, or kept as a gated per-channel affine op;
 - ``maxpool`` — becomes event max pooling;
 - ``linear`` — linear or selection ops that act on each time step's tensor unchanged
-  (average pooling, flatten/view, add of two activations, concatenation, slicing, …);
-- ``relu`` — a ReLU that was not quantized: refused ("run qffs.quantize first");
-- ``unsupported`` — anything else: refused by name before any simulation.
+  (average pooling, flatten/view, sums, scaling by a constant, concatenation, slicing, …);
+- ``unsupported`` — anything else (sigmoid, abs, layer norm, a product of two activations,
+  a constant added every step, …): refused by name.
+
+Shape arithmetic (``x.size(0) // 2``, ``x.shape[1] * 4``) is not an activation and may use
+any of Python's integer operators.
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Any
+from functools import cache
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from qffs.quant.lsq import LSQActivation
+from qffs.errors import UnsupportedGraphError
 
-WEIGHTED_MODULES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
-BATCHNORM_MODULES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d)
-MAXPOOL_MODULES: tuple[type[nn.Module], ...] = (nn.MaxPool1d, nn.MaxPool2d)
-RELU_MODULES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
-LINEAR_MODULES: tuple[type[nn.Module], ...] = (
-    nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Unflatten,
-    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.ZeroPad2d, nn.ConstantPad2d,
+KINDS = ("quantizer", "relu", "weighted", "batchnorm", "maxpool", "linear", "unsupported")
+STAGES = ("quantize", "convert")
+
+# --- the table -----------------------------------------------------------------------------------
+#: Module classes by kind, matched with isinstance in this order (ReLU6 is a Hardtanh).
+MODULE_KINDS: tuple[tuple[type[nn.Module], str], ...] = (
+    (nn.Conv1d, "weighted"), (nn.Conv2d, "weighted"), (nn.Linear, "weighted"),
+    (nn.BatchNorm1d, "batchnorm"), (nn.BatchNorm2d, "batchnorm"),
+    (nn.MaxPool1d, "maxpool"), (nn.MaxPool2d, "maxpool"),
+    (nn.ReLU, "relu"), (nn.ReLU6, "relu"), (nn.Hardtanh, "relu"),
+    (nn.AvgPool1d, "linear"), (nn.AvgPool2d, "linear"), (nn.AdaptiveAvgPool1d, "linear"),
+    (nn.AdaptiveAvgPool2d, "linear"), (nn.Flatten, "linear"), (nn.Unflatten, "linear"), (nn.Identity, "linear"),
+    (nn.Dropout, "linear"), (nn.Dropout1d, "linear"), (nn.Dropout2d, "linear"), (nn.ZeroPad2d, "linear"),
+    (nn.ConstantPad2d, "linear"),
 )
+#: Functions by kind (``call_function`` targets; ``F.gelu`` & co. are C builtins, matched by identity).
+FUNCTION_KINDS: dict[Callable[..., Any], str] = {
+    **dict.fromkeys((F.max_pool1d, F.max_pool2d), "maxpool"),
+    **dict.fromkeys((F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.hardtanh, F.hardtanh_, torch.clamp,
+                     torch.clamp_, torch.clip, torch.clamp_min), "relu"),
+    **dict.fromkeys((
+        operator.add, operator.sub, torch.add, torch.sub, operator.mul, operator.truediv, torch.mul, torch.div,
+        operator.neg, torch.neg, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.permute,
+        torch.transpose, torch.squeeze, torch.unsqueeze, torch.chunk, torch.split, torch.narrow, torch.mean,
+        torch.sum, operator.getitem, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+        F.dropout, F.dropout1d, F.dropout2d, F.pad, getattr,
+    ), "linear"),
+}
+#: Tensor methods by kind (``call_method`` targets).
+METHOD_KINDS: dict[str, str] = {
+    **dict.fromkeys(("relu", "relu_", "clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_"), "relu"),
+    **dict.fromkeys((
+        "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "contiguous", "chunk",
+        "split", "narrow", "mean", "sum", "add", "sub", "mul", "div", "neg", "size", "dim", "expand", "repeat",
+        "unflatten", "view_as", "reshape_as", "clone", "float", "double", "to", "type_as", "__getitem__",
+    ), "linear"),
+}
 
-MAXPOOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d}
-RELU_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.hardtanh, F.hardtanh_}
-RELU_METHODS = {"relu", "relu_", "clamp", "clamp_min", "clamp_"}
-
-#: Functions linear in the activations as long as at most one argument is activation-derived.
+#: Products, quotients and negations: linear only while at most one operand is an activation.
 SCALING_FUNCTIONS = {operator.mul, operator.truediv, torch.mul, torch.div, operator.neg, torch.neg}
-#: Functions linear in all activation arguments (sums) or pure selections.
-LINEAR_FUNCTIONS = {
-    operator.add, operator.sub, torch.add, torch.sub, torch.cat, torch.concat, torch.stack, torch.flatten,
-    torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze, torch.chunk, torch.split,
-    torch.narrow, torch.mean, torch.sum, operator.getitem, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d, F.dropout, F.dropout1d, F.dropout2d, F.pad, getattr,
-}
-LINEAR_METHODS = {
-    "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "contiguous", "chunk",
-    "split", "narrow", "mean", "sum", "add", "sub", "mul", "div", "neg", "size", "dim", "expand", "repeat",
-    "unflatten", "view_as", "reshape_as", "clone", "float", "double", "to", "type_as", "__getitem__",
-}
+SCALING_METHODS = {"mul", "div", "neg"}
+#: Sums: every operand must be an activation (a constant would be injected at every step).
+SUM_FUNCTIONS = {operator.add, operator.sub, torch.add, torch.sub}
+SUM_METHODS = {"add", "sub"}
+#: Integer arithmetic on shapes (``x.size(0) // 2``): allowed on shape values only.
+SHAPE_FUNCTIONS = {operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.mod,
+                   operator.neg, operator.getitem, getattr}
+SHAPE_METHODS = {"size", "dim"}
+_SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}
+
+_INPLACE_FUNCTIONS = {torch.relu_, F.relu_, F.hardtanh_, torch.clamp_}
+_CAPPED_FUNCTIONS = {F.hardtanh, F.hardtanh_}
+_CLAMP_FUNCTIONS = {torch.clamp, torch.clamp_, torch.clip, torch.clamp_min}
+_CLAMP_METHODS = {"clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_"}
+_DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+
+
+# --- naming ---------------------------------------------------------------------------------------
+@cache
+def _public_names() -> dict[int, str]:
+    """id(object) → its public dotted name in torch.nn.functional, torch or operator (first wins)."""
+    names: dict[int, str] = {}
+    for prefix, space in (("torch.nn.functional", F), ("torch", torch), ("operator", operator)):
+        for name, obj in vars(space).items():
+            if not name.startswith("_") and callable(obj):
+                names.setdefault(id(obj), f"{prefix}.{name}")
+    return names
+
+
+def owner_path(node: fx.Node) -> str:
+    """Path of the module whose forward made this call ('' for the top level)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, _ = list(stack.values())[-1]
+    return str(path)
 
 
 def describe(node: fx.Node, gm: fx.GraphModule) -> str:
-    """A human name for a node's op: 'torch.nn.GELU at features.3', 'torch.sigmoid', 'Tensor.exp()'."""
+    """A human name for a node's op: 'torch.nn.GELU at features.3', 'torch.sigmoid in layer1.0', 'Tensor.abs()'."""
     if node.op == "call_module":
         cls = type(gm.get_submodule(str(node.target)))
         qual = f"torch.nn.{cls.__name__}" if getattr(nn, cls.__name__, None) is cls else f"{cls.__module__}.{cls.__qualname__}"
         return f"{qual} at {node.target}"
     if node.op == "call_function":
-        name = getattr(node.target, "__name__", str(node.target))
-        for prefix, space in (("torch.nn.functional", F), ("torch", torch), ("operator", operator)):
-            if getattr(space, name, None) is node.target:
-                return f"{prefix}.{name}"
-        return f"{getattr(node.target, '__module__', '')}.{name}".lstrip(".")
-    if node.op == "call_method":
-        return f"Tensor.{node.target}()"
-    return f"{node.op} {node.target}"
+        target = node.target
+        name = _public_names().get(id(target)) or \
+            f"{getattr(target, '__module__', '') or ''}.{getattr(target, '__name__', str(target))}".lstrip(".")
+    elif node.op == "call_method":
+        name = f"Tensor.{node.target}()"
+    else:
+        return f"{node.op} {node.target}"
+    owner = owner_path(node)
+    return f"{name} in {owner}" if owner else name
 
 
-def classify(node: fx.Node, gm: fx.GraphModule) -> str:
-    """The kind of an fx node (see the module docstring); ``io`` for placeholders, outputs, attributes."""
+# --- classification ---------------------------------------------------------------------------------
+def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _relu_like(low: Any, high: Any) -> bool:
+    """clamp/hardtanh bounds that make a ReLU: low = 0 and high absent or positive."""
+    return _number(low) and low == 0 and (high is None or (_number(high) and high > 0))
+
+
+def _relu_site(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """A call the table lists as ReLU-like, with arguments that make it one."""
+    if node.op == "call_module":
+        module = gm.get_submodule(str(node.target))
+        return not isinstance(module, nn.Hardtanh) or isinstance(module, nn.ReLU6) or \
+            _relu_like(module.min_val, module.max_val)
+    if node.target in _CAPPED_FUNCTIONS:
+        return _relu_like(_arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0))
+    if node.target in _CLAMP_FUNCTIONS or node.target in _CLAMP_METHODS:
+        if node.target in (torch.clamp_min, "clamp_min", "clamp_min_"):
+            return _relu_like(_arg(node, 1, "min"), None)
+        return _relu_like(_arg(node, 1, "min"), _arg(node, 2, "max"))
+    return True
+
+
+def table_kind(node: fx.Node, gm: fx.GraphModule) -> str:
+    """The table's kind for this node's op, before its arguments are looked at."""
     if node.op in ("placeholder", "output", "get_attr"):
         return "io"
     if node.op == "call_module":
+        from qffs.quant.lsq import LSQActivation  # lazy: qffs.quant imports this module
+
         module = gm.get_submodule(str(node.target))
-        for kind, types in (("quantizer", (LSQActivation,)), ("weighted", WEIGHTED_MODULES),
-                            ("batchnorm", BATCHNORM_MODULES), ("maxpool", MAXPOOL_MODULES),
-                            ("relu", RELU_MODULES), ("linear", LINEAR_MODULES)):
-            if isinstance(module, types):
-                if kind == "linear" and isinstance(module, (nn.Dropout, nn.Dropout1d, nn.Dropout2d)) and module.training:
-                    return "unsupported"
-                return kind
-        return "unsupported"
+        if isinstance(module, LSQActivation):
+            return "quantizer"
+        return next((kind for cls, kind in MODULE_KINDS if isinstance(module, cls)), "unsupported")
     if node.op == "call_function":
-        if node.target in MAXPOOL_FUNCTIONS:
-            return "maxpool"
-        if node.target in RELU_FUNCTIONS:
-            return "relu"
-        if node.target in LINEAR_FUNCTIONS or node.target in SCALING_FUNCTIONS:
-            return "linear"
-        return "unsupported"
+        return FUNCTION_KINDS.get(node.target, "unsupported")  # type: ignore[arg-type]
     if node.op == "call_method":
-        if node.target in RELU_METHODS:
-            return "relu"
-        return "linear" if node.target in LINEAR_METHODS else "unsupported"
+        return METHOD_KINDS.get(str(node.target), "unsupported")
     return "unsupported"
+
+
+def classify(node: fx.Node, gm: fx.GraphModule) -> str:
+    """The kind of an fx node (see the module docstring); ``io`` for placeholders, outputs, attributes.
+
+    Arguments decide where the op alone does not: ``hardtanh(-1, 1)`` and ``clamp(min=0.5)`` are
+    not ReLUs, and dropout counts as linear only in eval mode.
+    """
+    kind = table_kind(node, gm)
+    if kind == "relu" and not _relu_site(node, gm):
+        return "unsupported"
+    if kind == "linear" and node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), _DROPOUT_MODULES) \
+            and gm.get_submodule(str(node.target)).training:
+        return "unsupported"
+    return kind
+
+
+def is_relu_site(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """A ReLU-like call site that ``quantize`` replaces by a quantizer."""
+    return classify(node, gm) == "relu"
+
+
+def is_inplace(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """Does this call mutate its first argument (``relu_``, ``inplace=True``, ``clamp_``)?"""
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(str(node.target)), "inplace", False))
+    if node.op == "call_function":
+        return node.target in _INPLACE_FUNCTIONS or bool(node.kwargs.get("inplace", False)) or (
+            node.target in (F.relu, F.relu6) and len(node.args) > 1 and bool(node.args[1])
+        ) or (node.target is F.hardtanh and len(node.args) > 3 and bool(node.args[3]))
+    return node.op == "call_method" and str(node.target).endswith("_")
 
 
 def is_scaling(node: fx.Node) -> bool:
     """A product/quotient/negation: linear only if at most one operand is an activation."""
     return (node.op == "call_function" and node.target in SCALING_FUNCTIONS) or (
-        node.op == "call_method" and node.target in ("mul", "div"))
+        node.op == "call_method" and node.target in SCALING_METHODS)
 
 
 def is_sum(node: fx.Node) -> bool:
     """An addition/subtraction: any non-activation tensor operand is a bias."""
-    return (node.op == "call_function" and node.target in (operator.add, operator.sub, torch.add, torch.sub)) or (
-        node.op == "call_method" and node.target in ("add", "sub"))
+    return (node.op == "call_function" and node.target in SUM_FUNCTIONS) or (
+        node.op == "call_method" and node.target in SUM_METHODS)
 
 
 def node_inputs(node: fx.Node) -> list[Any]:
@@ -116,3 +225,89 @@ def node_inputs(node: fx.Node) -> list[Any]:
     for a in list(node.args) + list(node.kwargs.values()):
         out.extend(a if isinstance(a, (list, tuple)) else [a])
     return out
+
+
+# --- the check both stages run ---------------------------------------------------------------------
+_NO_EQUIVALENT = ("has no spiking equivalent: only ReLU-like activations (ReLU, ReLU6, hardtanh(0, m), "
+                  "clamp(min=0)) become spiking neurons, and only linear or selection ops pass between them — "
+                  "replace it by ReLU and fine-tune the float model before quantizing")
+
+
+def _is_shape_node(node: fx.Node, acts: list[fx.Node], shapes: set[fx.Node]) -> bool:
+    """Integer shape arithmetic: ``x.size()``, ``x.shape``, and operators on those only."""
+    if node.op == "call_method" and node.target in SHAPE_METHODS:
+        return True
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in _SHAPE_ATTRIBUTES
+    return node.op == "call_function" and node.target in SHAPE_FUNCTIONS and bool(acts) and all(a in shapes for a in acts)
+
+
+def check_graph(gm: fx.GraphModule, stage: str) -> None:
+    """Raise :class:`UnsupportedGraphError` at the first node with no SNN equivalent.
+
+    ``stage="quantize"`` checks a float model (ReLU-like sites are where quantizers go);
+    ``stage="convert"`` a QANN (a ReLU without quantizer, or a quantizer called from several
+    places, is refused). Every other rule is the same in both, so a network ``quantize``
+    accepts is one ``convert`` accepts.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    verb = "quantize" if stage == "quantize" else "convert"
+
+    def refuse(node: fx.Node, why: str) -> UnsupportedGraphError:
+        return UnsupportedGraphError(f"cannot {verb} node '{node.name}' ({describe(node, gm)}): {why}")
+
+    # inputs fixed by concrete_args stay as unused placeholders
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder" and n.users]
+    if len(placeholders) != 1:
+        raise UnsupportedGraphError(f"the network must take exactly one input tensor, it takes {len(placeholders)}")
+    derived: set[fx.Node] = set(placeholders)   # values that vary with time: activations and their shapes
+    shapes: set[fx.Node] = set()                # the shape values among them
+    sites: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        inputs = node_inputs(node)
+        acts = [a for a in inputs if isinstance(a, fx.Node) and a in derived]
+        if acts:
+            derived.add(node)
+        if node.op == "output":
+            if not isinstance(node.args[0], fx.Node):
+                raise UnsupportedGraphError("the network must return a single tensor (the logits), not a "
+                                            f"{type(node.args[0]).__name__}")
+            continue
+        if _is_shape_node(node, acts, shapes):
+            shapes.add(node)
+            continue
+        acts = [a for a in acts if a not in shapes]
+        kind = classify(node, gm)
+        if kind == "unsupported":
+            raise refuse(node, _NO_EQUIVALENT)
+        if kind == "relu" and stage == "convert":
+            raise refuse(node, "a ReLU without quantizer — run qffs.quantize on the float model first "
+                               "(it turns every ReLU into a step-size quantizer)")
+        if kind == "quantizer" and stage == "convert":
+            sites[str(node.target)] = sites.get(str(node.target), 0) + 1
+            if sites[str(node.target)] > 1:
+                raise refuse(node, "this quantizer is called from several places; each call site needs its "
+                                   "own neuron (qffs.quantize gives each its own)")
+        if is_scaling(node):
+            divisor = node.args[1] if len(node.args) > 1 else None
+            is_div = node.target in (operator.truediv, torch.div, "div")
+            if len(acts) > 1 or (is_div and isinstance(divisor, fx.Node) and divisor in derived and divisor not in shapes):
+                raise refuse(node, "a product or quotient of two activations is not linear and has no spiking "
+                                   "equivalent")
+        if is_sum(node) and acts and len(acts) < len([a for a in inputs if not isinstance(a, (str, type(None)))]):
+            raise refuse(node, "adds a constant (a bias not owned by a layer), which would be injected at every "
+                               "time step — make it the bias of the preceding conv/linear layer")
+        if kind == "linear" and node.op == "call_function" and node.target is F.pad:
+            value = _arg(node, 3, "value", 0)
+            mode = _arg(node, 2, "mode", "constant")
+            if mode != "constant" or value not in (0, 0.0, None):
+                raise refuse(node, "only zero padding is linear; other padding injects a constant every step")
+        if kind == "maxpool" and (_arg(node, 6, "return_indices", False) is True if node.op == "call_function"
+                                  else getattr(gm.get_submodule(str(node.target)), "return_indices", False)):
+            raise refuse(node, "max pooling with return_indices has no spiking equivalent")
+
+
+__all__ = ["FUNCTION_KINDS", "KINDS", "METHOD_KINDS", "MODULE_KINDS", "STAGES", "check_graph", "classify",
+           "describe", "is_inplace", "is_relu_site", "is_scaling", "is_sum", "node_inputs", "owner_path",
+           "table_kind"]

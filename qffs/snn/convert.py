@@ -16,7 +16,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from qffs.errors import QffsError, UnsupportedGraphError
-from qffs.ops import classify, describe, is_scaling, is_sum, node_inputs
+from qffs.ops import check_graph, classify
 from qffs.quant.lsq import LSQActivation
 from qffs.snn.layers import GatedAffine, GatedLayer
 from qffs.snn.network import SpikingNetwork
@@ -48,54 +48,9 @@ def as_graph_module(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(model, graph, type(model).__name__).eval()
 
 
-def _refuse(node: fx.Node, gm: fx.GraphModule, why: str) -> UnsupportedGraphError:
-    return UnsupportedGraphError(f"cannot convert node '{node.name}' ({describe(node, gm)}): {why}")
-
-
 def check_convertible(gm: fx.GraphModule) -> None:
-    """Raise :class:`UnsupportedGraphError` at the first node with no SNN equivalent."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise UnsupportedGraphError(f"the network must take exactly one input tensor, it takes {len(placeholders)}")
-    derived: set[fx.Node] = set(placeholders)  # nodes whose value varies with time (activations)
-    sites: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        inputs = node_inputs(node)
-        acts = [a for a in inputs if isinstance(a, fx.Node) and a in derived]
-        if acts:
-            derived.add(node)
-        kind = classify(node, gm)
-        if node.op == "output":
-            if not isinstance(node.args[0], fx.Node):
-                raise UnsupportedGraphError("the network must return a single tensor (the logits)")
-            continue
-        if kind == "unsupported":
-            raise _refuse(node, gm, "not a quantized activation, a weighted layer, BatchNorm, max pooling or a "
-                                    "linear/selection op, so it has no spiking equivalent — replace it (e.g. by "
-                                    "ReLU), fine-tune, and quantize again")
-        if kind == "relu":
-            raise _refuse(node, gm, "a ReLU without quantizer — run qffs.quantize on the float model first "
-                                    "(it turns every ReLU into a step-size quantizer)")
-        if kind == "quantizer":
-            sites[str(node.target)] = sites.get(str(node.target), 0) + 1
-            if sites[str(node.target)] > 1:
-                raise _refuse(node, gm, "this quantizer is called from several places; each call site needs its "
-                                        "own neuron (qffs.quantize gives each its own)")
-        if is_scaling(node):
-            divisor_is_act = node.target in ("div",) or getattr(node.target, "__name__", "") in ("truediv", "div")
-            if len(acts) > 1 or (divisor_is_act and len(node.args) > 1 and node.args[1] in derived):
-                raise _refuse(node, gm, "a product or quotient of two activations is not linear and has no "
-                                        "spiking equivalent")
-        if is_sum(node) and acts and len(acts) < len([a for a in inputs if not isinstance(a, (str, type(None)))]):
-            raise _refuse(node, gm, "adds a constant (a bias not owned by a layer), which would be injected at "
-                                    "every time step — make it the bias of the preceding conv/linear layer")
-        if kind == "linear" and getattr(node.target, "__name__", "") == "pad":
-            value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0)
-            mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
-            if mode != "constant" or value not in (0, 0.0, None):
-                raise _refuse(node, gm, "only zero padding is linear; other padding injects a constant every step")
-        if kind == "maxpool" and node.op == "call_function" and node.kwargs.get("return_indices"):
-            raise _refuse(node, gm, "max pooling with return_indices has no spiking equivalent")
+    """Raise :class:`UnsupportedGraphError` at the first node with no SNN equivalent (``qffs.ops``)."""
+    check_graph(gm, "convert")
 
 
 def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
