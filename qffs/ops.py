@@ -65,7 +65,7 @@ METHOD_KINDS: dict[str, str] = {
     **dict.fromkeys((
         "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "contiguous", "chunk",
         "split", "narrow", "mean", "sum", "add", "sub", "mul", "div", "neg", "size", "dim", "expand", "repeat",
-        "unflatten", "view_as", "reshape_as", "clone", "float", "double", "to", "type_as", "__getitem__",
+        "unflatten", "view_as", "reshape_as", "clone", "float", "double", "to", "type_as",
     ), "linear"),
 }
 
@@ -86,6 +86,7 @@ _CAPPED_FUNCTIONS = {F.hardtanh, F.hardtanh_}
 _CLAMP_FUNCTIONS = {torch.clamp, torch.clamp_, torch.clip, torch.clamp_min}
 _CLAMP_METHODS = {"clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_"}
 _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+_DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d}
 
 
 # --- naming ---------------------------------------------------------------------------------------
@@ -279,6 +280,9 @@ def check_graph(gm: fx.GraphModule, stage: str) -> None:
             continue
         acts = [a for a in acts if a not in shapes]
         kind = classify(node, gm)
+        if node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS and _arg(node, 2, "training", True):
+            raise refuse(node, "dropout with training=True drops at random at inference too (F.dropout's "
+                               "default) — pass training=self.training")
         if kind == "unsupported":
             raise refuse(node, _NO_EQUIVALENT)
         if kind == "relu" and stage == "convert":
