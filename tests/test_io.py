@@ -107,3 +107,125 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             tmp.write_bytes(b"half")
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- checkpoints as people have them (issue: real networks in) -------------------------------------
+def _outputs_equal(a, b, shape=(2, 3, 32, 32)):
+    x = torch.randn(shape)
+    return torch.equal(a.eval()(x), b.eval()(x))
+
+
+def _trained_bn(model):
+    """BatchNorm statistics as training leaves them (so a loading mistake changes the outputs)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.num_batches_tracked.fill_(391)
+    return model
+
+
+def test_batchnorm_without_num_batches_tracked_loads(tmp_path, model):
+    """PyTorch < 0.4.1 did not save num_batches_tracked; PyTorch's own rules back-fill it."""
+    _trained_bn(model)
+    sd = model.state_dict()   # an OrderedDict whose metadata says BN version 2 (modern PyTorch)
+    for key in [k for k in sd if k.endswith("num_batches_tracked")]:
+        del sd[key]
+    assert not any(k.endswith("num_batches_tracked") for k in sd)
+    torch.save(sd, tmp_path / "old.th")
+    loaded, _ = load_model(tmp_path / "old.th", spec=SPEC)
+    assert _outputs_equal(loaded, model)
+    assert all(int(v) == 0 for k, v in loaded.state_dict().items() if k.endswith("num_batches_tracked"))
+
+
+def test_really_missing_keys_are_still_named(tmp_path, model):
+    sd = model.state_dict()
+    del sd["layer1.0.bn1.running_var"]
+    torch.save(sd, tmp_path / "w.pt")
+    with pytest.raises(QffsError, match="missing keys: layer1.0.bn1.running_var$"):
+        load_model(tmp_path / "w.pt", spec=SPEC)
+
+
+def test_tensors_saved_on_cuda_load_on_the_cpu(tmp_path, model, monkeypatch):
+    """Storages tagged 'cuda:0' (a checkpoint saved on a GPU machine) load on a CPU-only one."""
+    _trained_bn(model)
+    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+    torch.save({"state_dict": model.state_dict(), "epoch": 10}, tmp_path / "gpu.pth")
+    monkeypatch.undo()
+    if not torch.cuda.is_available():   # the file really is CUDA-tagged: without map_location it fails here
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(tmp_path / "gpu.pth", weights_only=True)
+    loaded, _ = load_model(tmp_path / "gpu.pth", spec=SPEC)
+    assert all(t.device.type == "cpu" for t in loaded.state_dict().values())
+    assert _outputs_equal(loaded, model)
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "_orig_mod.module.", "module._orig_mod."])
+def test_wrapper_prefixes_in_any_combination(tmp_path, model, prefix):
+    _trained_bn(model)
+    torch.save({f"{prefix}{k}": v for k, v in model.state_dict().items()}, tmp_path / "w.pt")
+    loaded, ckpt = load_model(tmp_path / "w.pt", spec=SPEC)
+    assert "".join(ckpt.stripped) == prefix
+    assert _outputs_equal(loaded, model)
+
+
+@pytest.mark.parametrize("key", ["model_state_dict", "ema", "state_dict_ema", "model_ema"])
+def test_nested_under_any_usual_key_beside_training_state(tmp_path, model, key):
+    import argparse
+
+    import numpy as np
+
+    _trained_bn(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    model.eval()
+    torch.save({key: model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 182,
+                "best_acc": np.float64(91.7), "args": argparse.Namespace(arch="resnet20", lr=0.1),
+                "scheduler": {"last_epoch": 182}}, tmp_path / "ckpt.pth.tar")
+    loaded, ckpt = load_model(tmp_path / "ckpt.pth.tar", spec=SPEC)
+    assert ckpt.entry == key
+    assert _outputs_equal(loaded, model)
+
+
+def test_legacy_serialization_format(tmp_path, model):
+    torch.save(model.state_dict(), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    loaded, _ = load_model(tmp_path / "legacy.pth", spec=SPEC)
+    assert _same(loaded.state_dict(), model.state_dict())
+
+
+def test_refusal_names_the_objects_that_would_run_code(tmp_path):
+    torch.save({"state_dict": {"w": torch.ones(1)}, "payload": _Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(QffsError, match=r"beyond tensors \(.*posix.system|beyond tensors \(.*os.system"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_only_the_classifier_head_differs(tmp_path):
+    source = build_model("resnet20(num_classes=100, in_channels=3)")
+    torch.save(source.state_dict(), tmp_path / "c100.th")
+    with pytest.raises(QffsError) as err:
+        load_model(tmp_path / "c100.th", spec=SPEC)
+    msg = str(err.value)
+    assert "shape mismatch: linear.weight (100, 64) vs model (10, 64), linear.bias (100,) vs model (10,)" in msg
+    assert "only the classifier head (linear) differs: the checkpoint predicts 100 classes, the model 10" in msg
+    assert "--model 'resnet20(num_classes=100, in_channels=3)'" in msg
+    assert "\n" not in msg
+
+
+def test_only_the_input_channels_differ(tmp_path):
+    source = build_model("resnet20(num_classes=10, in_channels=1)")
+    torch.save(source.state_dict(), tmp_path / "gray.th")
+    with pytest.raises(QffsError) as err:
+        load_model(tmp_path / "gray.th", spec=SPEC)
+    msg = str(err.value)
+    assert "conv1.weight (16, 1, 3, 3) vs model (16, 3, 3, 3)" in msg
+    assert "only the input channels differ: the checkpoint's first layer takes 1, the model 3" in msg
+    assert "--model 'resnet20(num_classes=10, in_channels=1)'" in msg
+
+
+def test_no_hint_when_the_architecture_differs(tmp_path):
+    torch.save(build_model("vgg_small").state_dict(), tmp_path / "vgg.pt")
+    with pytest.raises(QffsError) as err:
+        load_model(tmp_path / "vgg.pt", spec=SPEC)
+    assert "missing keys:" in str(err.value) and "only the" not in str(err.value)
