@@ -218,7 +218,8 @@ def _mismatch_hint(model: nn.Module, shapes: dict[str, tuple[tuple, tuple]], spe
             groups = getattr(first[1], "groups", 1)
             c_theirs, c_ours = theirs[1] * groups, ours[1] * groups
             return (f" — only the input channels differ: the checkpoint's first layer takes {c_theirs}, the model "
-                    f"{c_ours}; pass {_spec_with(spec, in_channels=c_theirs)} and data with {c_theirs} channels")
+                    f"{c_ours}; pass {_spec_with(spec, in_channels=c_theirs)} and data with {c_theirs} "
+                    f"channel{'s' if c_theirs != 1 else ''}")
     return ""
 
 

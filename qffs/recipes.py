@@ -299,7 +299,13 @@ def _load_fp(checkpoint: str | Path, model: str | None, data: DataOptions):
         raise QffsError(f"{checkpoint} does not record its model: pass the model spec, e.g. --model resnet20 "
                         "or --model path/to/model.py:factory")
     net = build_model(spec)
-    load_into(net, ckpt.state_dict, source=str(checkpoint), spec=spec)
+    try:
+        load_into(net, ckpt.state_dict, source=str(checkpoint), spec=spec)
+    except QffsError as err:
+        recorded = ckpt.meta.get("model")
+        if model and recorded and recorded != spec:
+            raise QffsError(f"{err} (the checkpoint records its model as {recorded!r}: leave out --model to use it)") from err
+        raise
     return net, ckpt, spec
 
 

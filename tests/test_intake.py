@@ -207,3 +207,9 @@ def test_imagefolder_32px_tree_through_train_run_convert_evaluate(cli, tmp_path)
     again = json.loads((tmp_path / "ev" / "curve.json").read_text())
     assert again["qann_accuracy"] == report["qann_accuracy"]
     assert again["snn_accuracy"] == report["snn_accuracy"]
+
+
+def test_a_model_other_than_the_recorded_one_says_which_is_recorded(cli, tmp_path):
+    result = cli("quantize", SHIPPED, "--model", "resnet20", "--out", tmp_path / "q.pt")
+    _one_line_error(result, "does not match the model: missing keys: conv1.weight",
+                    "records its model as 'vgg_small(num_classes=10, in_channels=1)': leave out --model")
