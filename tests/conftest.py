@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,3 +18,27 @@ os.environ.setdefault("QFFS_PROGRESS", "0")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small graphs run several times faster on one thread (no thread-pool overhead; on a shared
+    2-core machine two threads were up to 10x slower per step). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cli(capsys):
+    """The ``qffs`` entry point in-process (fast): returns (exit code, stdout, stderr) as a CompletedProcess."""
+    from cli.main import main
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+    return call

@@ -26,19 +26,6 @@ def qffs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([QFFS, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=600)
 
 
-@pytest.fixture
-def cli(capsys):
-    """The same entry point in-process (fast): returns (exit code, stdout, stderr)."""
-    from cli.main import main
-
-    def call(*args: str) -> subprocess.CompletedProcess:
-        code = main([str(a) for a in args])
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out.out, out.err)
-
-    return call
-
-
 @pytest.mark.parametrize("command", ["", "train", "quantize", "convert", "evaluate", "run", "demo", "info"])
 def test_every_command_has_help_with_an_example(cli, command):
     result = cli(*([command] if command else []), "--help")

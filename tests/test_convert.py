@@ -10,7 +10,7 @@ from torch import nn
 from qffs.errors import QffsError, UnsupportedGraphError
 from qffs.models import build_model
 from qffs.quant import LSQActivation, calibrate, quantize
-from qffs.snn import IFNeuron, convert
+from qffs.snn import convert
 from qffs.snn.layers import GatedAffine, GatedLayer
 from qffs.snn.pooling import EventMaxPool
 

@@ -73,13 +73,7 @@ CORPUS = [
 IDS = [e.spec.removeprefix(f"{C}/") for e in CORPUS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Faster on one thread: on a shared 2-core machine, 2 threads ran these graphs up to 10x slower per step."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

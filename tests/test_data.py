@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-import shutil
 import zipfile
 from pathlib import Path
 

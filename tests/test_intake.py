@@ -4,6 +4,9 @@ refusal before any data is read, and ImageFolder data end to end."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import io
 import json
 import subprocess
 import time
@@ -15,7 +18,7 @@ import torch
 from PIL import Image
 
 from qffs.io import load_checkpoint
-from tests.test_cli import SHIPPED, _one_line_error, cli, qffs  # noqa: F401  (cli is a fixture)
+from tests.test_cli import SHIPPED, _one_line_error, qffs
 
 SUBSET = ("--limit", "128", "--test-limit", "128", "--batch-size", "64")
 
@@ -35,9 +38,6 @@ def reference_accuracy(tmp_path_factory) -> str:
     from cli.main import main
 
     out = tmp_path_factory.mktemp("ref") / "q.pt"
-    import contextlib
-    import io
-
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         assert main(["quantize", str(SHIPPED), "--out", str(out), "--epochs", "0", *SUBSET]) == 0
@@ -117,8 +117,6 @@ def test_unconvertible_model_refused_by_quantize_before_data_in_under_15_s(tmp_p
     """
     model_file = tmp_path / "net.py"
     model_file.write_text(UNCONVERTIBLE)
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("unconvertible_net", model_file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

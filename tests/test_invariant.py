@@ -15,13 +15,7 @@ from hypothesis import strategies as st
 from qffs.snn import convert
 from tests.snn_graphs import build_qann, genomes, quantizer_levels
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny graphs run 3x faster on one thread (no thread-pool overhead)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)

@@ -233,12 +233,7 @@ def _kind(example: Example) -> str:
     return ops.FUNCTION_KINDS.get(example.key) or ops.METHOD_KINDS.get(example.key) or "unsupported"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[_id(e) for e in EXAMPLES])
