@@ -293,6 +293,8 @@ def dataset_info(name: str, root: str | Path | None = None) -> DatasetInfo:
     if name != "imagefolder":
         return _INFO[name]
     base = _default_root(root)
+    if base is None:
+        _imagefolder_split_dir(base, "train")   # says that --data-root is needed
     try:
         tree = _imagefolder_split_dir(base, "train")
     except QffsError:  # an evaluation-only tree: its val/ or test/ split says the same

@@ -8,8 +8,8 @@ prints that line and exits with code 2; a traceback means a bug in qffs.
 from __future__ import annotations
 
 
-class QffsError(Exception):
-    """A user-facing error with a one-line, actionable message."""
+class QffsError(ValueError):
+    """A user-facing error with a one-line, actionable message (a ValueError, so callers can catch it as one)."""
 
 
 class UnsupportedGraphError(QffsError):

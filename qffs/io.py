@@ -31,6 +31,7 @@ import json
 import os
 import pickle
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,23 +131,46 @@ def _unwrap(obj: Any, path: Path) -> Checkpoint:
 
 
 def _harmless_globals() -> list[Any]:
-    """Objects training scripts save beside the weights that carry only data."""
+    """Objects training scripts save beside the weights that carry only data.
+
+    numpy's reconstructors are allowed under their numpy 1.x names too (``numpy.core``):
+    most downloaded checkpoints were written before numpy 2 renamed it ``numpy._core``.
+    """
     import numpy as np
 
     core = getattr(np, "_core", None) or np.core
     dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"]
-    return [argparse.Namespace, core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+    renamed = [(fn, f"numpy.core.multiarray.{fn.__name__}") for fn in (core.multiarray.scalar, core.multiarray._reconstruct)]
+    return [argparse.Namespace, core.multiarray.scalar, core.multiarray._reconstruct, *renamed, np.ndarray, np.dtype,
+            *dtypes]
+
+
+def _global_name(entry: Any) -> str:
+    return entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
 
 
 def _unsafe_globals(file: Path) -> str:
     with contextlib.suppress(Exception):
         names = torch.serialization.get_unsafe_globals_in_checkpoint(file)
-        harmless = {f"{g.__module__}.{g.__qualname__}" for g in _harmless_globals()}
+        harmless = {_global_name(g) for g in _harmless_globals()}
         names = [n for n in names if n not in harmless]
         if names:
             more = f" (+{len(names) - 4} more)" if len(names) > 4 else ""
             return f" ({', '.join(names[:4])}{more})"
     return ""
+
+
+def _not_a_checkpoint(file: Path) -> str | None:
+    """What a file that is no checkpoint at all most likely is, or None."""
+    with file.open("rb") as fh:
+        head = fh.read(64)
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the checkpoint itself: fetch the file (git lfs pull) or download it again"
+    if head.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml")):
+        return "a web page, not a checkpoint: the download saved an HTML page (a login or redirect?)"
+    if not zipfile.is_zipfile(file) and not head.startswith(b"\x80"):  # torch.save: a zip, or (< 1.6) a pickle
+        return "not a PyTorch checkpoint: neither the zip archive nor the pickle that torch.save writes"
+    return None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
@@ -166,10 +190,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         meta = json.loads(raw_meta["qffs"]) if "qffs" in raw_meta else {}
         state_dict, stripped = strip_wrapper_prefixes(tensors)
         return Checkpoint(state_dict, meta, file, "", stripped)
+    what = _not_a_checkpoint(file)
+    if what:
+        raise QffsError(f"{file} is {what}")
     try:
         with torch.serialization.safe_globals(_harmless_globals()):
             obj = torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):   # not a pickle at all
+            raise QffsError(f"{file}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from exc
         raise QffsError(
             f"refusing to load {file}: it contains pickled Python objects beyond tensors{_unsafe_globals(file)} "
             "(torch.load weights_only=True). Re-save it as a plain state dict "
@@ -189,14 +218,21 @@ def _weighted_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
 
 
-def _spec_with(spec: str | None, **kwargs: Any) -> str:
-    """``--model`` text that sets ``kwargs`` on ``spec`` (a qffs or torchvision spec)."""
-    from qffs.models import ModelSpec, parse_spec
+def _spec_with(spec: str | None, what: str, **kwargs: Any) -> str:
+    """'pass --model ...' setting ``kwargs`` on ``spec`` where its factory takes them, else what to change."""
+    from qffs.models import ModelSpec, keyword_options, parse_spec
 
+    settings = ", ".join(f"{k}={v}" for k, v in kwargs.items())
     if not spec:
-        return ", ".join(f"{k}={v}" for k, v in kwargs.items()) + " in the model spec"
+        return f"pass {settings} in the model spec"
+    try:
+        accepted = keyword_options(spec)
+    except QffsError:
+        accepted = set()
+    if accepted is not None and not set(kwargs) <= accepted:
+        return f"{spec} takes no {', '.join(kwargs)} option, so change {what} in its code"
     parsed = parse_spec(spec)
-    return f"--model '{ModelSpec(parsed.source, parsed.name, {**parsed.kwargs, **kwargs}, parsed.path)}'"
+    return f"pass --model '{ModelSpec(parsed.source, parsed.name, {**parsed.kwargs, **kwargs}, parsed.path)}'"
 
 
 def _mismatch_hint(model: nn.Module, shapes: dict[str, tuple[tuple, tuple]], spec: str | None) -> str:
@@ -209,8 +245,8 @@ def _mismatch_hint(model: nn.Module, shapes: dict[str, tuple[tuple, tuple]], spe
     if owners == {last[0]} and all(a[1:] == b[1:] for a, b in shapes.values()):
         theirs, ours = next(iter(shapes.values()))
         return (f" — only the classifier head ({last[0] or 'the last layer'}) differs: the checkpoint predicts "
-                f"{theirs[0]} classes, the model {ours[0]}; to keep the checkpoint's head pass {_spec_with(spec, num_classes=theirs[0])} "
-                f"and data with {theirs[0]} classes")
+                f"{theirs[0]} classes, the model {ours[0]}; to keep the checkpoint's head "
+                f"{_spec_with(spec, 'the number of classes', num_classes=theirs[0])} and use data with {theirs[0]} classes")
     weight = f"{first[0]}.weight".lstrip(".")
     if owners == {first[0]} and set(shapes) == {weight} and len(shapes[weight][0]) > 1:
         theirs, ours = shapes[weight]
@@ -218,8 +254,8 @@ def _mismatch_hint(model: nn.Module, shapes: dict[str, tuple[tuple, tuple]], spe
             groups = getattr(first[1], "groups", 1)
             c_theirs, c_ours = theirs[1] * groups, ours[1] * groups
             return (f" — only the input channels differ: the checkpoint's first layer takes {c_theirs}, the model "
-                    f"{c_ours}; pass {_spec_with(spec, in_channels=c_theirs)} and data with {c_theirs} "
-                    f"channel{'s' if c_theirs != 1 else ''}")
+                    f"{c_ours}; {_spec_with(spec, 'the input channels', in_channels=c_theirs)} and use data with "
+                    f"{c_theirs} channel{'s' if c_theirs != 1 else ''}")
     return ""
 
 

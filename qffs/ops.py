@@ -9,11 +9,15 @@ runs, exactly the networks that :func:`qffs.convert` would refuse later, by the 
   ``x.relu()`` …): ``quantize`` gives it a quantizer; ``convert`` refuses it (no step size);
 - ``weighted`` — ``nn.Conv1d/2d`` or ``nn.Linear``: stays, its bias gated to the input window;
 - ``batchnorm`` — folded into the layer before it, or kept as a gated per-channel affine op;
-- ``maxpool`` — becomes event max pooling;
+- ``maxpool`` — max pooling, adaptive too: becomes event max pooling;
 - ``linear`` — linear or selection ops that act on each time step's tensor unchanged
-  (average pooling, flatten/view, sums, scaling by a constant, concatenation, slicing, …);
-- ``unsupported`` — anything else (sigmoid, abs, layer norm, a product of two activations,
-  a constant added every step, …): refused by name.
+  (average pooling, flatten/view, sums, scaling by a constant, concatenation, slicing,
+  interpolation, ``zeros_like`` …);
+- ``unsupported`` — anything else (sigmoid, abs, layer norm, …): refused by name.
+
+After the table, :data:`ARGUMENT_RULES` look at arguments: a product of two activations, a
+constant added or concatenated, non-zero padding, a rounding division or integer cast, dropout
+in training mode and pooling indices are refused too.
 
 Shape arithmetic (``x.size(0) // 2``, ``x.shape[1] * 4``) is not an activation and may use
 any of Python's integer operators.
@@ -22,6 +26,7 @@ any of Python's integer operators.
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, Callable
 
@@ -39,16 +44,17 @@ STAGES = ("quantize", "convert")
 MODULE_KINDS: tuple[tuple[type[nn.Module], str], ...] = (
     (nn.Conv1d, "weighted"), (nn.Conv2d, "weighted"), (nn.Linear, "weighted"),
     (nn.BatchNorm1d, "batchnorm"), (nn.BatchNorm2d, "batchnorm"),
-    (nn.MaxPool1d, "maxpool"), (nn.MaxPool2d, "maxpool"),
+    (nn.MaxPool1d, "maxpool"), (nn.MaxPool2d, "maxpool"), (nn.AdaptiveMaxPool1d, "maxpool"),
+    (nn.AdaptiveMaxPool2d, "maxpool"),
     (nn.ReLU, "relu"), (nn.ReLU6, "relu"), (nn.Hardtanh, "relu"),
     (nn.AvgPool1d, "linear"), (nn.AvgPool2d, "linear"), (nn.AdaptiveAvgPool1d, "linear"),
     (nn.AdaptiveAvgPool2d, "linear"), (nn.Flatten, "linear"), (nn.Unflatten, "linear"), (nn.Identity, "linear"),
     (nn.Dropout, "linear"), (nn.Dropout1d, "linear"), (nn.Dropout2d, "linear"), (nn.ZeroPad2d, "linear"),
-    (nn.ConstantPad2d, "linear"),
+    (nn.ConstantPad2d, "linear"), (nn.Upsample, "linear"),
 )
 #: Functions by kind (``call_function`` targets; ``F.gelu`` & co. are C builtins, matched by identity).
 FUNCTION_KINDS: dict[Callable[..., Any], str] = {
-    **dict.fromkeys((F.max_pool1d, F.max_pool2d), "maxpool"),
+    **dict.fromkeys((F.max_pool1d, F.max_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d), "maxpool"),
     **dict.fromkeys((F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.hardtanh, F.hardtanh_, torch.clamp,
                      torch.clamp_, torch.clip, torch.clamp_min), "relu"),
     **dict.fromkeys((
@@ -56,7 +62,7 @@ FUNCTION_KINDS: dict[Callable[..., Any], str] = {
         operator.neg, torch.neg, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.permute,
         torch.transpose, torch.squeeze, torch.unsqueeze, torch.chunk, torch.split, torch.narrow, torch.mean,
         torch.sum, operator.getitem, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-        F.dropout, F.dropout1d, F.dropout2d, F.pad, getattr,
+        F.dropout, F.dropout1d, F.dropout2d, F.pad, F.interpolate, torch.zeros_like, getattr,
     ), "linear"),
 }
 #: Tensor methods by kind (``call_method`` targets).
@@ -65,7 +71,7 @@ METHOD_KINDS: dict[str, str] = {
     **dict.fromkeys((
         "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "contiguous", "chunk",
         "split", "narrow", "mean", "sum", "add", "sub", "mul", "div", "neg", "size", "dim", "expand", "repeat",
-        "unflatten", "view_as", "reshape_as", "clone", "float", "double", "to", "type_as",
+        "unflatten", "view_as", "reshape_as", "expand_as", "clone", "float", "double", "to", "type_as",
     ), "linear"),
 }
 
@@ -87,6 +93,7 @@ _CLAMP_FUNCTIONS = {torch.clamp, torch.clamp_, torch.clip, torch.clamp_min}
 _CLAMP_METHODS = {"clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_"}
 _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 _DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d}
+_RETURN_INDICES_ARG = {F.max_pool1d: 6, F.max_pool2d: 6, F.adaptive_max_pool1d: 2, F.adaptive_max_pool2d: 2}
 
 
 # --- naming ---------------------------------------------------------------------------------------
@@ -243,6 +250,97 @@ def _is_shape_node(node: fx.Node, acts: list[fx.Node], shapes: set[fx.Node]) -> 
     return node.op == "call_function" and node.target in SHAPE_FUNCTIONS and bool(acts) and all(a in shapes for a in acts)
 
 
+@dataclass(frozen=True)
+class _Site:
+    """What the argument rules see of one node: its tensor operands split by what they carry."""
+
+    node: fx.Node
+    gm: fx.GraphModule
+    kind: str
+    acts: list[fx.Node]          # activation operands (vary with time)
+    constants: list[Any]         # tensor-valued operands that do not (parameters, buffers, numbers in sums)
+
+
+def _dropout_in_training(site: _Site) -> str | None:
+    node = site.node
+    if node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS and _arg(node, 2, "training", True):
+        return "dropout with training=True drops at random at inference too (F.dropout's default) — pass training=self.training"
+    return None
+
+
+def _product_of_activations(site: _Site) -> str | None:
+    if not is_scaling(site.node):
+        return None
+    node = site.node
+    divisor = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+    if len(site.acts) > 1 or (node.target in (operator.truediv, torch.div, "div") and divisor in site.acts):
+        return "a product or quotient of two activations is not linear and has no spiking equivalent"
+    if node.kwargs.get("rounding_mode") is not None:
+        return "a division that rounds (rounding_mode) is not linear"
+    return None
+
+
+def _constant_added(site: _Site) -> str | None:
+    if is_sum(site.node) and site.acts and site.constants:
+        return ("adds a constant (a bias not owned by a layer), which would be injected at every time step — make "
+                "it the bias of the preceding conv/linear layer")
+    return None
+
+
+def _constant_mixed_in(site: _Site) -> str | None:
+    if site.kind == "linear" and site.acts and site.constants and not is_scaling(site.node) and not is_sum(site.node):
+        return ("mixes a constant tensor into the activations (e.g. concatenates a buffer), which would be injected "
+                "at every time step")
+    return None
+
+
+def _nonzero_padding(site: _Site) -> str | None:
+    node = site.node
+    if node.op == "call_function" and node.target is F.pad:
+        mode, value = _arg(node, 2, "mode", "constant"), _arg(node, 3, "value", 0)
+    elif node.op == "call_module" and isinstance(site.gm.get_submodule(str(node.target)), nn.modules.padding._ConstantPadNd):
+        mode, value = "constant", site.gm.get_submodule(str(node.target)).value
+    else:
+        return None
+    if mode != "constant" or value not in (0, 0.0, None):
+        return "only zero padding is linear; other padding injects a constant every step"
+    return None
+
+
+def _integer_cast(site: _Site) -> str | None:
+    node = site.node
+    if node.op == "call_method" and node.target in ("to", "type"):
+        dtypes = [a for a in node_inputs(node) if isinstance(a, torch.dtype)]
+        if any(not d.is_floating_point for d in dtypes):
+            return "a cast to a non-floating dtype rounds the activations, which is not linear"
+    return None
+
+
+def _pool_indices(site: _Site) -> str | None:
+    node = site.node
+    if site.kind != "maxpool":
+        return None
+    if node.op == "call_function":
+        wanted = _arg(node, _RETURN_INDICES_ARG.get(node.target, 6), "return_indices", False) is True
+    else:
+        wanted = bool(getattr(site.gm.get_submodule(str(node.target)), "return_indices", False))
+    return "max pooling with return_indices has no spiking equivalent" if wanted else None
+
+
+#: Rules on a node's arguments, after its op passed the table; each names what it refuses.
+ARGUMENT_RULES: tuple[Callable[[_Site], str | None], ...] = (
+    _dropout_in_training, _product_of_activations, _constant_added, _constant_mixed_in, _nonzero_padding,
+    _integer_cast, _pool_indices,
+)
+
+
+def _operands(node: fx.Node) -> list[Any]:
+    """The tensor operands of a node (a sum's ``alpha`` or a size is no operand)."""
+    if is_sum(node):
+        return list(node.args) + [node.kwargs["other"]] if "other" in node.kwargs else list(node.args)
+    return [a for a in node_inputs(node) if isinstance(a, fx.Node)]
+
+
 def check_graph(gm: fx.GraphModule, stage: str) -> None:
     """Raise :class:`UnsupportedGraphError` at the first node with no SNN equivalent.
 
@@ -266,8 +364,7 @@ def check_graph(gm: fx.GraphModule, stage: str) -> None:
     shapes: set[fx.Node] = set()                # the shape values among them
     sites: dict[str, int] = {}
     for node in gm.graph.nodes:
-        inputs = node_inputs(node)
-        acts = [a for a in inputs if isinstance(a, fx.Node) and a in derived]
+        acts = [a for a in node_inputs(node) if isinstance(a, fx.Node) and a in derived]
         if acts:
             derived.add(node)
         if node.op == "output":
@@ -278,11 +375,7 @@ def check_graph(gm: fx.GraphModule, stage: str) -> None:
         if _is_shape_node(node, acts, shapes):
             shapes.add(node)
             continue
-        acts = [a for a in acts if a not in shapes]
         kind = classify(node, gm)
-        if node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS and _arg(node, 2, "training", True):
-            raise refuse(node, "dropout with training=True drops at random at inference too (F.dropout's "
-                               "default) — pass training=self.training")
         if kind == "unsupported":
             raise refuse(node, _NO_EQUIVALENT)
         if kind == "relu" and stage == "convert":
@@ -293,23 +386,18 @@ def check_graph(gm: fx.GraphModule, stage: str) -> None:
             if sites[str(node.target)] > 1:
                 raise refuse(node, "this quantizer is called from several places; each call site needs its "
                                    "own neuron (qffs.quantize gives each its own)")
-        if is_scaling(node):
-            divisor = node.args[1] if len(node.args) > 1 else None
-            is_div = node.target in (operator.truediv, torch.div, "div")
-            if len(acts) > 1 or (is_div and isinstance(divisor, fx.Node) and divisor in derived and divisor not in shapes):
-                raise refuse(node, "a product or quotient of two activations is not linear and has no spiking "
-                                   "equivalent")
-        if is_sum(node) and acts and len(acts) < len([a for a in inputs if not isinstance(a, (str, type(None)))]):
-            raise refuse(node, "adds a constant (a bias not owned by a layer), which would be injected at every "
-                               "time step — make it the bias of the preceding conv/linear layer")
-        if kind == "linear" and node.op == "call_function" and node.target is F.pad:
-            value = _arg(node, 3, "value", 0)
-            mode = _arg(node, 2, "mode", "constant")
-            if mode != "constant" or value not in (0, 0.0, None):
-                raise refuse(node, "only zero padding is linear; other padding injects a constant every step")
-        if kind == "maxpool" and (_arg(node, 6, "return_indices", False) is True if node.op == "call_function"
-                                  else getattr(gm.get_submodule(str(node.target)), "return_indices", False)):
-            raise refuse(node, "max pooling with return_indices has no spiking equivalent")
+        if not acts:
+            continue   # computed from constants alone: not an activation
+        # a module's only operand is its input; a size added to an activation is a constant too
+        varying = derived - shapes if is_sum(node) else derived
+        constants = [] if node.op == "call_module" else [
+            a for a in _operands(node) if not (isinstance(a, fx.Node) and a in varying)
+            and (isinstance(a, fx.Node) or _number(a))]
+        site = _Site(node, gm, kind, [a for a in acts if a not in shapes], constants)
+        for rule in ARGUMENT_RULES:
+            why = rule(site)
+            if why:
+                raise refuse(node, why)
 
 
 __all__ = ["FUNCTION_KINDS", "KINDS", "METHOD_KINDS", "MODULE_KINDS", "STAGES", "check_graph", "classify",

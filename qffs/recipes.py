@@ -46,9 +46,32 @@ class DataOptions:
                                      image_size=self.image_size, recorded=recorded)
 
 
+def recorded_dataset(checkpoint: str | Path, default: str = "fashion-mnist") -> str:
+    """The dataset a qffs checkpoint records (the default for later stages), else ``default``."""
+    return str(load_checkpoint(checkpoint).meta.get("dataset") or default)
+
+
 def data_meta(opts: DataOptions, prep: Preprocessing) -> dict[str, Any]:
-    """What every artifact records about its data, so later stages need not be told again."""
-    return {"dataset": opts.dataset, "data_root": opts.root, "preprocessing": prep.as_dict()}
+    """What every artifact records about its data, so later stages need not be told again
+    (the data root as an absolute path: they may run from another directory)."""
+    root = str(Path(opts.root).expanduser().resolve()) if opts.root else None
+    return {"dataset": opts.dataset, "data_root": root, "preprocessing": prep.as_dict()}
+
+
+def _same_dataset(meta: dict[str, Any], dataset: str) -> bool:
+    return meta.get("dataset") == dataset or {meta.get("dataset"), dataset} <= {"cifar10", "cifar10-jpeg"}
+
+
+def recorded_preprocessing(meta: dict[str, Any], dataset: str) -> dict[str, Any] | None:
+    """An artifact's preprocessing, if it was recorded for this dataset (CIFAR-10's two forms are one)."""
+    return meta.get("preprocessing") if _same_dataset(meta, dataset) else None
+
+
+def with_recorded_root(data: DataOptions, meta: dict[str, Any]) -> DataOptions:
+    """``data`` with the artifact's recorded data root when none is given for the same dataset."""
+    if data.root is None and meta.get("data_root") and meta.get("dataset") == data.dataset:
+        return replace(data, root=str(meta["data_root"]))
+    return data
 
 
 def model_spec_for(model: str, data: DataOptions, prep: Preprocessing) -> str:
@@ -95,7 +118,8 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
     dev = resolve_device(device)
     torch.manual_seed(data.seed)
     source = load_checkpoint(pretrained) if pretrained else None
-    prep = data.preprocessing(recorded=source.meta.get("preprocessing") if source else None)
+    data = with_recorded_root(data, source.meta) if source else data
+    prep = data.preprocessing(recorded=recorded_preprocessing(source.meta, data.dataset) if source else None)
     spec = model_spec_for(model, data, prep)
     net = build_model(spec)
     if source is not None:
@@ -248,9 +272,8 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
     if trained_on and dataset != trained_on and not (
             {dataset, trained_on} <= {"cifar10", "cifar10-jpeg"}):
         raise QffsError(f"{snn_path} was trained on {trained_on}, not {dataset}: pass --dataset {trained_on}")
-    if data.root is None and dataset == trained_on and meta.get("data_root"):
-        data = replace(data, root=str(meta["data_root"]))
-    prep = data.preprocessing(recorded=meta.get("preprocessing"))
+    data = with_recorded_root(data, meta)
+    prep = data.preprocessing(recorded=recorded_preprocessing(meta, dataset))
     _, test_loader = make_loaders(data, prep, train=False)
     started = time.perf_counter()
     report = evaluate_snn(snn, test_loader, timesteps, qann=qann, device=resolve_device(device),
@@ -285,14 +308,14 @@ def qat_config(epochs: int, lr: float = 0.01, **overrides: Any) -> TrainConfig:
 
 
 def _load_fp(checkpoint: str | Path, model: str | None, data: DataOptions):
-    """(FP model with its weights, the checkpoint, the spec used): ``model`` if given, else the recorded spec."""
-    from qffs.io import load_checkpoint
-
+    """(FP model with its weights, the checkpoint, ``data`` with the recorded root as default, the spec used):
+    ``model`` if given, else the recorded spec."""
     ckpt = load_checkpoint(checkpoint)
+    data = with_recorded_root(data, ckpt.meta)
     if ckpt.kind not in ("fp", "foreign"):
         raise QffsError(f"{checkpoint} is a {ckpt.kind} checkpoint, not a full-precision model")
     if model:
-        spec = model_spec_for(model, data, data.preprocessing(recorded=ckpt.meta.get("preprocessing")))
+        spec = model_spec_for(model, data, data.preprocessing(recorded=recorded_preprocessing(ckpt.meta, data.dataset)))
     elif ckpt.meta.get("model"):
         spec = str(ckpt.meta["model"])
     else:
@@ -306,7 +329,7 @@ def _load_fp(checkpoint: str | Path, model: str | None, data: DataOptions):
         if model and recorded and recorded != spec:
             raise QffsError(f"{err} (the checkpoint records its model as {recorded!r}: leave out --model to use it)") from err
         raise
-    return net, ckpt, spec
+    return net, ckpt, data, spec
 
 
 def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptions, cfg: TrainConfig, *,
@@ -323,6 +346,7 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     provenance) and ``.metrics.json`` beside it.
     """
     from qffs.quant import calibrate, quantize, quantizers
+    from qffs.quant.calibrate import check_method
     from qffs.train import evaluate
 
     cfg.validate()
@@ -331,13 +355,14 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
         raise QffsError(f"--out must end in .pt, .pth or .safetensors, got {out.name}")
     if bits < 1 or (output_bits is not None and output_bits < 1):
         raise QffsError(f"bit widths must be >= 1 (got bits={bits}, output_bits={output_bits})")
+    check_method(calibration)
     init_distributed()
     dev = resolve_device(device)
     torch.manual_seed(data.seed)
     # everything that can be refused is checked before any data is read: the file, the
     # preprocessing, the model code against the weights, and every graph node (qffs.ops)
-    fp_model, fp_ckpt, spec = _load_fp(checkpoint, model, data)
-    prep = data.preprocessing(recorded=fp_ckpt.meta.get("preprocessing"))
+    fp_model, fp_ckpt, data, spec = _load_fp(checkpoint, model, data)
+    prep = data.preprocessing(recorded=recorded_preprocessing(fp_ckpt.meta, data.dataset))
     qann = quantize(fp_model, bits=bits, output_bits=output_bits).to(dev)
     started = time.perf_counter()
     train_loader, test_loader = make_loaders(data, prep)

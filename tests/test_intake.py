@@ -179,22 +179,25 @@ def _tiny_tree(root: Path, size: int = 32) -> Path:
     return root
 
 
-def test_imagefolder_32px_tree_through_train_run_convert_evaluate(cli, tmp_path):
+def test_imagefolder_32px_tree_through_train_run_convert_evaluate(cli, tmp_path, monkeypatch):
+    """Dataset, data root (relative when given) and preprocessing are given once, to train."""
+    monkeypatch.chdir(tmp_path)
     tree = _tiny_tree(tmp_path / "tree")
     fp = tmp_path / "fp.pt"
-    r = cli("train", "--model", "vgg_small", "--dataset", "imagefolder", "--data-root", tree, "--epochs", "1",
+    r = cli("train", "--model", "vgg_small", "--dataset", "imagefolder", "--data-root", "tree", "--epochs", "1",
             "--batch-size", "16", "--out", fp)
     assert r.returncode == 0, r.stderr
     meta = load_checkpoint(fp).meta
     assert meta["model"] == "vgg_small(num_classes=2, in_channels=3, image_size=32)"
-    assert meta["preprocessing"]["image_size"] == 32 and meta["data_root"] == str(tree)
+    assert meta["preprocessing"]["image_size"] == 32 and meta["data_root"] == str(tree.resolve())
 
     run = tmp_path / "run"
-    r = cli("run", fp, "--dataset", "imagefolder", "--data-root", tree, "--epochs", "1", "--batch-size", "16",
-            "-T", "8", "--out-dir", run)
+    monkeypatch.chdir(tree / "train")          # the recorded root is absolute: any directory works
+    r = cli("run", fp, "--epochs", "1", "--batch-size", "16", "-T", "8", "--out-dir", run)
     assert r.returncode == 0, r.stderr
     report = json.loads((run / "curve.json").read_text())
-    assert report["samples"] == 16 and report["config"]["preprocessing"]["image_size"] == 32
+    assert report["dataset"] == "imagefolder" and report["samples"] == 16
+    assert report["config"]["preprocessing"]["image_size"] == 32
 
     # later stages need neither the data root nor the preprocessing again
     r = cli("convert", run / "qann.pt", "--out", tmp_path / "snn.pt")
@@ -211,3 +214,11 @@ def test_a_model_other_than_the_recorded_one_says_which_is_recorded(cli, tmp_pat
     result = cli("quantize", SHIPPED, "--model", "resnet20", "--out", tmp_path / "q.pt")
     _one_line_error(result, "does not match the model: missing keys: conv1.weight",
                     "records its model as 'vgg_small(num_classes=10, in_channels=1)': leave out --model")
+
+
+def test_options_are_checked_before_data_and_the_recorded_dataset_is_the_default(cli, tmp_path):
+    # an unknown calibration method is refused before any data is read (the data root does not exist)
+    _one_line_error(cli("quantize", SHIPPED, "--out", tmp_path / "q.pt", "--calibration", "foo",
+                        "--data-root", tmp_path / "none"), "unknown calibration method 'foo'")
+    _one_line_error(cli("train", "--dataset", "imagefolder", "--out", tmp_path / "f.pt"),
+                    "imagefolder needs --data-root DIR")

@@ -229,3 +229,56 @@ def test_no_hint_when_the_architecture_differs(tmp_path):
     with pytest.raises(QffsError) as err:
         load_model(tmp_path / "vgg.pt", spec=SPEC)
     assert "missing keys:" in str(err.value) and "only the" not in str(err.value)
+
+
+def test_numpy_1_names_beside_the_weights_load(tmp_path, model):
+    """Most downloaded checkpoints were pickled under numpy < 2 (numpy.core, not numpy._core)."""
+    import zipfile
+
+    import numpy as np
+
+    torch.save({"state_dict": model.state_dict(), "best_prec1": np.float64(91.7)}, tmp_path / "np2.th")
+    with zipfile.ZipFile(tmp_path / "np2.th") as src, zipfile.ZipFile(tmp_path / "np1.th", "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray" in data
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            dst.writestr(info, data)
+    assert "numpy.core.multiarray.scalar" in torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "np1.th")
+    loaded, _ = load_model(tmp_path / "np1.th", spec=SPEC)
+    assert _same(loaded.state_dict(), model.state_dict())
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n", "is a Git LFS pointer"),
+    (b"<!DOCTYPE html><html><body>Sign in</body></html>", "is a web page"),
+    (bytes(range(7, 200)), "is not a PyTorch checkpoint"),
+])
+def test_files_that_are_no_checkpoint_say_what_they_are(tmp_path, content, fragment):
+    (tmp_path / "resnet20.th").write_bytes(content)
+    with pytest.raises(QffsError, match=fragment):
+        load_checkpoint(tmp_path / "resnet20.th")
+
+
+def test_hint_only_suggests_options_the_model_code_takes(tmp_path):
+    code = tmp_path / "repo_resnet.py"
+    code.write_text("from torch import nn\n\n\ndef resnet20():  # the repository's factory: no options\n"
+                    "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(64, 10))\n")
+    spec = f"{code}:resnet20"
+    sd = build_model(spec).state_dict()
+    sd["2.weight"], sd["2.bias"] = torch.zeros(100, 64), torch.zeros(100)
+    torch.save(sd, tmp_path / "c100.th")
+    with pytest.raises(QffsError, match=f"{code}:resnet20 takes no num_classes option, so change the number of "
+                                        "classes in its code"):
+        load_model(tmp_path / "c100.th", spec=spec)
+
+
+def test_torchvision_hint_and_bad_option_are_user_errors(tmp_path):
+    gray = build_model("tv:resnet18(num_classes=10)")
+    gray.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    torch.save(gray.state_dict(), tmp_path / "gray.pth")
+    with pytest.raises(QffsError, match="takes no in_channels option, so change the input channels in its code"):
+        load_model(tmp_path / "gray.pth", spec="tv:resnet18(num_classes=10)")
+    with pytest.raises(QffsError, match="unexpected keyword argument 'in_channels'"):
+        build_model("tv:resnet18(in_channels=1)")

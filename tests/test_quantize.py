@@ -345,3 +345,22 @@ def test_calibrate_rejects_unknown_method_and_no_batches():
         calibrate(qann, [torch.randn(2, 2)], method="max")
     with pytest.raises(ValueError, match="at least one batch"):
         calibrate(qann, [])
+
+
+def test_concrete_args_keep_an_inplace_relu_whose_result_is_unused():
+    """Baking in a fixed argument removes only its guards, not other unused-looking nodes."""
+    class Flagged(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu, self.fc = nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Linear(4, 2)
+
+        def forward(self, x, flag: bool = True):
+            out = self.conv(x)
+            self.relu(out)              # in place: later readers of out see the rectified tensor
+            if flag:
+                out = out * 2.0
+            return self.fc(out.mean((2, 3)))
+
+    qann = quantize(Flagged(), output_bits=None, concrete_args={"flag": True})
+    assert [name for name, _ in quantizers(qann)] == ["relu"]
+    assert [n.name for n in qann.graph.nodes if n.op == "placeholder"] == ["x"]

@@ -31,7 +31,7 @@ def run(
     checkpoint: Path = typer.Argument(..., help="Pretrained full-precision checkpoint."),
     out_dir: Path = typer.Option(Path("runs/latest"), "--out-dir", help="Where qann.pt, snn.pt and the curve files go."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec, if the checkpoint does not record it."),
-    dataset: str = typer.Option("fashion-mnist", "--dataset", "-d", help="Dataset for QAT and evaluation."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset for QAT and evaluation (default: the one the checkpoint records, else fashion-mnist)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location."),
     mean: Optional[str] = MEAN_OPTION,
     std: Optional[str] = STD_OPTION,
@@ -49,8 +49,9 @@ def run(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Quantize, convert and evaluate in one go: a pretrained checkpoint → latency–accuracy curve."""
-    from qffs.recipes import DataOptions, qat_config, run_pipeline
+    from qffs.recipes import DataOptions, qat_config, recorded_dataset, run_pipeline
 
+    dataset = dataset or recorded_dataset(checkpoint)
     report = run_pipeline(
         checkpoint, out_dir, DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
                                          batch_size=batch_size, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size),

@@ -24,7 +24,7 @@ def quantize(
     checkpoint: Path = typer.Argument(..., help="Pretrained full-precision checkpoint."),
     out: Path = typer.Option(..., "--out", "-o", help="QANN checkpoint to write (.pt or .safetensors)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec, if the checkpoint does not record it."),
-    dataset: str = typer.Option("fashion-mnist", "--dataset", "-d", help="Dataset to fine-tune and evaluate on."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset to fine-tune and evaluate on (default: the one the checkpoint records, else fashion-mnist)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location."),
     mean: Optional[str] = MEAN_OPTION,
     std: Optional[str] = STD_OPTION,
@@ -51,7 +51,9 @@ def quantize(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Fine-tune a pretrained model into a quantized ANN (2-bit hidden, 3-bit output by default)."""
-    from qffs.recipes import DataOptions, qat_config, quantize_checkpoint
+    from qffs.recipes import DataOptions, qat_config, quantize_checkpoint, recorded_dataset
+
+    dataset = dataset or recorded_dataset(checkpoint)
 
     result = quantize_checkpoint(
         checkpoint, out,

@@ -92,6 +92,10 @@ def _load_factory(path: str, name: str) -> Callable[..., nn.Module]:
     if not file.is_file():
         raise QffsError(f"model file not found: {path}")
     module_name = f"qffs_user_model_{abs(hash(str(file.resolve())))}"
+    if module_name in sys.modules:  # imported once per process: user code runs once
+        factory = getattr(sys.modules[module_name], name, None)
+        if callable(factory):
+            return factory
     loader_spec = importlib.util.spec_from_file_location(module_name, file)
     if loader_spec is None or loader_spec.loader is None:
         raise QffsError(f"cannot import model file {path}")
@@ -110,6 +114,24 @@ def _load_factory(path: str, name: str) -> Callable[..., nn.Module]:
 def model_names() -> list[str]:
     """qffs' own model names (torchvision and file specs are open-ended)."""
     return sorted(REGISTRY)
+
+
+def keyword_options(spec: str) -> set[str] | None:
+    """The keyword arguments a spec's factory accepts (None: any), e.g. to suggest ``num_classes=N``.
+
+    torchvision models: ``num_classes`` only (their builders take ``**kwargs``, but not every
+    model takes, say, ``in_channels``); a user file is asked only once it has been imported.
+    """
+    parsed = parse_spec(spec)
+    if parsed.source == "torchvision":
+        return {"num_classes"}
+    factory = REGISTRY.get(parsed.name) if parsed.source == "qffs" else _load_factory(parsed.path or "", parsed.name)
+    if factory is None:
+        return set()
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
 
 
 def with_defaults(spec: str, **defaults: Any) -> str:
@@ -147,7 +169,10 @@ def build_model(spec: str) -> nn.Module:
             raise QffsError(
                 f"unknown torchvision model {parsed.name!r}; see torchvision.models.list_models()"
             )
-        return torchvision.models.get_model(parsed.name, weights=None, **parsed.kwargs)
+        try:
+            return torchvision.models.get_model(parsed.name, weights=None, **parsed.kwargs)
+        except (TypeError, ValueError) as exc:
+            raise QffsError(f"model spec {spec!r}: {exc}") from exc
     else:
         if parsed.name not in REGISTRY:
             raise QffsError(
@@ -164,4 +189,4 @@ def build_model(spec: str) -> nn.Module:
     return model
 
 
-__all__ = ["REGISTRY", "ModelSpec", "build_model", "model_names", "parse_spec", "with_defaults"]
+__all__ = ["REGISTRY", "ModelSpec", "build_model", "keyword_options", "model_names", "parse_spec", "with_defaults"]

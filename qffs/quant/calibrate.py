@@ -29,6 +29,7 @@ from typing import Any, Iterable
 import torch
 from torch import fx, nn
 
+from qffs.errors import QffsError
 from qffs.quant.graph import quantizers
 from qffs.quant.lsq import LSQActivation
 
@@ -141,6 +142,12 @@ def _device(model: nn.Module) -> torch.device | None:
     return None
 
 
+def check_method(method: str) -> None:
+    """Refuse an unknown calibration method (before any data is read)."""
+    if method not in METHODS:
+        raise QffsError(f"unknown calibration method {method!r}: choose one of {', '.join(METHODS)}")
+
+
 def calibrate(
     qann: nn.Module,
     batches: Iterable[Any],
@@ -157,8 +164,7 @@ def calibrate(
     ``"lsq"`` (LSQ's rule on the first batch). Runs in eval mode under ``no_grad`` and
     restores every module's train/eval mode. Returns {quantizer name: step}, in graph order.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown calibration method {method!r}: choose one of {', '.join(METHODS)}")
+    check_method(method)
     named = quantizers(qann)
     if not named:
         return {}

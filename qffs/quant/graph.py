@@ -105,13 +105,20 @@ def trace(model: nn.Module, concrete_args: dict[str, Any] | None = None) -> fx.G
 
 
 def _bake_in_concrete_args(gm: fx.GraphModule) -> None:
-    """Drop fx's guards on specialised inputs, then every input nothing reads any more."""
-    for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target is torch._assert:
-            gm.graph.erase_node(node)
-    gm.graph.eliminate_dead_code()
-    for node in list(gm.graph.nodes):
-        if node.op == "placeholder" and not node.users:
+    """Drop fx's guards on specialised inputs and what only they used, then those inputs.
+
+    Only nodes computed from the fixed inputs alone go (a general dead-code pass would also
+    drop an in-place ReLU whose result is unused, and with it a quantizer).
+    """
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    fixed = set(inputs[1:])
+    from_fixed = set(fixed)
+    for node in gm.graph.nodes:
+        deps = [a for a in node.all_input_nodes if a.op != "get_attr"]
+        if node.op != "placeholder" and deps and all(a in from_fixed for a in deps):
+            from_fixed.add(node)
+    for node in reversed(list(gm.graph.nodes)):
+        if node in from_fixed and (not node.users or node.target is torch._assert):
             gm.graph.erase_node(node)
     gm.recompile()
 
