@@ -25,9 +25,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DataOptions:
-    """Which data, where, and how much: shared by every job."""
+    """Which data, where, and how much: shared by every job.
 
-    dataset: str = "fashion-mnist"
+    ``dataset``/``root`` None: the ones the input artifact records (:func:`with_recorded`),
+    else fashion-mnist in its standard place.
+    """
+
+    dataset: str | None = None
     root: str | None = None
     limit: int | None = None          # first N training samples (quick runs)
     test_limit: int | None = None     # first N test samples
@@ -46,11 +50,6 @@ class DataOptions:
                                      image_size=self.image_size, recorded=recorded)
 
 
-def recorded_dataset(checkpoint: str | Path, default: str = "fashion-mnist") -> str:
-    """The dataset a qffs checkpoint records (the default for later stages), else ``default``."""
-    return str(load_checkpoint(checkpoint).meta.get("dataset") or default)
-
-
 def data_meta(opts: DataOptions, prep: Preprocessing) -> dict[str, Any]:
     """What every artifact records about its data, so later stages need not be told again
     (the data root as an absolute path: they may run from another directory)."""
@@ -67,10 +66,17 @@ def recorded_preprocessing(meta: dict[str, Any], dataset: str) -> dict[str, Any]
     return meta.get("preprocessing") if _same_dataset(meta, dataset) else None
 
 
-def with_recorded_root(data: DataOptions, meta: dict[str, Any]) -> DataOptions:
-    """``data`` with the artifact's recorded data root when none is given for the same dataset."""
+#: The dataset of a job whose input records none and that is given none.
+DEFAULT_DATASET = "fashion-mnist"
+
+
+def with_recorded(data: DataOptions, meta: dict[str, Any]) -> DataOptions:
+    """``data`` completed from an input artifact's metadata: its dataset if none is given (else
+    :data:`DEFAULT_DATASET`), and its data root if none is given for that same dataset."""
+    if data.dataset is None:
+        data = replace(data, dataset=str(meta.get("dataset") or DEFAULT_DATASET))
     if data.root is None and meta.get("data_root") and meta.get("dataset") == data.dataset:
-        return replace(data, root=str(meta["data_root"]))
+        data = replace(data, root=str(meta["data_root"]))
     return data
 
 
@@ -118,7 +124,7 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
     dev = resolve_device(device)
     torch.manual_seed(data.seed)
     source = load_checkpoint(pretrained) if pretrained else None
-    data = with_recorded_root(data, source.meta) if source else data
+    data = with_recorded(data, source.meta if source else {})
     prep = data.preprocessing(recorded=recorded_preprocessing(source.meta, data.dataset) if source else None)
     spec = model_spec_for(model, data, prep)
     net = build_model(spec)
@@ -267,12 +273,10 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
     if timesteps < 1:
         raise QffsError(f"--timesteps must be >= 1, got {timesteps}")
     snn, qann, meta = load_snn(snn_path)
-    dataset = data.dataset
-    trained_on = meta.get("dataset")
-    if trained_on and dataset != trained_on and not (
-            {dataset, trained_on} <= {"cifar10", "cifar10-jpeg"}):
+    data = with_recorded(data, meta)
+    dataset, trained_on = data.dataset, meta.get("dataset")
+    if trained_on and not _same_dataset(meta, dataset):
         raise QffsError(f"{snn_path} was trained on {trained_on}, not {dataset}: pass --dataset {trained_on}")
-    data = with_recorded_root(data, meta)
     prep = data.preprocessing(recorded=recorded_preprocessing(meta, dataset))
     _, test_loader = make_loaders(data, prep, train=False)
     started = time.perf_counter()
@@ -311,7 +315,7 @@ def _load_fp(checkpoint: str | Path, model: str | None, data: DataOptions):
     """(FP model with its weights, the checkpoint, ``data`` with the recorded root as default, the spec used):
     ``model`` if given, else the recorded spec."""
     ckpt = load_checkpoint(checkpoint)
-    data = with_recorded_root(data, ckpt.meta)
+    data = with_recorded(data, ckpt.meta)
     if ckpt.kind not in ("fp", "foreign"):
         raise QffsError(f"{checkpoint} is a {ckpt.kind} checkpoint, not a full-precision model")
     if model:

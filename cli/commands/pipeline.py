@@ -49,9 +49,8 @@ def run(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Quantize, convert and evaluate in one go: a pretrained checkpoint → latency–accuracy curve."""
-    from qffs.recipes import DataOptions, qat_config, recorded_dataset, run_pipeline
+    from qffs.recipes import DataOptions, qat_config, run_pipeline
 
-    dataset = dataset or recorded_dataset(checkpoint)
     report = run_pipeline(
         checkpoint, out_dir, DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
                                          batch_size=batch_size, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size),

@@ -51,9 +51,7 @@ def quantize(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Fine-tune a pretrained model into a quantized ANN (2-bit hidden, 3-bit output by default)."""
-    from qffs.recipes import DataOptions, qat_config, quantize_checkpoint, recorded_dataset
-
-    dataset = dataset or recorded_dataset(checkpoint)
+    from qffs.recipes import DataOptions, qat_config, quantize_checkpoint
 
     result = quantize_checkpoint(
         checkpoint, out,

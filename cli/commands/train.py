@@ -21,7 +21,7 @@ from cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, STD_OPTION, app, channel_val
 def train(
     out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write (.pt or .safetensors); metrics JSON goes beside it."),
     model: str = typer.Option("vgg_small", "--model", "-m", help="Model spec: vgg_small, vgg16, resnet18, resnet20, tv:NAME, or file.py:factory."),
-    dataset: str = typer.Option("fashion-mnist", "--dataset", "-d", help="fashion-mnist, mnist, cifar10, cifar10-jpeg or imagefolder."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="fashion-mnist (default, or the one --pretrained records), mnist, cifar10, cifar10-jpeg or imagefolder."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location (default: the dataset's standard place)."),
     mean: Optional[str] = MEAN_OPTION,
     std: Optional[str] = STD_OPTION,
