@@ -312,14 +312,15 @@ def qat_config(epochs: int, lr: float = 0.01, **overrides: Any) -> TrainConfig:
 
 
 def _load_fp(checkpoint: str | Path, model: str | None, data: DataOptions):
-    """(FP model with its weights, the checkpoint, ``data`` with the recorded root as default, the spec used):
-    ``model`` if given, else the recorded spec."""
+    """(FP model with its weights, the checkpoint, ``data`` completed from it, its preprocessing, the spec
+    used): ``model`` if given, else the recorded spec."""
     ckpt = load_checkpoint(checkpoint)
     data = with_recorded(data, ckpt.meta)
     if ckpt.kind not in ("fp", "foreign"):
         raise QffsError(f"{checkpoint} is a {ckpt.kind} checkpoint, not a full-precision model")
+    prep = data.preprocessing(recorded=recorded_preprocessing(ckpt.meta, data.dataset))
     if model:
-        spec = model_spec_for(model, data, data.preprocessing(recorded=recorded_preprocessing(ckpt.meta, data.dataset)))
+        spec = model_spec_for(model, data, prep)
     elif ckpt.meta.get("model"):
         spec = str(ckpt.meta["model"])
     else:
@@ -333,7 +334,7 @@ def _load_fp(checkpoint: str | Path, model: str | None, data: DataOptions):
         if model and recorded and recorded != spec:
             raise QffsError(f"{err} (the checkpoint records its model as {recorded!r}: leave out --model to use it)") from err
         raise
-    return net, ckpt, data, spec
+    return net, ckpt, data, prep, spec
 
 
 def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptions, cfg: TrainConfig, *,
@@ -365,8 +366,7 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     torch.manual_seed(data.seed)
     # everything that can be refused is checked before any data is read: the file, the
     # preprocessing, the model code against the weights, and every graph node (qffs.ops)
-    fp_model, fp_ckpt, data, spec = _load_fp(checkpoint, model, data)
-    prep = data.preprocessing(recorded=recorded_preprocessing(fp_ckpt.meta, data.dataset))
+    fp_model, _, data, prep, spec = _load_fp(checkpoint, model, data)
     qann = quantize(fp_model, bits=bits, output_bits=output_bits).to(dev)
     started = time.perf_counter()
     train_loader, test_loader = make_loaders(data, prep)
