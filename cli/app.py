@@ -21,6 +21,12 @@ IMAGE_SIZE_OPTION = typer.Option(
          "up to 64 px (CIFAR-style), else 224.")
 
 
+READOUT_OPTION = typer.Option(
+    "count", "--readout",
+    help="Headline readout of the report (all are measured): count (spike counts, exact), tiebreak (counts, "
+         "ties broken by the output membrane) or current (integrated output current).")
+
+
 def channel_values(text: Optional[str], option: str) -> Optional[tuple[float, ...]]:
     """'0.485,0.456,0.406' → (0.485, 0.456, 0.406); None stays None (qffs.data checks the values)."""
     if text is None:

@@ -32,14 +32,20 @@ def layer_table(rows: list[dict[str, Any]]) -> Table:
 
 
 def curve_table(report: dict[str, Any]) -> Table:
-    """t, SNN accuracy, gap to the QANN, tied predictions."""
+    """t, SNN accuracy of every readout (headline marked *), its gap to the QANN, tied spike counts."""
     table = Table()
-    for col in ("t", "SNN acc %", "QANN − SNN (pp)", "tied %"):
-        table.add_column(col, justify="right")
+    curves = report.get("snn_accuracy_by_readout") or {"count": report["snn_accuracy"]}
+    headline = report.get("readout", "count")
+    ties = (report.get("tied_by_readout") or {}).get("count", report["tied"])
+    table.add_column("t", justify="right")
+    for name in curves:
+        table.add_column(f"{name}{'*' if name == headline and len(curves) > 1 else ''} %", justify="right")
+    table.add_column("QANN − SNN (pp)", justify="right")
+    table.add_column("tied counts %", justify="right")
     qann = report.get("qann_accuracy")
-    for t, acc, tied in zip(report["timesteps"], report["snn_accuracy"], report["tied"]):
-        gap = "" if qann is None else f"{100 * (qann - acc):+.2f}"
-        table.add_row(str(t), _pct(acc), gap, _pct(tied))
+    for i, t in enumerate(report["timesteps"]):
+        gap = "" if qann is None else f"{100 * (qann - report['snn_accuracy'][i]):+.2f}"
+        table.add_row(str(t), *(_pct(c[i]) for c in curves.values()), gap, _pct(ties[i]))
     return table
 
 
@@ -48,12 +54,22 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     e = report.get("energy", {})
     lossless = report.get("latency_to_lossless")
     agreement = report.get("qann_agreement")
+    by_readout = report.get("latency_to_lossless_by_readout") or {}
+    prequant = report.get("qann_prequantizer_accuracy")
+
+    def at(t: int | None) -> str:
+        return "not reached" if t is None else f"t = {t}"
+
     lines = [
         f"samples {report['samples']:,}   FP {_pct(report.get('fp_accuracy'))}%   "
-        f"QANN {_pct(report.get('qann_accuracy'))}%   SNN@T={report['timesteps'][-1]} {_pct(report['snn_accuracy'][-1])}%",
-        f"latency to lossless (≥ QANN − 0.1 pp): {'not reached' if lossless is None else f't = {lossless}'}"
-        + ("" if not agreement else f"   predictions equal to the QANN's at T: {100 * agreement[-1]:.2f}%"),
+        f"QANN {_pct(report.get('qann_accuracy'))}%"
+        + ("" if prequant is None else f" (before its output quantizer {_pct(prequant)}%)")
+        + f"   SNN@T={report['timesteps'][-1]} {_pct(report['snn_accuracy'][-1])}% ({report.get('readout', 'count')} readout)",
+        f"latency to lossless (≥ QANN − 0.1 pp): {at(lossless)}"
+        + ("" if len(by_readout) < 2 else " — " + ", ".join(f"{k} {at(v)}" for k, v in by_readout.items())),
     ]
+    if agreement:
+        lines.append(f"spike-count predictions equal to the QANN's at T: {100 * agreement[-1]:.2f}%")
     if conv.get("mean") is not None:
         lines.append(f"convergence step: mean {conv['mean']:.2f}, p50 {conv['p50']:.0f}, p90 {conv['p90']:.0f}, "
                      f"p99 {conv['p99']:.0f}, max {conv['max']:.0f}; not quiet by T: {conv['unconverged']}")

@@ -1,7 +1,9 @@
 """Latency–accuracy evaluation of a spiking network over a dataset (SPEC §5–§6).
 
-One simulation per batch to T gives the whole curve acc(1…T). Alongside it: the QANN's
-accuracy on the same samples, tied predictions, each sample's convergence step, spikes per
+One simulation per batch to T gives the whole curve acc(1…T), for each of the three readouts
+(spike counts, counts with membrane tie-break, integrated current). Alongside it: the QANN's
+accuracy on the same samples and before its output quantizer (the current readout's
+reference), tied predictions, each sample's convergence step, spikes per
 neuron per sample (positive and negative) for every IF layer, the fraction of neurons whose
 final count differs from the QANN level, synaptic operations against the ANN's MACs, and the
 energy estimate.
@@ -18,39 +20,52 @@ from qffs.metrics import predict
 from qffs.progress import track
 from qffs.report import ENERGY_AC_PJ, ENERGY_MAC_PJ, energy_estimate, latency_to_lossless, percentiles
 from qffs.snn.network import SpikingNetwork
+from qffs.snn.readout import READOUTS, check_readout
 
 
-def _quantizer_levels(qann: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _quantizer_levels(qann: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """(QANN output, the output quantizer's input (the output itself when analog), every quantizer's levels)."""
     from qffs.quant import quantizers
 
     levels: dict[str, torch.Tensor] = {}
-    hooks = [q.register_forward_hook(lambda m, i, o, name=name: levels.__setitem__(name, m.level(i[0])))
-             for name, q in quantizers(qann)]
+    inputs: dict[str, torch.Tensor] = {}
+
+    def keep(module, args, _, name):
+        levels[name] = module.level(args[0])
+        if module.is_output:
+            inputs["output"] = args[0]
+
+    hooks = [q.register_forward_hook(lambda m, i, o, name=name: keep(m, i, o, name)) for name, q in quantizers(qann)]
     try:
         out = qann(x)
     finally:
         for h in hooks:
             h.remove()
-    return out, levels
+    return out, inputs.get("output", out), levels
 
 
 @torch.no_grad()
 def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, readout: str = "count",
                  e_ac: float = ENERGY_AC_PJ, e_mac: float = ENERGY_MAC_PJ) -> dict[str, Any]:
     """Simulate every batch for ``timesteps`` steps and aggregate the SPEC §6 measures.
 
-    With ``qann`` (the network the SNN was converted from) the QANN accuracy is measured on
-    the same samples and each IF layer's final counts are compared with the QANN levels.
+    Every readout is measured (``snn_accuracy_by_readout``, ``tied_by_readout``,
+    ``latency_to_lossless_by_readout``); ``readout`` picks the headline one (``snn_accuracy``,
+    ``tied``, ``latency_to_lossless``). With ``qann`` (the network the SNN was converted from)
+    the QANN accuracy and its accuracy before the output quantizer are measured on the same
+    samples, and each IF layer's final counts are compared with the QANN levels; prediction
+    agreement with the QANN is that of the spike counts.
     """
+    check_readout(readout)
     device = torch.device(device)
     snn = snn.to(device=device, dtype=dtype).eval()
     if qann is not None:
         qann = qann.to(device=device, dtype=dtype).eval()
-    correct = torch.zeros(timesteps, dtype=torch.float64)
-    tied = torch.zeros(timesteps, dtype=torch.float64)
-    agree = torch.zeros(timesteps, dtype=torch.float64)   # SNN prediction == QANN prediction
-    qann_correct = qann_tied = 0.0
+    correct = {name: torch.zeros(timesteps, dtype=torch.float64) for name in READOUTS}
+    tied = {name: torch.zeros(timesteps, dtype=torch.float64) for name in READOUTS}
+    agree = torch.zeros(timesteps, dtype=torch.float64)   # spike-count prediction == QANN prediction
+    qann_correct = qann_tied = prequant_correct = 0.0
     samples = 0
     convergence: list[int] = []
     unconverged = 0
@@ -59,18 +74,21 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
     for x, y in track(loader, f"simulating T={timesteps}"):
         x, y = x.to(device=device, dtype=dtype), y.to(device)
         result = snn.simulate(x, timesteps, record=True, record_counts=qann is not None)
-        pred, tie = predict(result.output)                       # [T, B]
-        correct += (pred == y).sum(1).double().cpu()
-        tied += tie.sum(1).double().cpu()
+        for name, out in result.readouts.items():
+            pred, tie = predict(out)                              # [T, B]
+            correct[name] += (pred == y).sum(1).double().cpu()
+            tied[name] += tie.sum(1).double().cpu()
+        pred, _ = predict(result.readouts["count"])
         samples += y.numel()
         done = result.converged
         convergence += result.convergence_step[done].tolist()
         unconverged += int((~done).sum())
         levels: dict[str, torch.Tensor] = {}
         if qann is not None:
-            out, levels = _quantizer_levels(qann, x)
+            out, before, levels = _quantizer_levels(qann, x)
             qpred, qtie = predict(out)
             qann_correct += float((qpred == y).sum())
+            prequant_correct += float((predict(before)[0] == y).sum())
             agree += (pred == qpred).sum(1).double().cpu()
             qann_tied += float(qtie.sum())
         for rec in result.neurons:
@@ -84,7 +102,8 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
             row["synops"] += float(rec.synops.sum())
             row["events"] += float(rec.events.sum())
     n = max(samples, 1)
-    curve = (correct / n).tolist()
+    curves = {name: (c / n).tolist() for name, c in correct.items()}
+    ties = {name: (c / n).tolist() for name, c in tied.items()}
     qann_acc = qann_correct / n if qann is not None else None
     layer_rows = []
     for name, row in layers.items():
@@ -101,13 +120,18 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
     total_spikes = sum((r["pos_spikes_per_neuron"] + r["neg_spikes_per_neuron"]) * r["neurons"] for r in layer_rows)
     return {
         "timesteps": list(range(1, timesteps + 1)),
-        "snn_accuracy": curve,
-        "tied": (tied / n).tolist(),
+        "readout": readout,
+        "snn_accuracy": curves[readout],
+        "tied": ties[readout],
+        "snn_accuracy_by_readout": curves,
+        "tied_by_readout": ties,
         "samples": samples,
         "qann_accuracy": qann_acc,
+        "qann_prequantizer_accuracy": prequant_correct / n if qann is not None else None,
         "qann_tied": qann_tied / n if qann is not None else None,
         "qann_agreement": (agree / n).tolist() if qann is not None else None,
-        "latency_to_lossless": latency_to_lossless(curve, qann_acc),
+        "latency_to_lossless": latency_to_lossless(curves[readout], qann_acc),
+        "latency_to_lossless_by_readout": {name: latency_to_lossless(c, qann_acc) for name, c in curves.items()},
         "convergence": {**percentiles(convergence), "unconverged": unconverged},
         "spikes_per_neuron_per_sample": total_spikes / max(total_neurons, 1),
         "layers": layer_rows,

@@ -17,6 +17,7 @@ import torch
 from qffs.errors import QffsError
 from qffs.io import load_checkpoint, load_into, save_checkpoint, write_text_atomic
 from qffs.models import build_model, with_defaults
+from qffs.snn.readout import DEFAULT_READOUT, check_readout
 from qffs.train import TrainConfig, config_dict, fit, init_distributed, is_main_process, resolve_device
 
 if TYPE_CHECKING:
@@ -266,12 +267,14 @@ def _bits(bits: int | None) -> str:
 
 
 def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int, *, device: str = "auto",
-                        double: bool = False) -> dict[str, Any]:
-    """QFFS stage 3 as a job: simulate an SNN artifact on a test set; returns the report dict."""
+                        double: bool = False, readout: str = DEFAULT_READOUT) -> dict[str, Any]:
+    """QFFS stage 3 as a job: simulate an SNN artifact on a test set; returns the report dict
+    (every readout measured, ``readout`` the headline)."""
     from qffs.evaluate import evaluate_snn
 
     if timesteps < 1:
         raise QffsError(f"--timesteps must be >= 1, got {timesteps}")
+    check_readout(readout)
     snn, qann, meta = load_snn(snn_path)
     data = with_recorded(data, meta)
     dataset, trained_on = data.dataset, meta.get("dataset")
@@ -281,7 +284,7 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
     _, test_loader = make_loaders(data, prep, train=False)
     started = time.perf_counter()
     report = evaluate_snn(snn, test_loader, timesteps, qann=qann, device=resolve_device(device),
-                          dtype=torch.float64 if double else torch.float32)
+                          dtype=torch.float64 if double else torch.float32, readout=readout)
     metrics = meta.get("metrics", {})
     report.update({
         "title": f"{meta['model']} on {dataset}: {meta.get('bits')}-bit hidden / "
@@ -293,7 +296,8 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
         "bits": meta.get("bits"), "output_bits": meta.get("output_bits"),
         "seconds": round(time.perf_counter() - started, 1),
         "config": {"timesteps": timesteps, "batch_size": data.batch_size, "test_limit": data.test_limit,
-                   "device": device, "double": double, "data_root": data.root, "preprocessing": prep.as_dict()},
+                   "device": device, "double": double, "readout": readout, "data_root": data.root,
+                   "preprocessing": prep.as_dict()},
     })
     return report
 
@@ -416,7 +420,7 @@ SHIPPED_FMNIST = Path(__file__).resolve().parents[1] / "models" / "fmnist_vgg_sm
 def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions, cfg: TrainConfig, *,
                  timesteps: int = 16, bits: int = 2, output_bits: int | None = 3, model: str | None = None,
                  calibration: str = "mse", device: str = "auto", double: bool = False,
-                 log=print) -> dict[str, Any]:
+                 readout: str = DEFAULT_READOUT, log=print) -> dict[str, Any]:
     """All three stages: quantize (QAT) → convert → evaluate, into ``out_dir``.
 
     Writes ``qann.pt``, ``snn.pt`` and ``curve.csv/.json/.png`` (each atomically); returns the
@@ -424,6 +428,7 @@ def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions,
     """
     from qffs.report import write_report
 
+    check_readout(readout)
     if timesteps < 1:
         raise QffsError(f"--timesteps must be >= 1, got {timesteps}")
     out = Path(out_dir)
@@ -438,7 +443,7 @@ def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions,
     log(f"      {sum(1 for r in summary if r['kind'].startswith('IF'))} IF layers, "
         f"{sum(r.get('neurons', 0) for r in summary):,} neurons per sample")
     log(f"[3/3] evaluate: T = {timesteps}")
-    report = evaluate_checkpoint(snn_path, data, timesteps, device=device, double=double)
+    report = evaluate_checkpoint(snn_path, data, timesteps, device=device, double=double, readout=readout)
     report["pipeline_seconds"] = round(time.perf_counter() - started, 1)
     report["quantize"] = q
     report["files"] = {k: str(v) for k, v in write_report(report, out).items()}

@@ -67,16 +67,27 @@ def environment() -> dict[str, str]:
             "platform": platform.platform()}
 
 
+def _by_readout(report: dict[str, Any], key: str) -> dict[str, list[float]]:
+    """``{readout: per-step values}``; a report from before the readouts has the count readout only."""
+    return report.get(f"{key}_by_readout") or {"count": report[key]}
+
+
 def curve_csv(report: dict[str, Any]) -> str:
-    """The curve as CSV: one row per time step."""
+    """The curve as CSV: one row per time step; the headline readout first, then every readout."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["t", "snn_accuracy", "tied", "qann_accuracy", "fp_accuracy", "conversion_loss"])
-    qann, fp = report.get("qann_accuracy"), report.get("fp_accuracy")
-    for t, acc, tied in zip(report["timesteps"], report["snn_accuracy"], report["tied"]):
-        loss = "" if qann is None else f"{qann - acc:.6f}"
-        writer.writerow([t, f"{acc:.6f}", f"{tied:.6f}", "" if qann is None else f"{qann:.6f}",
-                         "" if fp is None else f"{fp:.6f}", loss])
+    accuracy, tied = _by_readout(report, "snn_accuracy"), _by_readout(report, "tied")
+    writer.writerow(["t", "snn_accuracy", "tied", *(f"snn_accuracy_{r}" for r in accuracy), *(f"tied_{r}" for r in tied),
+                     "qann_accuracy", "qann_prequantizer_accuracy", "fp_accuracy", "conversion_loss"])
+
+    def num(value: float | None) -> str:
+        return "" if value is None else f"{value:.6f}"
+
+    qann = report.get("qann_accuracy")
+    for i, (t, acc) in enumerate(zip(report["timesteps"], report["snn_accuracy"])):
+        writer.writerow([t, num(acc), num(report["tied"][i]), *(num(c[i]) for c in accuracy.values()),
+                         *(num(c[i]) for c in tied.values()), num(qann), num(report.get("qann_prequantizer_accuracy")),
+                         num(report.get("fp_accuracy")), "" if qann is None else num(qann - acc)])
     return buf.getvalue()
 
 
@@ -87,25 +98,41 @@ def fp_label(report: dict[str, Any]) -> str:
     return f"FP {100 * report['fp_accuracy']:.2f}%{other_set}"
 
 
+#: How each readout is drawn and named in plots.
+READOUT_STYLE = {"count": ("#1f77b4", "o", "spike counts"), "tiebreak": ("#ff7f0e", "s", "counts, membrane tie-break"),
+                 "current": ("#9467bd", "^", "integrated current")}
+
+
 def plot_curve(report: dict[str, Any], path: str | Path) -> Path:
-    """PNG of SNN accuracy vs time step, with QANN and FP accuracy as reference lines."""
+    """PNG of SNN accuracy vs time step, one curve per readout (the headline one bold), with the
+    QANN, its pre-output-quantizer accuracy and the FP accuracy as reference lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ts, acc = report["timesteps"], [100 * a for a in report["snn_accuracy"]]
+    curves = _by_readout(report, "snn_accuracy")
+    headline = report.get("readout", "count")
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    ax.plot(ts, acc, marker="o", lw=2, color="#1f77b4", label="SNN")
+    for name, curve in curves.items():
+        color, marker, label = READOUT_STYLE.get(name, ("#1f77b4", "o", name))
+        bold = name == headline
+        ax.plot(ts, [100 * a for a in curve], marker=marker, ms=5 if bold else 4, lw=2.2 if bold else 1.2,
+                alpha=1.0 if bold else 0.8, color=color, label=f"SNN: {label}" + (" (headline)" if bold and len(curves) > 1 else ""))
     if report.get("qann_accuracy") is not None:
         ax.axhline(100 * report["qann_accuracy"], ls="--", color="#d62728",
                    label=f"QANN {100 * report['qann_accuracy']:.2f}%")
+    prequant = report.get("qann_prequantizer_accuracy")
+    if prequant is not None and len(curves) > 1 and prequant != report.get("qann_accuracy"):
+        ax.axhline(100 * prequant, ls="-.", color="#8c564b", lw=1,
+                   label=f"QANN before output quantizer {100 * prequant:.2f}%")
     if report.get("fp_accuracy") is not None:
         ax.axhline(100 * report["fp_accuracy"], ls=":", color="#2ca02c", label=fp_label(report))
     lossless = report.get("latency_to_lossless")
     if lossless:
         ax.axvline(lossless, color="grey", lw=1, alpha=0.6)
-        ax.annotate(f"lossless at t={lossless}", (lossless, (min(acc) + max(acc)) / 2), textcoords="offset points",
+        ax.annotate(f"lossless at t={lossless}" + (f" ({headline})" if len(curves) > 1 else ""), (lossless, (min(acc) + max(acc)) / 2), textcoords="offset points",
                     xytext=(4, 4), fontsize=8, color="grey")
     ax.set_xticks(ts if len(ts) <= 20 else ts[:: max(1, len(ts) // 16)])
     return save_accuracy_plot(fig, ax, report.get("title", "latency–accuracy"), path)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, STD_OPTION, app, channel_values, examples
+from cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, READOUT_OPTION, STD_OPTION, app, channel_values, examples
 
 
 def _finish(report: dict) -> None:
@@ -45,6 +45,7 @@ def run(
     limit: Optional[int] = typer.Option(None, help="Only the first N training samples."),
     test_limit: Optional[int] = typer.Option(None, help="Only the first N test samples."),
     double: bool = typer.Option(False, "--double", help="Simulate in float64."),
+    readout: str = READOUT_OPTION,
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
@@ -55,7 +56,8 @@ def run(
         checkpoint, out_dir, DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
                                          batch_size=batch_size, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size),
         qat_config(epochs, lr), timesteps=timesteps,
-        bits=bits, output_bits=output_bits or None, model=model, device=device, double=double, log=typer.echo)
+        bits=bits, output_bits=output_bits or None, model=model, device=device, double=double, readout=readout,
+        log=typer.echo)
     _finish(report)
 
 
@@ -66,6 +68,7 @@ def demo(
     timesteps: int = typer.Option(16, "--timesteps", "-T", help="Simulated time steps."),
     limit: Optional[int] = typer.Option(None, help="Only the first N training samples (faster, less accurate)."),
     test_limit: Optional[int] = typer.Option(None, help="Only the first N test samples."),
+    readout: str = READOUT_OPTION,
 ) -> None:
     """The embedded default: shipped Fashion-MNIST VGG → 2/3-bit QANN → SNN → curve, table and plot."""
     from qffs.errors import QffsError
@@ -75,6 +78,6 @@ def demo(
         raise QffsError(f"the shipped checkpoint {SHIPPED_FMNIST} is missing (a broken install?)")
     report = run_pipeline(
         SHIPPED_FMNIST, out_dir, DataOptions(dataset="fashion-mnist", limit=limit, test_limit=test_limit),
-        qat_config(epochs), timesteps=timesteps,
+        qat_config(epochs), timesteps=timesteps, readout=readout,
         log=typer.echo)
     _finish(report)

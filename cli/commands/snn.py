@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, STD_OPTION, app, channel_values, examples
+from cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, READOUT_OPTION, STD_OPTION, app, channel_values, examples
 
 
 @app.command(
@@ -54,6 +54,7 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, help="Only the first N test samples."),
     batch_size: int = typer.Option(256, help="Samples simulated at once."),
     double: bool = typer.Option(False, "--double", help="Simulate in float64 (exact; float32 may differ at level boundaries)."),
+    readout: str = READOUT_OPTION,
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Simulate an SNN on a test set: accuracy at every time step, spikes, SOPs, energy; CSV/JSON/PNG."""
@@ -68,7 +69,7 @@ def evaluate(
     data = DataOptions(dataset=dataset, root=data_root, test_limit=limit,
                        batch_size=batch_size, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"),
                        image_size=image_size)
-    report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double)
+    report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double, readout=readout)
     paths = write_report(report, out_dir)
     print_report(report)
     typer.echo(f"results: {paths['csv']}, {paths['json']}, {paths['png']}")

@@ -17,6 +17,7 @@ from torch import fx, nn
 from qffs.snn.layers import GatedAffine, GatedLayer
 from qffs.snn.neuron import IFNeuron
 from qffs.snn.pooling import EventMaxPool, NaiveMaxPool
+from qffs.snn.readout import READOUTS, check_readout, output_readout
 from qffs.snn.state import Stateful
 
 
@@ -52,13 +53,14 @@ class SimulationResult:
     False, ``convergence_step`` is only a lower bound.
     """
 
-    output: torch.Tensor              # [T, B, ...] cumulative readout after each step
+    output: torch.Tensor              # [T, B, ...] cumulative readout after each step (the count readout)
     steps_run: int
     input_window: int
     convergence_step: torch.Tensor    # [B] long
     converged: torch.Tensor           # [B] bool
     neurons: list[NeuronRecord] = field(default_factory=list)
     synapses: list[SynapseRecord] = field(default_factory=list)
+    readouts: dict[str, torch.Tensor] = field(default_factory=dict)  # every readout, [T, B, ...] (SPEC §5)
 
 
 class SpikingNetwork(nn.Module):
@@ -87,9 +89,15 @@ class SpikingNetwork(nn.Module):
             m.reset()
 
     # -- running -----------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
-        """Cumulative output after each of ``timesteps`` steps, ``[T, *qann(x).shape]``."""
-        return self.simulate(x, timesteps, record=False).output
+    def forward(self, x: torch.Tensor, timesteps: int, readout: str = "count") -> torch.Tensor:
+        """Cumulative output after each of ``timesteps`` steps, ``[T, *qann(x).shape]``.
+
+        ``readout`` (SPEC §5, :mod:`qffs.snn.readout`): "count" (spike counts × s, the QANN's
+        units and exact once quiet), "tiebreak" (counts, ties broken by the membrane) or
+        "current" (the integrated current per input-window step).
+        """
+        check_readout(readout)
+        return self.simulate(x, timesteps, record=False).readouts[readout]
 
     @torch.no_grad()
     def simulate(self, x: torch.Tensor, timesteps: int, *, until_quiet: bool = False, record: bool = True,
@@ -117,17 +125,20 @@ class SpikingNetwork(nn.Module):
         silent = torch.zeros_like(x)
         last_spike = torch.full((batch,), -1, dtype=torch.long, device=x.device)
         quiet = torch.zeros(batch, dtype=torch.bool, device=x.device)
-        readouts: list[torch.Tensor] = []
+        counts: list[torch.Tensor] = []       # spiking output: Z and u after each step
+        membranes: list[torch.Tensor] = []
+        analog: list[torch.Tensor] = []       # analog output: integrated current / T_in
         integrated = None
         for t in range(timesteps):
             for m in stateful:
                 m.step = t
             out = self.graph(x if t < self.input_window else silent)
             if out_neuron is not None:
-                readouts.append(out_neuron.count * out_neuron.step_size.to(out.dtype))
+                counts.append(out_neuron.count.clone())
+                membranes.append(out_neuron.membrane.clone())
             else:
                 integrated = out if integrated is None else integrated + out
-                readouts.append(integrated / self.input_window)
+                analog.append(integrated / self.input_window)
             active = torch.zeros(batch, dtype=torch.bool, device=x.device)
             for _, neuron in neurons:
                 if neuron.active is not None:
@@ -138,12 +149,13 @@ class SpikingNetwork(nn.Module):
                 quiet |= ~active
                 if until_quiet and bool(quiet.all()):
                     break
-        steps_run = len(readouts)
-        output = torch.stack(readouts + [readouts[-1]] * (timesteps - steps_run))
+        steps_run = t + 1
+        readouts = self._readouts(out_neuron, counts, membranes, analog, timesteps)
+        output = readouts["count"]
         floor = self.input_window if out_neuron is None else 1
         convergence = torch.clamp(last_spike + 1, min=floor)
         convergence = torch.where(quiet, convergence, torch.full_like(convergence, steps_run))
-        result = SimulationResult(output, steps_run, self.input_window, convergence, quiet)
+        result = SimulationResult(output, steps_run, self.input_window, convergence, quiet, readouts=readouts)
         if record:
             for name, n in neurons:
                 per_sample = n.count[0].numel() if n.count is not None else 0
@@ -154,6 +166,21 @@ class SpikingNetwork(nn.Module):
                     result.synapses.append(SynapseRecord(name, layer.synops, layer.events,
                                                          int(layer._fanout.sum().item())))
         return result
+
+    def _readouts(self, out_neuron: IFNeuron | None, counts: list[torch.Tensor], membranes: list[torch.Tensor],
+                   analog: list[torch.Tensor], timesteps: int) -> dict[str, torch.Tensor]:
+        """Every readout as ``[timesteps, B, ...]``; rows after an early stop repeat the last one."""
+        def padded(rows: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack(rows + [rows[-1]] * (timesteps - len(rows)))
+
+        if out_neuron is None:
+            current = padded(analog)
+            return {name: current for name in READOUTS}
+        count, membrane = padded(counts), padded(membranes)
+        return {name: output_readout(name, count, membrane, threshold=out_neuron.threshold,
+                                     step_size=out_neuron.step_size, initial_membrane=out_neuron.initial_membrane(),
+                                     input_window=self.input_window)
+                for name in READOUTS}
 
     # -- description -------------------------------------------------------------------------
     def summary(self) -> list[dict]:

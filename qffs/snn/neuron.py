@@ -46,10 +46,12 @@ class IFNeuron(Stateful):
         self.neg_spikes: torch.Tensor | None = None
         self.active: torch.Tensor | None = None       # per sample: spiked at the last step
 
+    def initial_membrane(self) -> torch.Tensor:
+        """u₀: θ/2 with pre-charge (the neuron rounds), else 0 (it floors)."""
+        return self.threshold / 2 if self.precharge else torch.zeros_like(self.threshold)
+
     def _init_state(self, current: torch.Tensor) -> None:
-        theta = self.threshold.to(current.dtype)
-        start = theta / 2 if self.precharge else torch.zeros_like(theta)
-        self.membrane = start.expand_as(current).clone()
+        self.membrane = self.initial_membrane().to(current.dtype).expand_as(current).clone()
         self.count = torch.zeros_like(current)
         batch = current.shape[0]
         self.pos_spikes = torch.zeros(batch, dtype=torch.long, device=current.device)

@@ -1,0 +1,48 @@
+"""The three readouts of one simulation (SPEC §5), as pure functions of the output layer's state.
+
+After step t each output neuron holds a signed spike count Z and a membrane u:
+
+- ``count``: Z·s, the QANN's units (bit-identical to the QANN output once quiet);
+- ``tiebreak``: the count decides; among the classes sharing the highest count the larger
+  membrane wins. As a tensor: Z·s + s·(½ + atan(u/θ)/2π), whose argmax is exactly that
+  prediction (the added term lies in (s/4, 3s/4), strictly increasing in u, so rounding never
+  lets it reach a neighbouring count);
+- ``current``: (Z·θ + u − u₀)/T_in, the current the neuron has integrated, per input-window
+  step: once quiet it is the QANN output quantizer's *input* (the analog readout at every step).
+
+With an analog output layer (no output neuron) all three are its integrated current / T_in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+READOUTS = ("count", "tiebreak", "current")
+#: The headline readout of reports (every readout is measured anyway).
+DEFAULT_READOUT = "count"
+
+
+def check_readout(readout: str) -> str:
+    """Refuse an unknown readout name (one place for the list)."""
+    if readout not in READOUTS:
+        from qffs.errors import QffsError
+
+        raise QffsError(f"unknown readout {readout!r}: choose one of {', '.join(READOUTS)}")
+    return readout
+
+
+def output_readout(readout: str, counts: torch.Tensor, membrane: torch.Tensor, *, threshold: torch.Tensor,
+                   step_size: torch.Tensor, initial_membrane: torch.Tensor, input_window: int) -> torch.Tensor:
+    """``readout`` of a spiking output layer from its counts and membranes (any shape, e.g. [T, B, C])."""
+    check_readout(readout)
+    theta, s = threshold.to(counts.dtype), step_size.to(counts.dtype)
+    if readout == "count":
+        return counts * s
+    if readout == "tiebreak":
+        return counts * s + s * (0.5 + torch.atan(membrane / theta) / (2 * math.pi))
+    return (counts * theta + membrane - initial_membrane.to(counts.dtype)) / input_window
+
+
+__all__ = ["DEFAULT_READOUT", "READOUTS", "check_readout", "output_readout"]
