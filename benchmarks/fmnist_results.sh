@@ -40,6 +40,13 @@ keep "$RUNS/q2_3/f32" snn_2_3_float32
 timed evaluate_2_3_f64 "$QFFS" evaluate "$RUNS/q2_3/snn.pt" --timesteps 16 --double --out-dir "$RUNS/q2_3/f64"
 keep "$RUNS/q2_3/f64" snn_2_3_float64
 
+# The three readouts of one simulation (SPEC §5), on a 2/3 QANN after one QAT epoch.
+timed quantize_2_3_1epoch "$QFFS" quantize "$CKPT" --out "$RUNS/q2_3_1epoch/qann.pt" --epochs 1
+cp "$RUNS/q2_3_1epoch/qann.metrics.json" "$DOCS/readouts_2_3_1epoch_qat.json"
+timed convert_2_3_1epoch "$QFFS" convert "$RUNS/q2_3_1epoch/qann.pt" --out "$RUNS/q2_3_1epoch/snn.pt"
+timed evaluate_2_3_1epoch "$QFFS" evaluate "$RUNS/q2_3_1epoch/snn.pt" --timesteps 16 --out-dir "$RUNS/q2_3_1epoch/f32"
+keep "$RUNS/q2_3_1epoch/f32" readouts_2_3_1epoch
+
 # The other layouts (3-bit hidden layers have T_in = 7, so they need more steps).
 timed convert_2_analog "$QFFS" convert "$RUNS/q2_analog/qann.pt" --out "$RUNS/q2_analog/snn.pt"
 timed evaluate_2_analog "$QFFS" evaluate "$RUNS/q2_analog/snn.pt" --timesteps 16 --out-dir "$RUNS/q2_analog/f32"
