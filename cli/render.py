@@ -32,20 +32,22 @@ def layer_table(rows: list[dict[str, Any]]) -> Table:
 
 
 def curve_table(report: dict[str, Any]) -> Table:
-    """t, SNN accuracy of every readout (headline marked *), its gap to the QANN, tied spike counts."""
+    """t, SNN accuracy of every readout (headline marked *), the headline's gap to the QANN, and the
+    tied predictions of every readout."""
     table = Table()
     curves = report.get("snn_accuracy_by_readout") or {"count": report["snn_accuracy"]}
+    ties = report.get("tied_by_readout") or {"count": report["tied"]}
     headline = report.get("readout", "count")
-    ties = (report.get("tied_by_readout") or {}).get("count", report["tied"])
     table.add_column("t", justify="right")
     for name in curves:
         table.add_column(f"{name}{'*' if name == headline and len(curves) > 1 else ''} %", justify="right")
     table.add_column("QANN − SNN (pp)", justify="right")
-    table.add_column("tied counts %", justify="right")
+    for name in ties:
+        table.add_column(f"tied {name} %" if len(ties) > 1 else "tied %", justify="right")
     qann = report.get("qann_accuracy")
     for i, t in enumerate(report["timesteps"]):
         gap = "" if qann is None else f"{100 * (qann - report['snn_accuracy'][i]):+.2f}"
-        table.add_row(str(t), *(_pct(c[i]) for c in curves.values()), gap, _pct(ties[i]))
+        table.add_row(str(t), *(_pct(c[i]) for c in curves.values()), gap, *(_pct(c[i]) for c in ties.values()))
     return table
 
 

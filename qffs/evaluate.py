@@ -23,8 +23,10 @@ from qffs.snn.network import SpikingNetwork
 from qffs.snn.readout import READOUTS, check_readout
 
 
-def _quantizer_levels(qann: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """(QANN output, the output quantizer's input (the output itself when analog), every quantizer's levels)."""
+def _quantizer_levels(qann: nn.Module, x: torch.Tensor, output_name: str | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """(QANN output, the input of the quantizer named ``output_name`` — the SNN's output neuron —
+    or the output itself when there is none, every quantizer's levels)."""
     from qffs.quant import quantizers
 
     levels: dict[str, torch.Tensor] = {}
@@ -32,7 +34,7 @@ def _quantizer_levels(qann: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, t
 
     def keep(module, args, _, name):
         levels[name] = module.level(args[0])
-        if module.is_output:
+        if name == output_name:
             inputs["output"] = args[0]
 
     hooks = [q.register_forward_hook(lambda m, i, o, name=name: keep(m, i, o, name)) for name, q in quantizers(qann)]
@@ -85,7 +87,7 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
         unconverged += int((~done).sum())
         levels: dict[str, torch.Tensor] = {}
         if qann is not None:
-            out, before, levels = _quantizer_levels(qann, x)
+            out, before, levels = _quantizer_levels(qann, x, snn.output_neuron)
             qpred, qtie = predict(out)
             qann_correct += float((qpred == y).sum())
             prequant_correct += float((predict(before)[0] == y).sum())

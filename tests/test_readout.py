@@ -39,6 +39,10 @@ def test_the_count_always_decides_before_the_membrane():
     for dtype in (torch.float32, torch.float64):
         counts, membrane = [[6.0, 7.0, 7.0]], [[1e30, -1e30, -5.0]]
         assert predict(_readout("tiebreak", counts, membrane, dtype))[0].item() == 2
+        for level, gap in ((10, 1e-4), (1000, 1.0), (1e5, 0.1)):   # saturated outputs: u grows without bound
+            pred, tied = predict(_readout("tiebreak", [[7.0, 7.0]], [[level * 0.6, (level + gap) * 0.6]], dtype))
+            assert pred.item() == 1 and not tied.item()
+        assert predict(_readout("tiebreak", [[7.0, 7.0, 3.0]], [[0.2, 0.2, 9.0]], dtype))[1].item()  # equal: a tie
         gen = torch.Generator().manual_seed(0)
         c = torch.randint(0, 8, (2000, 10), generator=gen).to(dtype)
         u = (torch.rand(2000, 10, generator=gen, dtype=torch.float64) * 40 - 20).to(dtype) * THETA.to(dtype)
@@ -112,6 +116,26 @@ def test_public_call_takes_a_readout_and_refuses_an_unknown_one():
         snn(x, timesteps=4, readout="spikes")
 
 
+def test_the_reference_is_the_input_of_whichever_quantizer_is_the_snn_output():
+    """A QANN without an output quantizer whose last op is a ReLU quantizer: that one is the spiking output."""
+    from torch import nn
+
+    from qffs.evaluate import _quantizer_levels
+    from qffs.quant import calibrate, quantize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 6), nn.ReLU()).eval()
+    qann = quantize(model, output_bits=None).double().eval()
+    x = torch.randn(32, 8, dtype=torch.float64)
+    calibrate(qann, [x])
+    snn = convert(qann)
+    assert snn.config["output"] == "spiking"
+    out, before, _ = _quantizer_levels(qann, x, snn.output_neuron)
+    assert not torch.equal(before, out)
+    result = snn.simulate(x, 100, until_quiet=True)
+    torch.testing.assert_close(result.readouts["current"][-1], before, rtol=1e-9, atol=1e-9)
+
+
 def test_evaluate_reports_every_readout(cli, tmp_path):
     """quantize → convert → evaluate --readout tiebreak: headline, per-readout curves, CSV columns."""
     from tests.test_cli import SHIPPED
@@ -131,7 +155,7 @@ def test_evaluate_reports_every_readout(cli, tmp_path):
     header = (out / "curve.csv").read_text().splitlines()[0].split(",")
     assert {"snn_accuracy_count", "snn_accuracy_tiebreak", "snn_accuracy_current", "tied_count",
             "qann_prequantizer_accuracy"} <= set(header)
-    assert "tiebreak* %" in r.stdout and "before its output quantizer" in r.stdout
+    assert "tiebreak* %" in r.stdout and "tied current %" in r.stdout and "before its output quantizer" in r.stdout
     bad = cli("evaluate", s, "--readout", "spikes", "--out-dir", tmp_path / "bad")
     assert bad.returncode == 2 and "unknown readout 'spikes'" in bad.stderr
     assert not (tmp_path / "bad").exists()

@@ -125,8 +125,7 @@ class SpikingNetwork(nn.Module):
         silent = torch.zeros_like(x)
         last_spike = torch.full((batch,), -1, dtype=torch.long, device=x.device)
         quiet = torch.zeros(batch, dtype=torch.bool, device=x.device)
-        counts: list[torch.Tensor] = []       # spiking output: Z and u after each step
-        membranes: list[torch.Tensor] = []
+        history: dict[str, torch.Tensor] = {}  # spiking output: Z and u after each step, [T, B, ...]
         analog: list[torch.Tensor] = []       # analog output: integrated current / T_in
         integrated = None
         for t in range(timesteps):
@@ -134,8 +133,10 @@ class SpikingNetwork(nn.Module):
                 m.step = t
             out = self.graph(x if t < self.input_window else silent)
             if out_neuron is not None:
-                counts.append(out_neuron.count.clone())
-                membranes.append(out_neuron.membrane.clone())
+                for key, state in (("count", out_neuron.count), ("membrane", out_neuron.membrane)):
+                    if key not in history:
+                        history[key] = state.new_empty((timesteps, *state.shape))
+                    history[key][t] = state
             else:
                 integrated = out if integrated is None else integrated + out
                 analog.append(integrated / self.input_window)
@@ -150,7 +151,7 @@ class SpikingNetwork(nn.Module):
                 if until_quiet and bool(quiet.all()):
                     break
         steps_run = t + 1
-        readouts = self._readouts(out_neuron, counts, membranes, analog, timesteps)
+        readouts = self._readouts(out_neuron, history, analog, steps_run, timesteps)
         output = readouts["count"]
         floor = self.input_window if out_neuron is None else 1
         convergence = torch.clamp(last_spike + 1, min=floor)
@@ -167,16 +168,15 @@ class SpikingNetwork(nn.Module):
                                                          int(layer._fanout.sum().item())))
         return result
 
-    def _readouts(self, out_neuron: IFNeuron | None, counts: list[torch.Tensor], membranes: list[torch.Tensor],
-                   analog: list[torch.Tensor], timesteps: int) -> dict[str, torch.Tensor]:
+    def _readouts(self, out_neuron: IFNeuron | None, history: dict[str, torch.Tensor], analog: list[torch.Tensor],
+                   steps_run: int, timesteps: int) -> dict[str, torch.Tensor]:
         """Every readout as ``[timesteps, B, ...]``; rows after an early stop repeat the last one."""
-        def padded(rows: list[torch.Tensor]) -> torch.Tensor:
-            return torch.stack(rows + [rows[-1]] * (timesteps - len(rows)))
-
         if out_neuron is None:
-            current = padded(analog)
+            current = torch.stack(analog + [analog[-1]] * (timesteps - steps_run))
             return {name: current for name in READOUTS}
-        count, membrane = padded(counts), padded(membranes)
+        for rows in history.values():
+            rows[steps_run:] = rows[steps_run - 1]
+        count, membrane = history["count"], history["membrane"]
         return {name: output_readout(name, count, membrane, threshold=out_neuron.threshold,
                                      step_size=out_neuron.step_size, initial_membrane=out_neuron.initial_membrane(),
                                      input_window=self.input_window)
