@@ -21,6 +21,12 @@ IMAGE_SIZE_OPTION = typer.Option(
          "up to 64 px (CIFAR-style), else 224.")
 
 
+#: --model for commands that rebuild an artifact: only needed (and only used) for model files.
+ARTIFACT_MODEL_OPTION = typer.Option(
+    None, "--model", "-m",
+    help="The model file, when the artifact was made from one (path/to/model.py:factory): qffs never runs code "
+         "that an artifact names, only a file you name, and only if it is the file the artifact was made with.")
+
 READOUT_OPTION = typer.Option(
     "count", "--readout",
     help="Headline readout of the report (all are measured): count (spike counts, exact), tiebreak (counts, "

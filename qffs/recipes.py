@@ -16,9 +16,10 @@ import torch
 
 from qffs.errors import QffsError
 from qffs.io import load_checkpoint, load_into, save_checkpoint, write_text_atomic
-from qffs.models import build_model, with_defaults
+from qffs.models import build_model, parse_spec, with_defaults
 from qffs.snn.readout import DEFAULT_READOUT, check_readout
 from qffs.train import TrainConfig, config_dict, fit, init_distributed, is_main_process, resolve_device
+from qffs.trust import authorized_spec, model_provenance
 
 if TYPE_CHECKING:
     from qffs.data import Preprocessing
@@ -133,7 +134,8 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
         load_into(net, source.state_dict, source=str(pretrained), spec=spec)
     train_loader, test_loader = make_loaders(data, prep)
     started = time.perf_counter()
-    meta = {**data_meta(data, prep), "train_config": config_dict(cfg), "batch_size": data.batch_size,
+    meta = {**data_meta(data, prep), **model_provenance(spec), "train_config": config_dict(cfg),
+            "batch_size": data.batch_size,
             "seed": data.seed, "limit": data.limit, "pretrained": pretrained, "distributed": distributed}
     history: list[dict[str, Any]] = []
 
@@ -164,14 +166,19 @@ def _calibration_batches(loader, count: int) -> list[torch.Tensor]:
     return batches
 
 
-def _rebuild_qann(meta: dict[str, Any], state_dict: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
-    """The QANN described by ``meta`` (model spec, bit widths) with ``state_dict`` loaded."""
+def _rebuild_qann(meta: dict[str, Any], state_dict: dict[str, torch.Tensor], source: str,
+                  model: str | None = None) -> torch.nn.Module:
+    """The QANN described by ``meta`` (model spec, bit widths) with ``state_dict`` loaded.
+
+    A recorded model *file* is run only if ``model`` names that same file (:mod:`qffs.trust`).
+    """
     from qffs.quant import quantize
 
+    spec = authorized_spec(meta, model, source)
     output_bits = meta.get("output_bits")
-    qann = quantize(build_model(meta["model"]), bits=int(meta["bits"]),
+    qann = quantize(build_model(spec), bits=int(meta["bits"]),
                     output_bits=None if output_bits is None else int(output_bits))
-    load_into(qann, state_dict, source=source, spec=meta["model"])
+    load_into(qann, state_dict, source=source, spec=spec)
     return qann.eval()
 
 
@@ -191,31 +198,34 @@ def _expect_kind(ckpt, kind: str, path: str | Path) -> None:
     raise QffsError(f"{path} is {names.get(ckpt.kind, ckpt.kind)} checkpoint, not {want}" + (f"; {advice}" if advice else ""))
 
 
-def load_qann(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_qann(path: str | Path, model: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a quantized ANN from its checkpoint alone: (GraphModule in eval mode, metadata).
 
     The QANN is re-derived from the recorded model spec and bit widths by ``qffs.quantize``
     (deterministic names), then its state dict — weights, BN statistics, step sizes — is loaded.
+    ``model`` names the model file when the QANN was made from one (it is never imported on
+    the artifact's word alone).
     """
     ckpt = load_checkpoint(path)
     _expect_kind(ckpt, "qann", path)
-    return _rebuild_qann(ckpt.meta, ckpt.state_dict, str(path)), ckpt.meta
+    return _rebuild_qann(ckpt.meta, ckpt.state_dict, str(path), model), ckpt.meta
 
 
 CONVERT_OPTIONS = ("input_window", "precharge", "negative_spikes", "max_pool")
 
 
-def load_snn(path: str | Path):
+def load_snn(path: str | Path, model: str | None = None):
     """Rebuild an SNN artifact: (SpikingNetwork, the QANN it came from, metadata).
 
     The artifact holds the QANN (spec, bits, state dict) and the conversion options; the
-    conversion is deterministic, so this is the SNN that was written.
+    conversion is deterministic, so this is the SNN that was written. ``model``: as for
+    :func:`load_qann`.
     """
     from qffs.snn import convert
 
     ckpt = load_checkpoint(path)
     _expect_kind(ckpt, "snn", path)
-    qann = _rebuild_qann(ckpt.meta, ckpt.state_dict, str(path))
+    qann = _rebuild_qann(ckpt.meta, ckpt.state_dict, str(path), model)
     options = {k: ckpt.meta["conversion"][k] for k in CONVERT_OPTIONS if k in ckpt.meta.get("conversion", {})}
     return convert(qann, **options), qann, ckpt.meta
 
@@ -233,8 +243,8 @@ def sample_input_shape(meta: dict[str, Any]) -> tuple[int, ...] | None:
 
 
 def convert_checkpoint(qann_path: str | Path, out: str | Path, *, input_window: int | None = None,
-                       precharge: bool = True, negative_spikes: bool = True,
-                       max_pool: str = "event") -> tuple[Path, list[dict[str, Any]]]:
+                       precharge: bool = True, negative_spikes: bool = True, max_pool: str = "event",
+                       model: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
     """QFFS stage 2 as a job: QANN checkpoint → SNN artifact; returns (path, per-layer summary).
 
     The summary lists, per layer, θ, Z_max, step size, fan-in and neurons per sample (found by
@@ -245,7 +255,7 @@ def convert_checkpoint(qann_path: str | Path, out: str | Path, *, input_window: 
     out = Path(out)
     if out.suffix not in (".pt", ".pth", ".safetensors"):
         raise QffsError(f"--out must end in .pt, .pth or .safetensors, got {out.name}")
-    qann, meta = load_qann(qann_path)
+    qann, meta = load_qann(qann_path, model)
     snn = convert(qann, input_window=input_window, precharge=precharge, negative_spikes=negative_spikes,
                   max_pool=max_pool)
     summary = snn.summary()
@@ -267,7 +277,7 @@ def _bits(bits: int | None) -> str:
 
 
 def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int, *, device: str = "auto",
-                        double: bool = False, readout: str = DEFAULT_READOUT) -> dict[str, Any]:
+                        double: bool = False, readout: str = DEFAULT_READOUT, model: str | None = None) -> dict[str, Any]:
     """QFFS stage 3 as a job: simulate an SNN artifact on a test set; returns the report dict
     (every readout measured, ``readout`` the headline)."""
     from qffs.evaluate import evaluate_snn
@@ -275,7 +285,7 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
     if timesteps < 1:
         raise QffsError(f"--timesteps must be >= 1, got {timesteps}")
     check_readout(readout)
-    snn, qann, meta = load_snn(snn_path)
+    snn, qann, meta = load_snn(snn_path, model)
     data = with_recorded(data, meta)
     dataset, trained_on = data.dataset, meta.get("dataset")
     if trained_on and not _same_dataset(meta, dataset):
@@ -323,13 +333,11 @@ def _load_fp(checkpoint: str | Path, model: str | None, data: DataOptions):
     if ckpt.kind not in ("fp", "foreign"):
         raise QffsError(f"{checkpoint} is a {ckpt.kind} checkpoint, not a full-precision model")
     prep = data.preprocessing(recorded=recorded_preprocessing(ckpt.meta, data.dataset))
-    if model:
+    recorded = ckpt.meta.get("model")
+    if model and not (recorded and parse_spec(str(recorded)).source == "file"):
         spec = model_spec_for(model, data, prep)
-    elif ckpt.meta.get("model"):
-        spec = str(ckpt.meta["model"])
-    else:
-        raise QffsError(f"{checkpoint} does not record its model: pass the model spec, e.g. --model resnet20 "
-                        "or --model path/to/model.py:factory")
+    else:   # the recorded spec, and a recorded model file only if the caller names that same file
+        spec = authorized_spec(ckpt.meta, model, str(checkpoint))
     net = build_model(spec)
     try:
         load_into(net, ckpt.state_dict, source=str(checkpoint), spec=spec)
@@ -378,7 +386,7 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     batches = _calibration_batches(train_loader, calibration_batches)
     calibrate(qann, [b.to(dev) for b in batches], method=calibration)
     ptq = evaluate(qann, test_loader, dev, description="QANN after calibration")
-    meta = {**data_meta(data, prep), "input_shape": list(batches[0].shape[1:]), "bits": bits,
+    meta = {**data_meta(data, prep), **model_provenance(spec), "input_shape": list(batches[0].shape[1:]), "bits": bits,
             "output_bits": output_bits, "calibration": calibration,
             "source_checkpoint": str(checkpoint), "train_config": config_dict(cfg),
             "batch_size": data.batch_size, "seed": data.seed, "limit": data.limit}
@@ -439,11 +447,12 @@ def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions,
     log(f"      FP {100 * q['fp_accuracy']:.2f}%  calibrated {100 * q['calibrated_accuracy']:.2f}%  "
         f"QANN {100 * q['qann_accuracy']:.2f}%  ({q['seconds']:.0f} s)")
     log("[2/3] convert")
-    snn_path, summary = convert_checkpoint(out / "qann.pt", out / "snn.pt")
+    snn_path, summary = convert_checkpoint(out / "qann.pt", out / "snn.pt", model=model)
     log(f"      {sum(1 for r in summary if r['kind'].startswith('IF'))} IF layers, "
         f"{sum(r.get('neurons', 0) for r in summary):,} neurons per sample")
     log(f"[3/3] evaluate: T = {timesteps}")
-    report = evaluate_checkpoint(snn_path, data, timesteps, device=device, double=double, readout=readout)
+    report = evaluate_checkpoint(snn_path, data, timesteps, device=device, double=double, readout=readout,
+                                 model=model)
     report["pipeline_seconds"] = round(time.perf_counter() - started, 1)
     report["quantize"] = q
     report["files"] = {k: str(v) for k, v in write_report(report, out).items()}

@@ -10,6 +10,11 @@ import typer
 from cli.app import app, examples
 
 
+def _printable(text: str) -> str:
+    """Metadata comes from the file: control characters (terminal escapes) are shown escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 @app.command("info", epilog=examples("qffs info models/fmnist_vgg_small.pt"))
 def info(checkpoint: Path = typer.Argument(..., help="A .pt/.pth/.th/.safetensors file.")) -> None:
     """Print a checkpoint's kind, model spec, dataset, metrics and provenance."""
@@ -21,10 +26,10 @@ def info(checkpoint: Path = typer.Argument(..., help="A .pt/.pth/.th/.safetensor
     if ckpt.kind == "foreign" and (ckpt.entry or ckpt.stripped):
         where = f"weights under {ckpt.entry!r}" if ckpt.entry else "weights at the top level"
         typer.echo(f"  {where}" + (f", prefixes removed: {' '.join(ckpt.stripped)}" if ckpt.stripped else ""))
-    for key in ("model", "dataset", "data_root", "preprocessing", "input_shape", "bits", "output_bits",
+    for key in ("model", "model_file_sha256", "dataset", "data_root", "preprocessing", "input_shape", "bits", "output_bits",
                 "qffs_version", "created"):
         if ckpt.meta.get(key) is not None:
             value = ckpt.meta[key]
-            typer.echo(f"  {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+            typer.echo(f"  {key}: {_printable(json.dumps(value) if isinstance(value, (dict, list)) else str(value))}")
     if "metrics" in ckpt.meta:
-        typer.echo(f"  metrics: {json.dumps(ckpt.meta['metrics'])}")
+        typer.echo(f"  metrics: {_printable(json.dumps(ckpt.meta['metrics']))}")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, READOUT_OPTION, STD_OPTION, app, channel_values, examples
+from cli.app import ARTIFACT_MODEL_OPTION, IMAGE_SIZE_OPTION, MEAN_OPTION, READOUT_OPTION, STD_OPTION, app, channel_values, examples
 
 
 @app.command(
@@ -24,13 +24,14 @@ def convert(
     precharge: bool = typer.Option(True, "--precharge/--no-precharge", help="Pre-charge membranes to θ/2 (round instead of floor)."),
     negative_spikes: bool = typer.Option(True, "--negative-spikes/--no-negative-spikes", help="Allow negative spikes that undo overshoots."),
     max_pool: str = typer.Option("event", help="Max pooling: event (exact) or naive (ablation)."),
+    model: Optional[str] = ARTIFACT_MODEL_OPTION,
 ) -> None:
     """Convert a quantized ANN into a spiking network artifact and print its layers."""
     from cli.render import console, layer_table
     from qffs.recipes import convert_checkpoint
 
     path, summary = convert_checkpoint(qann, out, input_window=input_window, precharge=precharge,
-                                       negative_spikes=negative_spikes, max_pool=max_pool)
+                                       negative_spikes=negative_spikes, max_pool=max_pool, model=model)
     console.print(layer_table(summary))
     typer.echo(f"wrote {path}")
 
@@ -55,6 +56,7 @@ def evaluate(
     batch_size: int = typer.Option(256, help="Samples simulated at once."),
     double: bool = typer.Option(False, "--double", help="Simulate in float64 (exact; float32 may differ at level boundaries)."),
     readout: str = READOUT_OPTION,
+    model: Optional[str] = ARTIFACT_MODEL_OPTION,
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Simulate an SNN on a test set: accuracy at every time step, spikes, SOPs, energy; CSV/JSON/PNG."""
@@ -69,7 +71,7 @@ def evaluate(
     data = DataOptions(dataset=dataset, root=data_root, test_limit=limit,
                        batch_size=batch_size, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"),
                        image_size=image_size)
-    report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double, readout=readout)
+    report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double, readout=readout, model=model)
     paths = write_report(report, out_dir)
     print_report(report)
     typer.echo(f"results: {paths['csv']}, {paths['json']}, {paths['png']}")
