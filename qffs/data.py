@@ -211,6 +211,21 @@ def _idx_dataset(name: str, split: str, root: Path | None, torchvision_dir: str,
 
 
 # --- CIFAR-10 python batches --------------------------------------------------------------------
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickles plain data only (containers, numbers, bytes, numpy arrays): a file in the dataset's
+    place that asks for anything else could run code, so it is refused."""
+
+    _NUMPY = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+              ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+              ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._NUMPY:
+            core = getattr(np, "_core", None) or np.core
+            return getattr(np, name) if module == "numpy" else getattr(core.multiarray, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+
 def _cifar_batches(split: str, root: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
     if root is None:
         raise QffsError("cifar10 needs its location: pass --data-root DIR (a torchvision root containing "
@@ -223,11 +238,20 @@ def _cifar_batches(split: str, root: Path | None) -> tuple[torch.Tensor, torch.T
                         "root that contains cifar-10-batches-py/")
     data, labels = [], []
     for f in files:
-        with f.open("rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")  # the dataset's own format: numpy arrays
-        data.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(batch[b"labels"])
+        try:
+            images, batch_labels = _read_cifar_batch(f)
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as exc:
+            raise QffsError(f"{f} is not a CIFAR-10 python batch of plain data ({exc}); refusing to read it") from exc
+        data.append(images)
+        labels.extend(batch_labels)
     return torch.from_numpy(np.concatenate(data)), torch.tensor(labels)
+
+
+def _read_cifar_batch(f: Path) -> tuple[np.ndarray, list[int]]:
+    """(uint8 images [N, 3, 32, 32], labels) of one python batch, unpickling plain data only."""
+    with f.open("rb") as fh:
+        batch = _PlainDataUnpickler(fh, encoding="bytes").load()
+    return np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), list(batch[b"labels"])
 
 
 # --- CIFAR-10 JPEG zip --------------------------------------------------------------------------

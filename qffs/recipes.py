@@ -364,14 +364,16 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     """
     from qffs.quant import calibrate, quantize, quantizers
     from qffs.quant.calibrate import check_method
+    from qffs.quant.lsq import check_bits
     from qffs.train import evaluate
 
     cfg.validate()
     out = Path(out)
     if out.suffix not in (".pt", ".pth", ".safetensors"):
         raise QffsError(f"--out must end in .pt, .pth or .safetensors, got {out.name}")
-    if bits < 1 or (output_bits is not None and output_bits < 1):
-        raise QffsError(f"bit widths must be >= 1 (got bits={bits}, output_bits={output_bits})")
+    check_bits("--bits", bits)
+    if output_bits is not None:
+        check_bits("--output-bits", output_bits)
     check_method(calibration)
     init_distributed()
     dev = resolve_device(device)

@@ -23,6 +23,17 @@ from qffs.metrics import predict
 from qffs.progress import track
 
 
+def _check_interval(name: str, value: float, low: float, high: float, *, low_open: bool = False,
+                    high_open: bool = False) -> None:
+    """A finite number in [low, high] (ends open where said), or a one-line QffsError."""
+    from qffs.errors import QffsError
+
+    inside = (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and inside):
+        span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise QffsError(f"{name} must be a finite number in {span}, got {value}")
+
+
 @dataclass
 class TrainConfig:
     """Optimiser and schedule. Defaults: the paper's QAT recipe (SGD 0.01, momentum 0.9, wd 5e-4)."""
@@ -42,10 +53,13 @@ class TrainConfig:
     def validate(self) -> None:
         from qffs.errors import QffsError
 
-        if self.epochs < 0:
-            raise QffsError(f"epochs must be >= 0, got {self.epochs}")
-        if self.lr <= 0:
-            raise QffsError(f"learning rate must be > 0, got {self.lr}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
+            raise QffsError(f"epochs must be an integer >= 0, got {self.epochs!r}")
+        _check_interval("learning rate (--lr)", self.lr, 0.0, math.inf, low_open=True, high_open=True)
+        _check_interval("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        _check_interval("weight decay", self.weight_decay, 0.0, math.inf, high_open=True)
+        _check_interval("gamma", self.gamma, 0.0, 1.0, low_open=True)
+        _check_interval("label smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         if self.schedule not in ("cosine", "exp", "constant"):
             raise QffsError(f"unknown schedule {self.schedule!r}; use cosine, exp or constant")
         if not 0.0 <= self.distill <= 1.0:
@@ -55,12 +69,25 @@ class TrainConfig:
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """"auto" → the local CUDA device when present (LOCAL_RANK under torchrun), else CPU."""
+    """"auto" → the local CUDA device when present (LOCAL_RANK under torchrun), else CPU; a device
+    this machine does not have is a one-line error, not a failure halfway through."""
+    from qffs.errors import QffsError
+
     if device in (None, "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise QffsError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise QffsError(f"--device {device}: this machine has {count} CUDA device(s); use --device cpu or auto")
+    elif dev.type not in ("cpu", "mps"):
+        raise QffsError(f"--device {device!r}: qffs runs on cpu or cuda")
+    return dev
 
 
 def init_distributed() -> bool:
@@ -200,7 +227,13 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
             loss.backward()
             optimizer.step()
             step += 1
-            loss_sum += loss.item() * y.numel()
+            value = loss.item()
+            if not math.isfinite(value):   # nothing of this epoch is kept: the last good checkpoint stays
+                from qffs.errors import QffsError
+
+                raise QffsError(f"training diverged: the loss is {value} at epoch {epoch + 1}, step {step} — "
+                                "lower the learning rate (--lr)")
+            loss_sum += value * y.numel()
             correct += (out.argmax(-1) == y).sum().item()
             seen += y.numel()
         train_time = time.perf_counter() - start

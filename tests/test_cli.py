@@ -115,3 +115,18 @@ def test_cli_reference_in_docs_is_current():
     from cli.docs import render
 
     assert (REPO / "docs" / "cli.md").read_text() == render(), "regenerate: python -m cli.docs > docs/cli.md"
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (("--bits", "64"), "--bits must be an integer from 1 to 8"),
+    (("--output-bits", "9"), "--output-bits must be an integer from 1 to 8"),
+    (("--lr", "nan"), "learning rate (--lr) must be a finite number"),
+    (("--momentum", "1.5"), "momentum must be a finite number in [0, 1)"),
+    (("--device", "tpu"), "--device"),
+    (("--calibration", "max"), "unknown calibration method 'max'"),
+])
+def test_quantize_options_are_refused_before_any_data(cli, tmp_path, args, fragment):
+    """The data root does not exist: reading data first would fail with another message."""
+    result = cli("quantize", SHIPPED, "--out", tmp_path / "q.pt", "--data-root", tmp_path / "none", *args)
+    _one_line_error(result, fragment)
+    assert list(tmp_path.iterdir()) == []

@@ -152,3 +152,23 @@ def test_error_messages(tmp_path, monkeypatch, call, message):
     monkeypatch.delenv("QFFS_CIFAR10_JPEG", raising=False)
     with pytest.raises(QffsError, match=message):
         call(tmp_path)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_cifar10_batches_are_unpickled_as_plain_data_only(tmp_path):
+    """A 'batch' that asks pickle to call something is refused before anything is called."""
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    marker = tmp_path / "MARKER"
+    with (base / "test_batch").open("wb") as f:
+        pickle.dump({b"data": _RunsCode(marker), b"labels": [0]}, f)
+    with pytest.raises(QffsError, match="test_batch is not a CIFAR-10 python batch of plain data"):
+        load_dataset("cifar10", "test", root=tmp_path)
+    assert not marker.exists()

@@ -121,3 +121,15 @@ def test_functional_form_matches_module():
 def test_rejects_zero_bits():
     with pytest.raises(ValueError):
         LSQActivation(0)
+
+
+@pytest.mark.parametrize("bits", [0, 9, 64, 2.0, True])
+def test_job_bit_widths_outside_1_to_8_are_refused(bits):
+    from qffs.errors import QffsError
+    from qffs.quant.lsq import check_bits
+
+    with pytest.raises(QffsError, match="--bits must be an integer from 1 to 8"):
+        check_bits("--bits", bits)
+    if bits in (0, 2.0, True):   # the library takes any positive integer width, nothing else
+        with pytest.raises(QffsError, match="bits must be an integer >= 1"):
+            LSQActivation(bits)

@@ -99,3 +99,46 @@ def test_freeze_bn_keeps_running_statistics_and_still_trains_the_affine_paramete
         same_stats = torch.equal(model[1].running_mean, stats[0]) and torch.equal(model[1].running_var, stats[1])
         assert same_stats is freeze
         assert not torch.equal(model[1].weight.detach(), weight)
+
+
+@pytest.mark.parametrize(("options", "fragment"), [
+    ({"lr": float("nan")}, "learning rate (--lr) must be a finite number in (0, inf)"),
+    ({"lr": 0.0}, "learning rate"),
+    ({"momentum": 1.0}, "momentum must be a finite number in [0, 1)"),
+    ({"weight_decay": float("inf")}, "weight decay"),
+    ({"gamma": 0.0}, "gamma must be a finite number in (0, 1]"),
+    ({"label_smoothing": 1.0}, "label smoothing"),
+    ({"epochs": 1.5}, "epochs must be an integer"),
+])
+def test_config_refuses_values_that_would_train_garbage(options, fragment):
+    with pytest.raises(QffsError) as err:
+        TrainConfig(**options).validate()
+    assert fragment in str(err.value)
+
+
+def test_a_non_finite_loss_stops_training_with_an_error():
+    class Diverged(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, x):
+            return self.fc(x) * float("inf")
+
+    kept = []
+    train = DataLoader(_blobs(64), batch_size=32)
+    with pytest.raises(QffsError, match="training diverged: the loss is nan at epoch 1"):
+        fit(Diverged(), train, train, TrainConfig(epochs=2), log=lambda _: None,
+            on_epoch=lambda record, model: kept.append(record))
+    assert kept == []   # no epoch was reported, so nothing was saved
+
+
+def test_a_device_this_machine_lacks_is_a_user_error():
+    from qffs.train import resolve_device
+
+    with pytest.raises(QffsError, match="is not a device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(QffsError, match="this machine has 0 CUDA device"):
+            resolve_device("cuda")
+    assert resolve_device("cpu").type == "cpu"

@@ -96,7 +96,7 @@ def _as_input(batch: Any, device: torch.device | None) -> torch.Tensor:
     if isinstance(batch, (tuple, list)):
         batch = batch[0]
     if not isinstance(batch, torch.Tensor):
-        raise TypeError(f"calibration batches must be tensors or (inputs, labels) pairs, got {type(batch).__name__}")
+        raise QffsError(f"calibration batches must be tensors or (inputs, labels) pairs, got {type(batch).__name__}")
     return batch.to(device) if device is not None else batch
 
 
@@ -170,7 +170,7 @@ def calibrate(
         return {}
     data = [_as_input(batch, _device(qann)) for batch in batches]
     if not data:
-        raise ValueError("calibrate needs at least one batch")
+        raise QffsError("calibrate needs at least one batch")
     if method == "lsq":
         data, max_samples = data[:1], sys.maxsize  # the rule uses the whole first batch
     # one call site per quantizer is guaranteed for quantize()'s output: stop each forward

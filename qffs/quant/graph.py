@@ -38,9 +38,9 @@ from typing import Any, Callable
 import torch
 from torch import fx, nn
 
-from qffs.errors import UnsupportedGraphError
+from qffs.errors import QffsError, UnsupportedGraphError
 from qffs.ops import check_graph, is_inplace, is_relu_site, owner_path
-from qffs.quant.lsq import LSQActivation
+from qffs.quant.lsq import LSQActivation, check_bits
 
 __all__ = [
     "OUTPUT_QUANTIZER",
@@ -191,12 +191,6 @@ def add_output_quantizer(gm: fx.GraphModule, bits: int, model_name: str = "model
     return name
 
 
-def _check_bits(name: str, bits: Any) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
-        raise ValueError(f"{name} must be a positive integer, got {bits!r}")
-    return bits
-
-
 def quantize(
     model: nn.Module,
     bits: int = 2,
@@ -217,10 +211,10 @@ def quantize(
     does not return a single tensor.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"quantize expects an nn.Module, got {type(model).__name__}")
-    bits = _check_bits("bits", bits)
+        raise QffsError(f"quantize expects an nn.Module, got {type(model).__name__}")
+    bits = check_bits("bits", bits, max_bits=None)
     if output_bits is not None:
-        output_bits = _check_bits("output_bits", output_bits)
+        output_bits = check_bits("output_bits", output_bits, max_bits=None)
     work = copy.deepcopy(model).eval()
     gm = trace(work, concrete_args)
     passes: list[Callable[[fx.GraphModule], Any]] = [

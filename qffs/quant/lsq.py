@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import math
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -72,6 +74,21 @@ def lsq_quantize(x: torch.Tensor, step: torch.Tensor, levels: int) -> torch.Tens
     return _LSQFunction.apply(x, step, levels, grad_scale)
 
 
+#: Widest activation a job accepts: Z_max = 255 spikes per neuron, levels fit a QDQ export's uint8.
+#: The library itself takes any width (very fine quantizers are a tool for checking a graph).
+MAX_BITS = 8
+
+
+def check_bits(name: str, bits: Any, max_bits: int | None = MAX_BITS) -> int:
+    """An activation bit width: an integer from 1 to ``max_bits`` (None: no upper bound)."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1 or (max_bits is not None and bits > max_bits):
+        from qffs.errors import QffsError
+
+        span = f"from 1 to {max_bits} (Z_max = 2^bits − 1 spikes)" if max_bits is not None else ">= 1"
+        raise QffsError(f"{name} must be an integer {span}, got {bits!r}")
+    return bits
+
+
 class LSQActivation(nn.Module):
     """ReLU replacement: unsigned LSQ quantizer with one learned step per tensor.
 
@@ -81,9 +98,7 @@ class LSQActivation(nn.Module):
 
     def __init__(self, bits: int = 2, step: float = 1.0, is_output: bool = False):
         super().__init__()
-        if bits < 1:
-            raise ValueError(f"bits must be >= 1, got {bits}")
-        self.bits = int(bits)
+        self.bits = check_bits("bits", bits, max_bits=None)
         self.levels = 2**self.bits - 1
         self.is_output = bool(is_output)
         self.step = nn.Parameter(torch.tensor(float(step)))
