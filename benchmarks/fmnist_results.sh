@@ -31,7 +31,7 @@ keep() {  # keep RUN_DIR NAME: copy a run's report files into docs under NAME
 timed quantize_2_3 "$QFFS" quantize "$CKPT" --out "$RUNS/q2_3/qann.pt" --epochs "$EPOCHS"
 timed quantize_2_analog "$QFFS" quantize "$CKPT" --out "$RUNS/q2_analog/qann.pt" --epochs "$EPOCHS" --output-bits 0
 timed quantize_3_3 "$QFFS" quantize "$CKPT" --out "$RUNS/q3_3/qann.pt" --epochs "$EPOCHS" --bits 3 --output-bits 3
-for q in q2_3 q2_analog q3_3; do cp "$RUNS/$q/qann.metrics.json" "$DOCS/${q}_qat.json"; done
+for q in q2_3 q2_analog q3_3; do cp "$RUNS/$q/qann.pt.metrics.json" "$DOCS/${q}_qat.json"; done
 
 # Stages 2 and 3: the paper's layout, float32 and float64.
 timed convert_2_3 "$QFFS" convert "$RUNS/q2_3/qann.pt" --out "$RUNS/q2_3/snn.pt"
@@ -42,7 +42,7 @@ keep "$RUNS/q2_3/f64" snn_2_3_float64
 
 # The three readouts of one simulation (SPEC §5), on a 2/3 QANN after one QAT epoch.
 timed quantize_2_3_1epoch "$QFFS" quantize "$CKPT" --out "$RUNS/q2_3_1epoch/qann.pt" --epochs 1
-cp "$RUNS/q2_3_1epoch/qann.metrics.json" "$DOCS/readouts_2_3_1epoch_qat.json"
+cp "$RUNS/q2_3_1epoch/qann.pt.metrics.json" "$DOCS/readouts_2_3_1epoch_qat.json"
 timed convert_2_3_1epoch "$QFFS" convert "$RUNS/q2_3_1epoch/qann.pt" --out "$RUNS/q2_3_1epoch/snn.pt"
 timed evaluate_2_3_1epoch "$QFFS" evaluate "$RUNS/q2_3_1epoch/snn.pt" --timesteps 16 --out-dir "$RUNS/q2_3_1epoch/f32"
 keep "$RUNS/q2_3_1epoch/f32" readouts_2_3_1epoch

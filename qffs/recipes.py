@@ -106,9 +106,27 @@ def make_loaders(opts: DataOptions, prep: Preprocessing | None = None, *, train:
 
 
 def metrics_path(checkpoint: str | Path) -> Path:
-    """``models/net.pt`` → ``models/net.metrics.json``."""
+    """``models/net.pt`` → ``models/net.pt.metrics.json``: named after the whole file, so that
+    ``net.safetensors`` written from ``net.pt`` never overwrites the input's own sidecar."""
     p = Path(checkpoint)
-    return p.with_name(p.stem + ".metrics.json")
+    return p.with_name(p.name + ".metrics.json")
+
+
+def check_output(out: str | Path, *inputs: str | Path | None) -> Path:
+    """``--out`` as a path, refused unless it is a checkpoint name that is not a directory, and
+    neither it nor its sidecar would overwrite an input or an input's sidecar."""
+    out = Path(out)
+    if out.suffix not in (".pt", ".pth", ".safetensors"):
+        raise QffsError(f"--out must end in .pt, .pth or .safetensors, got {out.name}")
+    if out.is_dir():
+        raise QffsError(f"--out {out} is a directory: give a file name, e.g. {out / 'model.pt'}")
+    written = {out.resolve(), metrics_path(out).resolve()}
+    for given in (Path(i) for i in inputs if i is not None):
+        clash = {given.resolve(), metrics_path(given).resolve()} & written
+        if clash:
+            raise QffsError(f"--out {out} would overwrite {sorted(map(str, clash))[0]}, which belongs to the input "
+                            f"{given}: choose another output name")
+    return out
 
 
 def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *,
@@ -119,9 +137,7 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
     ``.metrics.json`` beside it after every epoch. Returns the final metrics dict.
     """
     cfg.validate()
-    out = Path(out)
-    if out.suffix not in (".pt", ".pth", ".safetensors"):
-        raise QffsError(f"--out must end in .pt, .pth or .safetensors, got {out.name}")
+    out = check_output(out, pretrained)
     distributed = init_distributed()
     dev = resolve_device(device)
     torch.manual_seed(data.seed)
@@ -252,9 +268,7 @@ def convert_checkpoint(qann_path: str | Path, out: str | Path, *, input_window: 
     """
     from qffs.snn import convert
 
-    out = Path(out)
-    if out.suffix not in (".pt", ".pth", ".safetensors"):
-        raise QffsError(f"--out must end in .pt, .pth or .safetensors, got {out.name}")
+    out = check_output(out, qann_path)
     qann, meta = load_qann(qann_path, model)
     snn = convert(qann, input_window=input_window, precharge=precharge, negative_spikes=negative_spikes,
                   max_pool=max_pool)
@@ -368,9 +382,7 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     from qffs.train import evaluate
 
     cfg.validate()
-    out = Path(out)
-    if out.suffix not in (".pt", ".pth", ".safetensors"):
-        raise QffsError(f"--out must end in .pt, .pth or .safetensors, got {out.name}")
+    out = check_output(out, checkpoint)
     check_bits("--bits", bits)
     if output_bits is not None:
         check_bits("--output-bits", output_bits)

@@ -130,3 +130,22 @@ def test_quantize_options_are_refused_before_any_data(cli, tmp_path, args, fragm
     result = cli("quantize", SHIPPED, "--out", tmp_path / "q.pt", "--data-root", tmp_path / "none", *args)
     _one_line_error(result, fragment)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_never_overwrite_an_input_or_its_sidecar(cli, tmp_path):
+    import shutil
+
+    fp = tmp_path / "net.pt"
+    shutil.copy(SHIPPED, fp)
+    (tmp_path / "net.pt.metrics.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    _one_line_error(cli("quantize", fp, "--out", fp, "--epochs", "0"), "would overwrite", "belongs to the input")
+    _one_line_error(cli("quantize", fp, "--out", tmp_path, "--epochs", "0"), "--out must end in")
+    (tmp_path / "dir.pt").mkdir()
+    _one_line_error(cli("quantize", fp, "--out", tmp_path / "dir.pt", "--epochs", "0"), "is a directory")
+    (tmp_path / "dir.pt").rmdir()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    # another format beside the input: its own sidecar, the input's untouched
+    from qffs.recipes import metrics_path
+
+    assert metrics_path(tmp_path / "net.safetensors").name == "net.safetensors.metrics.json"
