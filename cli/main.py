@@ -12,7 +12,7 @@ import typer
 
 from cli import commands  # noqa: F401  (registers the commands on the app)
 from cli.app import app
-from qffs.errors import QffsError
+from qffs.errors import Interrupted, QffsError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"qffs: error: {exc.format_message()}", file=sys.stderr)
         return 2
+    except Interrupted as exc:   # a job that knows what it kept
+        print(f"qffs: {exc}", file=sys.stderr)
+        return 130
     except (KeyboardInterrupt, typer.Abort):
         print("qffs: interrupted; no partial output was written", file=sys.stderr)
         return 130

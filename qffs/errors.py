@@ -12,5 +12,9 @@ class QffsError(ValueError):
     """A user-facing error with a one-line, actionable message (a ValueError, so callers can catch it as one)."""
 
 
+class Interrupted(QffsError):
+    """The user stopped a job (Ctrl-C); the message says what was kept. The CLI exits with 130."""
+
+
 class UnsupportedGraphError(QffsError):
     """A graph node that cannot be quantized or converted; the message names node and op."""

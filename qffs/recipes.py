@@ -6,8 +6,11 @@ atomically, so an interrupted run leaves nothing half-written.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,6 +132,30 @@ def check_output(out: str | Path, *inputs: str | Path | None) -> Path:
     return out
 
 
+def partial_path(out: Path) -> Path:
+    """Where a run keeps its best result so far until it finishes: ``net.pt`` → ``net.partial.pt``."""
+    return out.with_name(f"{out.stem}.partial{out.suffix}")
+
+
+@contextlib.contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """Yield the path a training job writes to while it runs (:func:`partial_path`); move it and
+    its sidecar onto ``out`` only when the job finishes, so an interrupted run never leaves a
+    file that looks complete. Ctrl-C becomes :class:`~qffs.errors.Interrupted`, naming what was kept."""
+    from qffs.errors import Interrupted
+
+    partial = partial_path(out)
+    try:
+        yield partial
+    except KeyboardInterrupt:
+        kept = f"the best result so far is in {partial}" if partial.exists() else "nothing was written"
+        raise Interrupted(f"interrupted: {out} was not written; {kept}") from None
+    if is_main_process() and partial.exists():
+        os.replace(partial, out)
+        if metrics_path(partial).exists():
+            os.replace(metrics_path(partial), metrics_path(out))
+
+
 def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *,
              pretrained: str | None = None, device: str = "auto") -> dict[str, Any]:
     """Train (or fine-tune from ``pretrained``) a full-precision model; keep the best epoch.
@@ -148,7 +175,7 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
     net = build_model(spec)
     if source is not None:
         load_into(net, source.state_dict, source=str(pretrained), spec=spec)
-    train_loader, test_loader = make_loaders(data, prep)
+    partial = partial_path(out)
     started = time.perf_counter()
     meta = {**data_meta(data, prep), **model_provenance(spec), "train_config": config_dict(cfg),
             "batch_size": data.batch_size,
@@ -163,11 +190,13 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
         metrics = {"test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
                    "seconds": round(time.perf_counter() - started, 1)}
         if record.get("best"):
-            save_checkpoint(out, trained.state_dict(), kind="fp", model=spec, metrics=metrics, **meta)
-        write_text_atomic(metrics_path(out), json.dumps(
+            save_checkpoint(partial, trained.state_dict(), kind="fp", model=spec, metrics=metrics, **meta)
+        write_text_atomic(metrics_path(partial), json.dumps(
             {"model": spec, **meta, "metrics": metrics, "history": history}, indent=2))
 
-    fit(net, train_loader, test_loader, cfg, device=dev, on_epoch=on_epoch)
+    with staged_output(out):
+        train_loader, test_loader = make_loaders(data, prep)
+        fit(net, train_loader, test_loader, cfg, device=dev, on_epoch=on_epoch)
     best = max(history, key=lambda r: r["test_accuracy"]) if history else {}
     return {"model": spec, "checkpoint": str(out), "test_accuracy": best.get("test_accuracy"),
             "best_epoch": best.get("epoch"), "seconds": round(time.perf_counter() - started, 1)}
@@ -376,10 +405,9 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     epoch. Writes ``out`` (kind "qann": spec, bits, step sizes, state dict, metrics,
     provenance) and ``.metrics.json`` beside it.
     """
-    from qffs.quant import calibrate, quantize, quantizers
+    from qffs.quant import quantize
     from qffs.quant.calibrate import check_method
     from qffs.quant.lsq import check_bits
-    from qffs.train import evaluate
 
     cfg.validate()
     out = check_output(out, checkpoint)
@@ -395,19 +423,33 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     fp_model, _, data, prep, spec = _load_fp(checkpoint, model, data)
     qann = quantize(fp_model, bits=bits, output_bits=output_bits).to(dev)
     started = time.perf_counter()
+    with staged_output(out) as partial:   # an interrupted run leaves only partial_path(out)
+        return _qat(qann, fp_model, spec, out, partial, data, prep, cfg, dev, started,
+                    {"bits": bits, "output_bits": output_bits, "calibration": calibration,
+                     "calibration_batches": calibration_batches, "source_checkpoint": str(checkpoint)})
+
+
+def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions, prep: Preprocessing,
+         cfg: TrainConfig, dev: torch.device, started: float, options: dict[str, Any]) -> dict[str, Any]:
+    """The part of :func:`quantize_checkpoint` that reads data: measure, calibrate, QAT, writing
+    the best QANN so far to ``partial``."""
+    from qffs.quant import calibrate, quantizers
+    from qffs.train import evaluate
+
     train_loader, test_loader = make_loaders(data, prep)
     fp = evaluate(fp_model.to(dev), test_loader, dev, description="FP accuracy")
-    batches = _calibration_batches(train_loader, calibration_batches)
-    calibrate(qann, [b.to(dev) for b in batches], method=calibration)
+    batches = _calibration_batches(train_loader, options["calibration_batches"])
+    calibrate(qann, [b.to(dev) for b in batches], method=options["calibration"])
     ptq = evaluate(qann, test_loader, dev, description="QANN after calibration")
-    meta = {**data_meta(data, prep), **model_provenance(spec), "input_shape": list(batches[0].shape[1:]), "bits": bits,
-            "output_bits": output_bits, "calibration": calibration,
-            "source_checkpoint": str(checkpoint), "train_config": config_dict(cfg),
+    meta = {**data_meta(data, prep), **model_provenance(spec), "input_shape": list(batches[0].shape[1:]),
+            "bits": options["bits"], "output_bits": options["output_bits"], "calibration": options["calibration"],
+            "source_checkpoint": options["source_checkpoint"], "train_config": config_dict(cfg),
             "batch_size": data.batch_size, "seed": data.seed, "limit": data.limit}
     history: list[dict[str, Any]] = []
 
     def summary() -> dict[str, Any]:
-        best = max(history, key=lambda r: r["test_accuracy"]) if history else {"test_accuracy": ptq["accuracy"], "epoch": 0}
+        start = {"test_accuracy": ptq["accuracy"], "epoch": 0}   # an epoch must beat it to be kept (ties: earlier)
+        best = max([start, *history], key=lambda r: r["test_accuracy"])
         return {"fp_accuracy": fp["accuracy"], "test_samples": fp["samples"], "calibrated_accuracy": ptq["accuracy"],
                 "qann_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
                 "seconds": round(time.perf_counter() - started, 1)}
@@ -418,20 +460,19 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
         metrics = summary()
         steps = {name: float(q.step_size().detach()) for name, q in quantizers(trained)}
         if save:
-            save_checkpoint(out, trained.state_dict(), kind="qann", model=spec, metrics=metrics,
+            save_checkpoint(partial, trained.state_dict(), kind="qann", model=spec, metrics=metrics,
                             step_sizes=steps, **meta)
-        write_text_atomic(metrics_path(out), json.dumps(
+        write_text_atomic(metrics_path(partial), json.dumps(
             {"model": spec, **meta, "metrics": metrics, "step_sizes": steps, "history": history}, indent=2))
 
     def on_epoch(record: dict[str, Any], trained: torch.nn.Module) -> None:
         history.append(record)
         write(trained, save=bool(record.get("best")))
 
-    if cfg.epochs == 0:
-        write(qann, save=True)
-    else:
+    write(qann, save=True)   # the calibrated QANN: the starting point every epoch must beat
+    if cfg.epochs > 0:
         fit(qann, train_loader, test_loader, cfg, device=dev, on_epoch=on_epoch,
-            teacher=fp_model if cfg.distill > 0 else None)
+            teacher=fp_model if cfg.distill > 0 else None, baseline=ptq["accuracy"])
     return {"model": spec, "checkpoint": str(out), **summary()}
 
 

@@ -177,8 +177,13 @@ def _lr_factor(cfg: TrainConfig, progress: float, epoch: int) -> float:
 def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
         device: torch.device | str = "cpu", teacher: nn.Module | None = None,
         on_epoch: Callable[[dict[str, Any], nn.Module], None] | None = None,
-        log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+        log: Callable[[str], None] = print,
+        baseline: float = -1.0) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
     """Train ``model`` in place; return (per-epoch history, best state dict by test accuracy).
+
+    An epoch is "best" (``record["best"]``) only if it beats ``baseline`` and every earlier
+    epoch: QAT passes the calibrated QANN's accuracy, so an epoch worse than the starting point
+    is never kept. If none beats it, the returned state is the starting one.
 
     ``on_epoch(record, model)`` is called on every rank after each evaluation (rank 0 decides
     what to write). The cosine schedule decays per iteration to zero at the last step.
@@ -202,7 +207,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
     steps_per_epoch = max(len(train_loader), 1)
     total_steps = max(cfg.epochs * steps_per_epoch, 1)
     history: list[dict[str, Any]] = []
-    best_acc, best_state = -1.0, copy.deepcopy(model.state_dict())
+    best_acc, best_state = baseline, copy.deepcopy(model.state_dict())
     step = 0
     for epoch in range(cfg.epochs):
         if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):

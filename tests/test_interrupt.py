@@ -1,0 +1,58 @@
+"""Nothing that looks complete after an interrupt: a training job writes ``net.partial.pt`` while it
+runs and moves it onto ``--out`` only when it finishes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from qffs.io import load_checkpoint
+from qffs.train import TrainConfig, fit
+from tests.test_cli import ENV, QFFS, SHIPPED
+
+
+def test_ctrl_c_during_qat_exits_130_and_keeps_only_a_partial_file(tmp_path):
+    out = tmp_path / "q.pt"
+    proc = subprocess.Popen([QFFS, "quantize", str(SHIPPED), "--out", str(out), "--epochs", "3", "--limit", "4096",
+                             "--test-limit", "256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**ENV, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:                       # wait until epoch 1 is done and epoch 2 is running
+        lines.append(line)
+        if line.startswith("epoch 1/3") or time.monotonic() > deadline:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert any(line.startswith("epoch 1/3") for line in lines), lines
+    assert proc.returncode == 130, err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert f"interrupted: {out} was not written; the best result so far is in {tmp_path / 'q.partial.pt'}" in err
+    assert not out.exists() and not (tmp_path / "q.pt.metrics.json").exists()
+    kept = load_checkpoint(tmp_path / "q.partial.pt")
+    assert kept.kind == "qann" and kept.meta["metrics"]["best_epoch"] in (0, 1)
+
+
+def test_a_finished_run_leaves_no_partial_file(cli, tmp_path):
+    r = cli("quantize", SHIPPED, "--out", tmp_path / "q.pt", "--epochs", "0", "--limit", "128", "--test-limit", "64")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.pt", "q.pt.metrics.json"]
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_an_epoch_worse_than_the_starting_point_is_never_best():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 2), torch.randint(0, 3, (64,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+    model = nn.Linear(2, 3)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    history, best = fit(model, loader, loader, TrainConfig(epochs=2, lr=0.5), log=lambda _: None, baseline=1.0)
+    assert len(history) == 2 and not any(r.get("best") for r in history)
+    assert all(torch.equal(best[k], start[k]) for k in start)
+
