@@ -33,6 +33,11 @@ READOUT_OPTION = typer.Option(
          "ties broken by the output membrane) or current (integrated output current).")
 
 
+def printable(text: str) -> str:
+    """Text that came from a file, safe for a terminal: control characters (escapes, newlines) shown escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def channel_values(text: Optional[str], option: str) -> Optional[tuple[float, ...]]:
     """'0.485,0.456,0.406' → (0.485, 0.456, 0.406); None stays None (qffs.data checks the values)."""
     if text is None:

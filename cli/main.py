@@ -11,8 +11,12 @@ import sys
 import typer
 
 from cli import commands  # noqa: F401  (registers the commands on the app)
-from cli.app import app
+from cli.app import app, printable
 from qffs.errors import Interrupted, QffsError
+
+
+#: What a Ctrl-C outside a training job leaves: outputs are written atomically, at their end.
+INTERRUPTED = "interrupted; no output was half-written (files are written whole, at the end of each stage)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,8 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     command = typer.main.get_command(app)
     try:
-        command.main(args=args, prog_name="qffs", standalone_mode=False)
-        return 0
+        code = command.main(args=args, prog_name="qffs", standalone_mode=False)
+        if code == 130:   # typer turns a Ctrl-C it sees into a returned 130
+            print(f"qffs: {INTERRUPTED}", file=sys.stderr)
+        return code if isinstance(code, int) else 0
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except typer.TyperException as exc:  # usage errors (bad option, missing argument)
@@ -32,15 +38,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"qffs: error: {exc.format_message()}", file=sys.stderr)
         return 2
     except Interrupted as exc:   # a job that knows what it kept
-        print(f"qffs: {exc}", file=sys.stderr)
+        print(f"qffs: {printable(str(exc))}", file=sys.stderr)
         return 130
     except (KeyboardInterrupt, typer.Abort):
-        print("qffs: interrupted; no partial output was written", file=sys.stderr)
+        print(f"qffs: {INTERRUPTED}", file=sys.stderr)
         return 130
     except QffsError as exc:
         if debug:
             raise
-        print(f"qffs: error: {exc}", file=sys.stderr)
+        print(f"qffs: error: {printable(str(exc))}", file=sys.stderr)   # paths and names may come from files
         return 2
     except Exception as exc:  # a bug: still one line unless --debug
         if debug:

@@ -12,8 +12,10 @@ class QffsError(ValueError):
     """A user-facing error with a one-line, actionable message (a ValueError, so callers can catch it as one)."""
 
 
-class Interrupted(QffsError):
-    """The user stopped a job (Ctrl-C); the message says what was kept. The CLI exits with 130."""
+class Interrupted(Exception):
+    """The user stopped a job (Ctrl-C); the message says what was kept. Not a ValueError (so
+    ``except ValueError`` never swallows it) and not a KeyboardInterrupt (which the CLI framework
+    would turn into a bare exit code); the CLI prints it and exits with 130."""
 
 
 class UnsupportedGraphError(QffsError):

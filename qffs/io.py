@@ -290,15 +290,19 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: 
 
 
 def load_model(path: str | Path, spec: str | None = None) -> tuple[nn.Module, Checkpoint]:
-    """Rebuild a full-precision model from a checkpoint (its recorded spec, or ``spec``)."""
+    """Rebuild a full-precision model from a checkpoint (``spec``, else its recorded spec).
+
+    A model *file* the checkpoint names is imported only if ``spec`` names that same file
+    (:mod:`qffs.trust`): loading a checkpoint never runs code on its word alone.
+    """
     from qffs.models import build_model
+    from qffs.trust import authorized_spec, records_model_file
 
     ckpt = load_checkpoint(path)
-    spec = spec or ckpt.meta.get("model")
-    if not spec:
-        raise QffsError(f"{path} does not record its model: pass the model spec (e.g. --model resnet20)")
     if ckpt.kind not in ("fp", "foreign"):
         raise QffsError(f"{path} is a {ckpt.kind} checkpoint, not a full-precision model")
+    if not spec or records_model_file(ckpt.meta):
+        spec = authorized_spec(ckpt.meta, spec, str(path))
     model = build_model(spec)
     load_into(model, ckpt.state_dict, source=str(path), spec=spec)
     return model, ckpt

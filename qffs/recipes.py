@@ -19,10 +19,10 @@ import torch
 
 from qffs.errors import QffsError
 from qffs.io import load_checkpoint, load_into, save_checkpoint, write_text_atomic
-from qffs.models import build_model, parse_spec, with_defaults
+from qffs.models import build_model, with_defaults
 from qffs.snn.readout import DEFAULT_READOUT, check_readout
 from qffs.train import TrainConfig, config_dict, fit, init_distributed, is_main_process, resolve_device
-from qffs.trust import authorized_spec, model_provenance
+from qffs.trust import authorized_spec, model_provenance, records_model_file
 
 if TYPE_CHECKING:
     from qffs.data import Preprocessing
@@ -123,7 +123,7 @@ def check_output(out: str | Path, *inputs: str | Path | None) -> Path:
         raise QffsError(f"--out must end in .pt, .pth or .safetensors, got {out.name}")
     if out.is_dir():
         raise QffsError(f"--out {out} is a directory: give a file name, e.g. {out / 'model.pt'}")
-    written = {out.resolve(), metrics_path(out).resolve()}
+    written = {p.resolve() for p in (out, metrics_path(out), partial_path(out), metrics_path(partial_path(out)))}
     for given in (Path(i) for i in inputs if i is not None):
         clash = {given.resolve(), metrics_path(given).resolve()} & written
         if clash:
@@ -145,6 +145,9 @@ def staged_output(out: Path) -> Iterator[Path]:
     from qffs.errors import Interrupted
 
     partial = partial_path(out)
+    for stale in (partial, metrics_path(partial)):   # an earlier interrupted run's: not this run's result
+        if stale.exists():
+            stale.unlink()
     try:
         yield partial
     except KeyboardInterrupt:
@@ -164,6 +167,8 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
     ``.metrics.json`` beside it after every epoch. Returns the final metrics dict.
     """
     cfg.validate()
+    if cfg.epochs < 1:
+        raise QffsError(f"--epochs must be >= 1 to train, got {cfg.epochs}")
     out = check_output(out, pretrained)
     distributed = init_distributed()
     dev = resolve_device(device)
@@ -328,6 +333,7 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
     if timesteps < 1:
         raise QffsError(f"--timesteps must be >= 1, got {timesteps}")
     check_readout(readout)
+    dev = resolve_device(device)
     snn, qann, meta = load_snn(snn_path, model)
     data = with_recorded(data, meta)
     dataset, trained_on = data.dataset, meta.get("dataset")
@@ -336,7 +342,7 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
     prep = data.preprocessing(recorded=recorded_preprocessing(meta, dataset))
     _, test_loader = make_loaders(data, prep, train=False)
     started = time.perf_counter()
-    report = evaluate_snn(snn, test_loader, timesteps, qann=qann, device=resolve_device(device),
+    report = evaluate_snn(snn, test_loader, timesteps, qann=qann, device=dev,
                           dtype=torch.float64 if double else torch.float32, readout=readout)
     metrics = meta.get("metrics", {})
     report.update({
@@ -376,8 +382,7 @@ def _load_fp(checkpoint: str | Path, model: str | None, data: DataOptions):
     if ckpt.kind not in ("fp", "foreign"):
         raise QffsError(f"{checkpoint} is a {ckpt.kind} checkpoint, not a full-precision model")
     prep = data.preprocessing(recorded=recorded_preprocessing(ckpt.meta, data.dataset))
-    recorded = ckpt.meta.get("model")
-    if model and not (recorded and parse_spec(str(recorded)).source == "file"):
+    if model and not records_model_file(ckpt.meta):
         spec = model_spec_for(model, data, prep)
     else:   # the recorded spec, and a recorded model file only if the caller names that same file
         spec = authorized_spec(ckpt.meta, model, str(checkpoint))
@@ -386,7 +391,8 @@ def _load_fp(checkpoint: str | Path, model: str | None, data: DataOptions):
         load_into(net, ckpt.state_dict, source=str(checkpoint), spec=spec)
     except QffsError as err:
         recorded = ckpt.meta.get("model")
-        if model and recorded and recorded != spec:
+        recorded = ckpt.meta.get("model")
+        if model and recorded and recorded != spec and not records_model_file(ckpt.meta):
             raise QffsError(f"{err} (the checkpoint records its model as {recorded!r}: leave out --model to use it)") from err
         raise
     return net, ckpt, data, prep, spec

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable
@@ -28,8 +29,9 @@ def _check_interval(name: str, value: float, low: float, high: float, *, low_ope
     """A finite number in [low, high] (ends open where said), or a one-line QffsError."""
     from qffs.errors import QffsError
 
-    inside = (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and inside):
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    inside = real and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    if not inside:
         span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         raise QffsError(f"{name} must be a finite number in {span}, got {value}")
 
@@ -53,7 +55,7 @@ class TrainConfig:
     def validate(self) -> None:
         from qffs.errors import QffsError
 
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, numbers.Integral) or self.epochs < 0:
             raise QffsError(f"epochs must be an integer >= 0, got {self.epochs!r}")
         _check_interval("learning rate (--lr)", self.lr, 0.0, math.inf, low_open=True, high_open=True)
         _check_interval("momentum", self.momentum, 0.0, 1.0, high_open=True)
@@ -64,8 +66,7 @@ class TrainConfig:
             raise QffsError(f"unknown schedule {self.schedule!r}; use cosine, exp or constant")
         if not 0.0 <= self.distill <= 1.0:
             raise QffsError(f"distillation weight must be in [0, 1], got {self.distill}")
-        if self.temperature <= 0:
-            raise QffsError(f"distillation temperature must be > 0, got {self.temperature}")
+        _check_interval("distillation temperature", self.temperature, 0.0, math.inf, low_open=True, high_open=True)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -85,6 +86,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (dev.index is not None and dev.index >= count):
             raise QffsError(f"--device {device}: this machine has {count} CUDA device(s); use --device cpu or auto")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise QffsError(f"--device {device}: MPS is not available on this machine; use --device cpu or auto")
     elif dev.type not in ("cpu", "mps"):
         raise QffsError(f"--device {device!r}: qffs runs on cpu or cuda")
     return dev

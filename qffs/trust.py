@@ -73,4 +73,9 @@ def authorized_spec(meta: dict[str, Any], given: str | None, source: str) -> str
     return str(ModelSpec("file", rec.name, rec.kwargs, giv.path))
 
 
-__all__ = ["SHA_KEY", "authorized_spec", "file_sha256", "model_provenance"]
+def records_model_file(meta: dict[str, Any]) -> bool:
+    """Does the artifact name model code in a file (so only :func:`authorized_spec` may build it)?"""
+    return bool(meta.get("model")) and parse_spec(str(meta["model"])).source == "file"
+
+
+__all__ = ["SHA_KEY", "authorized_spec", "file_sha256", "model_provenance", "records_model_file"]

@@ -56,3 +56,39 @@ def test_an_epoch_worse_than_the_starting_point_is_never_best():
     assert len(history) == 2 and not any(r.get("best") for r in history)
     assert all(torch.equal(best[k], start[k]) for k in start)
 
+
+
+def test_partial_files_are_outputs_and_stale_ones_are_removed(cli, tmp_path):
+    import shutil
+
+    from tests.test_cli import _one_line_error
+
+    shutil.copy(SHIPPED, tmp_path / "fp.partial.pt")            # resuming from a kept partial file
+    _one_line_error(cli("quantize", tmp_path / "fp.partial.pt", "--out", tmp_path / "fp.pt", "--epochs", "0"),
+                    "would overwrite", "fp.partial.pt")
+    (tmp_path / "q.partial.pt").write_bytes(b"an earlier interrupted run")
+    r = cli("quantize", SHIPPED, "--out", tmp_path / "q.pt", "--epochs", "0", "--limit", "128", "--test-limit", "64")
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "q.partial.pt").exists() and load_checkpoint(tmp_path / "q.pt").kind == "qann"
+
+
+def test_interrupted_is_neither_a_value_error_nor_turned_into_a_bare_exit_code():
+    from qffs.errors import Interrupted
+
+    assert not issubclass(Interrupted, ValueError) and not issubclass(Interrupted, KeyboardInterrupt)
+
+
+def test_ctrl_c_outside_a_training_job_exits_130_with_a_message(tmp_path):
+    """evaluate: interrupted mid-simulation, exit 130 and one line (it used to exit 0, silently)."""
+    q, s = tmp_path / "q.pt", tmp_path / "s.pt"
+    assert subprocess.run([QFFS, "quantize", str(SHIPPED), "--out", str(q), "--epochs", "0", "--limit", "128",
+                           "--test-limit", "64"], env=ENV, capture_output=True).returncode == 0
+    assert subprocess.run([QFFS, "convert", str(q), "--out", str(s)], env=ENV, capture_output=True).returncode == 0
+    proc = subprocess.Popen([QFFS, "evaluate", str(s), "-T", "64", "--out-dir", str(tmp_path / "ev")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    time.sleep(15)                                 # well inside the simulation (minutes long)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().startswith("qffs: interrupted") and err.strip().count("\n") == 0
+    assert not (tmp_path / "ev").exists()

@@ -91,3 +91,23 @@ def test_info_escapes_control_characters(cli, tmp_path):
     r = cli("info", path)
     assert r.returncode == 0 and "\x1b" not in r.stdout and "\x07" not in r.stdout
     assert "\\x1b[2J\\x07" in r.stdout
+
+
+def test_load_model_never_imports_a_file_the_checkpoint_names(evil):
+    from qffs.errors import QffsError
+    from qffs.io import load_model
+
+    marker, paths = evil
+    with pytest.raises(QffsError, match="never runs code it names"):
+        load_model(paths["fp"])
+    with pytest.raises(QffsError, match="was made with model code from a file"):
+        load_model(paths["fp"], spec="vgg_small")
+    assert not marker.exists()
+
+
+def test_error_messages_escape_control_characters_from_files(cli, tmp_path):
+    path = save_checkpoint(tmp_path / "w.pt", {"w": torch.ones(1)}, kind="fp\x1b]0;pwn\x07", model="vgg_small")
+    r = cli("info", path)
+    assert "\x1b" not in r.stdout and "\\x1b]0;pwn\\x07" in r.stdout
+    r = cli("convert", path, "--out", tmp_path / "s.pt")
+    assert r.returncode == 2 and "\x1b" not in r.stderr and r.stderr.count("\n") == 1

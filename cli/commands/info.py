@@ -7,12 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cli.app import app, examples
-
-
-def _printable(text: str) -> str:
-    """Metadata comes from the file: control characters (terminal escapes) are shown escaped."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+from cli.app import app, examples, printable
 
 
 @app.command("info", epilog=examples("qffs info models/fmnist_vgg_small.pt"))
@@ -22,7 +17,7 @@ def info(checkpoint: Path = typer.Argument(..., help="A .pt/.pth/.th/.safetensor
 
     ckpt = load_checkpoint(checkpoint)
     params = sum(t.numel() for t in ckpt.state_dict.values())
-    typer.echo(f"{checkpoint}: {ckpt.kind} checkpoint, {len(ckpt.state_dict)} tensors, {params:,} values")
+    typer.echo(printable(f"{checkpoint}: {ckpt.kind} checkpoint, {len(ckpt.state_dict)} tensors, {params:,} values"))
     if ckpt.kind == "foreign" and (ckpt.entry or ckpt.stripped):
         where = f"weights under {ckpt.entry!r}" if ckpt.entry else "weights at the top level"
         typer.echo(f"  {where}" + (f", prefixes removed: {' '.join(ckpt.stripped)}" if ckpt.stripped else ""))
@@ -30,6 +25,6 @@ def info(checkpoint: Path = typer.Argument(..., help="A .pt/.pth/.th/.safetensor
                 "qffs_version", "created"):
         if ckpt.meta.get(key) is not None:
             value = ckpt.meta[key]
-            typer.echo(f"  {key}: {_printable(json.dumps(value) if isinstance(value, (dict, list)) else str(value))}")
+            typer.echo(f"  {key}: {printable(json.dumps(value) if isinstance(value, (dict, list)) else str(value))}")
     if "metrics" in ckpt.meta:
-        typer.echo(f"  metrics: {_printable(json.dumps(ckpt.meta['metrics']))}")
+        typer.echo(f"  metrics: {printable(json.dumps(ckpt.meta['metrics']))}")

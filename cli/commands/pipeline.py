@@ -30,7 +30,7 @@ def _finish(report: dict) -> None:
 def run(
     checkpoint: Path = typer.Argument(..., help="Pretrained full-precision checkpoint."),
     out_dir: Path = typer.Option(Path("runs/latest"), "--out-dir", help="Where qann.pt, snn.pt and the curve files go."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec, if the checkpoint does not record it."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec (resnet20, tv:NAME, path/to/model.py:factory): needed when the checkpoint does not record one, and to name a model file it records (qffs never imports a file on a checkpoint's word)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset for QAT and evaluation (default: the one the checkpoint records, else fashion-mnist)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location."),
     mean: Optional[str] = MEAN_OPTION,

@@ -23,7 +23,7 @@ from cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, STD_OPTION, app, channel_val
 def quantize(
     checkpoint: Path = typer.Argument(..., help="Pretrained full-precision checkpoint."),
     out: Path = typer.Option(..., "--out", "-o", help="QANN checkpoint to write (.pt or .safetensors)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec, if the checkpoint does not record it."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec (resnet20, tv:NAME, path/to/model.py:factory): needed when the checkpoint does not record one, and to name a model file it records (qffs never imports a file on a checkpoint's word)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset to fine-tune and evaluate on (default: the one the checkpoint records, else fashion-mnist)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location."),
     mean: Optional[str] = MEAN_OPTION,
