@@ -212,18 +212,17 @@ def _idx_dataset(name: str, split: str, root: Path | None, torchvision_dir: str,
 
 # --- CIFAR-10 python batches --------------------------------------------------------------------
 class _PlainDataUnpickler(pickle.Unpickler):
-    """Unpickles plain data only (containers, numbers, bytes, numpy arrays): a file in the dataset's
-    place that asks for anything else could run code, so it is refused."""
-
-    _NUMPY = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-              ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-              ("numpy._core.multiarray", "scalar")}
+    """Unpickles plain data only (containers, numbers, bytes, numpy arrays; the allow-list of
+    :func:`qffs.io.plain_data_globals`): a file in the dataset's place that asks for anything else
+    could run code, so it is refused."""
 
     def find_class(self, module: str, name: str):
-        if (module, name) in self._NUMPY:
-            core = getattr(np, "_core", None) or np.core
-            return getattr(np, name) if module == "numpy" else getattr(core.multiarray, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+        from qffs.io import plain_data_globals
+
+        found = plain_data_globals().get(f"{module}.{name}")
+        if found is None:
+            raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+        return found
 
 
 def _cifar_batches(split: str, root: Path | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,8 +25,10 @@ leaves half a file.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import datetime as _dt
+import functools
 import json
 import os
 import pickle
@@ -130,30 +132,36 @@ def _unwrap(obj: Any, path: Path) -> Checkpoint:
     return Checkpoint(state_dict, meta, path, entry, stripped)
 
 
-def _harmless_globals() -> list[Any]:
-    """Objects training scripts save beside the weights that carry only data.
-
-    numpy's reconstructors are allowed under their numpy 1.x names too (``numpy.core``):
-    most downloaded checkpoints were written before numpy 2 renamed it ``numpy._core``.
-    """
+@functools.cache
+def plain_data_globals() -> dict[str, Any]:
+    """The pickled globals that carry only data, by dotted name: what training scripts save beside
+    the weights (``argparse.Namespace``, numpy scalars, arrays, dtypes). numpy's reconstructors are
+    listed under their numpy 1.x names too (``numpy.core``): most downloaded files predate numpy 2.
+    The one allow-list for every unpickling qffs does (checkpoints, CIFAR-10 batches)."""
     import numpy as np
 
     core = getattr(np, "_core", None) or np.core
-    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"]
-    renamed = [(fn, f"numpy.core.multiarray.{fn.__name__}") for fn in (core.multiarray.scalar, core.multiarray._reconstruct)]
-    return [argparse.Namespace, core.multiarray.scalar, core.multiarray._reconstruct, *renamed, np.ndarray, np.dtype,
-            *dtypes]
+    allowed: dict[str, Any] = {"argparse.Namespace": argparse.Namespace, "numpy.ndarray": np.ndarray,
+                               "numpy.dtype": np.dtype,
+                               "_codecs.encode": codecs.encode}   # how protocol 2 pickles bytes in Python 3
+    for fn, module in ((core.multiarray.scalar, "multiarray"), (core.multiarray._reconstruct, "multiarray"),
+                       (core.numeric._frombuffer, "numeric")):   # _frombuffer: arrays pickled with protocol 5
+        for package in ("numpy.core", "numpy._core"):
+            allowed[f"{package}.{module}.{fn.__name__}"] = fn
+    for name in dir(np.dtypes):
+        if name.endswith("DType") and name != "ObjectDType":
+            allowed[f"numpy.dtypes.{name}"] = getattr(np.dtypes, name)
+    return allowed
 
 
-def _global_name(entry: Any) -> str:
-    return entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
+def _safe_globals() -> list[tuple[Any, str]]:
+    return [(obj, name) for name, obj in plain_data_globals().items()]
 
 
 def _unsafe_globals(file: Path) -> str:
     with contextlib.suppress(Exception):
         names = torch.serialization.get_unsafe_globals_in_checkpoint(file)
-        harmless = {_global_name(g) for g in _harmless_globals()}
-        names = [n for n in names if n not in harmless]
+        names = [n for n in names if n not in plain_data_globals()]
         if names:
             more = f" (+{len(names) - 4} more)" if len(names) > 4 else ""
             return f" ({', '.join(names[:4])}{more})"
@@ -194,7 +202,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if what:
         raise QffsError(f"{file} is {what}")
     try:
-        with torch.serialization.safe_globals(_harmless_globals()):
+        with torch.serialization.safe_globals(_safe_globals()):
             obj = torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):   # not a pickle at all
@@ -352,4 +360,5 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], *,
 
 
 __all__ = ["NESTED_KEYS", "WRAPPER_PREFIXES", "Checkpoint", "atomic_path", "load_checkpoint", "load_into", "load_model",
+           "plain_data_globals",
            "save_checkpoint", "strip_wrapper_prefixes", "write_text_atomic"]

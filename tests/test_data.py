@@ -172,3 +172,15 @@ def test_cifar10_batches_are_unpickled_as_plain_data_only(tmp_path):
     with pytest.raises(QffsError, match="test_batch is not a CIFAR-10 python batch of plain data"):
         load_dataset("cifar10", "test", root=tmp_path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar10_batches_load_whatever_pickle_protocol_wrote_them(tmp_path, protocol):
+    """Re-pickled batches: protocol 2 stores bytes via _codecs.encode, protocol 5 arrays via _frombuffer."""
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    data = np.random.default_rng(1).integers(0, 256, (3, 3072), dtype=np.uint8)
+    with (base / "test_batch").open("wb") as f:
+        pickle.dump({b"batch_label": b"testing batch 1 of 1", b"data": data, b"labels": [7, 8, 9]}, f, protocol=protocol)
+    ds = load_dataset("cifar10", "test", root=tmp_path)
+    assert [ds[i][1] for i in range(3)] == [7, 8, 9]
