@@ -27,6 +27,13 @@ ARTIFACT_MODEL_OPTION = typer.Option(
     help="The model file, when the artifact was made from one (path/to/model.py:factory): qffs never runs code "
          "that an artifact names, only a file you name, and only if it is the file the artifact was made with.")
 
+#: --resume for training jobs (qffs.resume): continue the interrupted run whose state lies beside --out.
+RESUME_OPTION = typer.Option(
+    False, "--resume",
+    help="Continue an interrupted run of this same command from the state saved after its last finished epoch "
+         "(NAME.resume.pt beside --out); the result equals an uninterrupted run. Also splits long trainings into "
+         "chunks.")
+
 READOUT_OPTION = typer.Option(
     "count", "--readout",
     help="Headline readout of the report (all are measured): count (spike counts, exact), tiebreak (counts, "

@@ -1,6 +1,6 @@
 """Render the CLI reference (docs/cli.md) from the commands' own --help text.
 
-    python -m cli.docs > docs/cli.md
+    python -m qffs.cli.docs > docs/cli.md
 
 A test compares docs/cli.md with this output, so the reference cannot drift from the code.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import typer
 
-from cli import commands  # noqa: F401  (registers the commands)
-from cli.app import app
+from qffs.cli import commands  # noqa: F401  (registers the commands)
+from qffs.cli.app import app
 
 WIDTH = 100
 
@@ -24,7 +24,7 @@ def _help(command, name: str, parent=None) -> str:
 def render() -> str:
     root = typer.main.get_command(app)
     parts = ["# Command-line reference", "",
-             "Generated from the commands' own `--help` by `python -m cli.docs > docs/cli.md`; "
+             "Generated from the commands' own `--help` by `python -m qffs.cli.docs > docs/cli.md`; "
              "a test keeps it in step with the code.", "", "## qffs", "", "```", _help(root, "qffs"), "```", ""]
     root_ctx = root.make_context("qffs", [], resilient_parsing=True, terminal_width=WIDTH, max_content_width=WIDTH)
     for name in root.list_commands(root_ctx):

@@ -10,8 +10,8 @@ import sys
 
 import typer
 
-from cli import commands  # noqa: F401  (registers the commands on the app)
-from cli.app import app, printable
+from qffs.cli import commands  # noqa: F401  (registers the commands on the app)
+from qffs.cli.app import app, printable
 from qffs.errors import Interrupted, QffsError
 
 

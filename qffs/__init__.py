@@ -15,13 +15,42 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from qffs.errors import QffsError, UnsupportedGraphError
-from qffs.io import load_checkpoint, load_model, save_checkpoint
-from qffs.models import build_model
-from qffs.quant import LSQActivation, calibrate, quantize, quantizers
-from qffs.evaluate import evaluate_snn
-from qffs.recipes import load_qann, load_snn
-from qffs.snn import SimulationResult, SpikingNetwork, convert
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: Public name → the module that defines it. Imported on first use (PEP 562), so that
+#: ``import qffs.snn`` (the runtime) does not pull in training code, torchvision or rich.
+_PUBLIC = {
+    "QffsError": "qffs.errors", "UnsupportedGraphError": "qffs.errors",
+    "load_checkpoint": "qffs.io", "load_model": "qffs.io", "save_checkpoint": "qffs.io",
+    "build_model": "qffs.models",
+    "LSQActivation": "qffs.quant", "calibrate": "qffs.quant", "quantize": "qffs.quant", "quantizers": "qffs.quant",
+    "evaluate_snn": "qffs.evaluate",
+    "load_qann": "qffs.recipes", "load_snn": "qffs.recipes",
+    "SimulationResult": "qffs.snn", "SpikingNetwork": "qffs.snn", "convert": "qffs.snn",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'qffs' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
+
+if TYPE_CHECKING:
+    from qffs.errors import QffsError, UnsupportedGraphError
+    from qffs.evaluate import evaluate_snn
+    from qffs.io import load_checkpoint, load_model, save_checkpoint
+    from qffs.models import build_model
+    from qffs.quant import LSQActivation, calibrate, quantize, quantizers
+    from qffs.recipes import load_qann, load_snn
+    from qffs.snn import SimulationResult, SpikingNetwork, convert
 
 __all__ = [
     "LSQActivation",

@@ -12,8 +12,9 @@
 | `imagefolder`   | any ImageFolder tree: `root/train/<class>/*`, `root/val/<class>/*` (ImageNet) |
 
 Small datasets live in memory as uint8 tensors and are normalised per sample; training
-augmentation (random crop with padding, horizontal flip) runs on tensors with a seeded
-generator. ``limit`` keeps the first N samples in the dataset's own order, except for the
+augmentation (random crop with padding, horizontal flip) runs on tensors and draws from torch's
+global generator, as torchvision's transforms do: the job seeds it, the DataLoader seeds each
+worker from the loader's generator, and a resumed run restores it (qffs.resume). ``limit`` keeps the first N samples in the dataset's own order, except for the
 class-grouped JPEG zip, whose first N come from a fixed seeded permutation so that every
 class is present.
 
@@ -147,12 +148,11 @@ class TensorImages(Dataset):
     """uint8 images [N, C, H, W] + labels, normalised per sample; optional crop/flip augmentation."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: tuple[float, ...],
-                 std: tuple[float, ...], *, crop_padding: int = 0, flip: bool = False, seed: int = 0):
+                 std: tuple[float, ...], *, crop_padding: int = 0, flip: bool = False):
         self.images, self.labels = images, labels.long()
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
         self.crop_padding, self.flip = crop_padding, flip
-        self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -162,9 +162,9 @@ class TensorImages(Dataset):
         if p:
             h, w = img.shape[-2:]
             padded = torch.nn.functional.pad(img, (p, p, p, p))
-            dy, dx = torch.randint(0, 2 * p + 1, (2,), generator=self.generator).tolist()
+            dy, dx = torch.randint(0, 2 * p + 1, (2,)).tolist()
             img = padded[:, dy:dy + h, dx:dx + w]
-        if self.flip and torch.rand((), generator=self.generator) < 0.5:
+        if self.flip and torch.rand(()) < 0.5:
             img = img.flip(-1)
         return img
 
@@ -372,7 +372,7 @@ def _limit(images: torch.Tensor, labels: torch.Tensor, limit: int | None, permut
 
 
 def load_dataset(name: str, split: str = "test", *, root: str | Path | None = None, limit: int | None = None,
-                 augment: bool | None = None, seed: int = 0, preprocessing: Preprocessing | None = None) -> Dataset:
+                 augment: bool | None = None, preprocessing: Preprocessing | None = None) -> Dataset:
     """A dataset of (normalised float CHW image, int label); ``augment`` defaults to ``split == "train"``.
 
     ``preprocessing`` (see :func:`resolve_preprocessing`) defaults to the dataset's usual one.
@@ -404,7 +404,7 @@ def load_dataset(name: str, split: str = "test", *, root: str | Path | None = No
     pad = {"fashion-mnist": 2, "mnist": 2}.get(name, 4)
     flip = name != "mnist"
     return TensorImages(images, labels, prep.mean, prep.std, crop_padding=pad if augment else 0,
-                        flip=flip and augment, seed=seed)
+                        flip=flip and augment)
 
 
 def _imagefolder(tree: Path, limit: int | None, augment: bool, prep: Preprocessing) -> Dataset:

@@ -20,6 +20,7 @@ import torch
 from qffs.errors import QffsError
 from qffs.io import load_checkpoint, load_into, save_checkpoint, write_text_atomic
 from qffs.models import build_model, with_defaults
+from qffs.resume import TrainState, check_resumable, load_state, resume_path, save_state
 from qffs.snn.readout import DEFAULT_READOUT, check_readout
 from qffs.train import TrainConfig, config_dict, fit, init_distributed, is_main_process, resolve_device
 from qffs.trust import authorized_spec, model_provenance, records_model_file
@@ -103,7 +104,7 @@ def make_loaders(opts: DataOptions, prep: Preprocessing | None = None, *, train:
                        max(opts.batch_size, 256), shuffle=False, num_workers=opts.workers)
     if not train:
         return None, test
-    ds = load_dataset(opts.dataset, "train", root=opts.root, limit=opts.limit, seed=opts.seed, preprocessing=prep)
+    ds = load_dataset(opts.dataset, "train", root=opts.root, limit=opts.limit, preprocessing=prep)
     return make_loader(ds, opts.batch_size, shuffle=True, seed=opts.seed, num_workers=opts.workers,
                        drop_last=len(ds) > opts.batch_size), test
 
@@ -123,7 +124,8 @@ def check_output(out: str | Path, *inputs: str | Path | None) -> Path:
         raise QffsError(f"--out must end in .pt, .pth or .safetensors, got {out.name}")
     if out.is_dir():
         raise QffsError(f"--out {out} is a directory: give a file name, e.g. {out / 'model.pt'}")
-    written = {p.resolve() for p in (out, metrics_path(out), partial_path(out), metrics_path(partial_path(out)))}
+    written = {p.resolve() for p in (out, metrics_path(out), partial_path(out), metrics_path(partial_path(out)),
+                                     resume_path(out))}
     for given in (Path(i) for i in inputs if i is not None):
         clash = {given.resolve(), metrics_path(given).resolve()} & written
         if clash:
@@ -138,33 +140,68 @@ def partial_path(out: Path) -> Path:
 
 
 @contextlib.contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
+def staged_output(out: Path, *, resuming: bool = False) -> Iterator[Path]:
     """Yield the path a training job writes to while it runs (:func:`partial_path`); move it and
-    its sidecar onto ``out`` only when the job finishes, so an interrupted run never leaves a
-    file that looks complete. Ctrl-C becomes :class:`~qffs.errors.Interrupted`, naming what was kept."""
+    its sidecar onto ``out`` only when the job finishes (and drop its resume state), so an
+    interrupted run never leaves a file that looks complete. An earlier run's partial files are
+    removed unless this run continues it (``resuming``). Ctrl-C becomes
+    :class:`~qffs.errors.Interrupted`, naming what was kept."""
     from qffs.errors import Interrupted
 
     partial = partial_path(out)
-    for stale in (partial, metrics_path(partial)):   # an earlier interrupted run's: not this run's result
-        if stale.exists():
-            stale.unlink()
+    if not resuming:
+        for stale in (partial, metrics_path(partial)):   # an earlier interrupted run's: not this run's result
+            if stale.exists():
+                stale.unlink()
     try:
         yield partial
     except KeyboardInterrupt:
         kept = f"the best result so far is in {partial}" if partial.exists() else "nothing was written"
-        raise Interrupted(f"interrupted: {out} was not written; {kept}") from None
+        again = "; add --resume to the same command to continue" if resume_path(out).exists() else ""
+        raise Interrupted(f"interrupted: {out} was not written; {kept}{again}") from None
     if is_main_process() and partial.exists():
         os.replace(partial, out)
         if metrics_path(partial).exists():
             os.replace(metrics_path(partial), metrics_path(out))
+        resume_path(out).unlink(missing_ok=True)
+
+
+def _resume_from(out: Path, resume: bool, job: dict[str, Any], log=print) -> TrainState | None:
+    """The state an interrupted run of ``job`` left (``resume``), else None; checked before any work."""
+    path = check_resumable(out, resume)
+    if path is None:
+        if resume:
+            log(f"nothing to resume at {resume_path(out)}: starting at epoch 1")
+        return None
+    state = load_state(path, job)
+    log(f"resuming from {path}: {state.epoch} epoch(s) done")
+    return state
+
+
+def _state_writer(out: Path, job: dict[str, Any], extra: dict[str, Any]):
+    """``on_state`` for :func:`~qffs.train.fit`: the run's resume state, after every epoch."""
+    def write(state: TrainState) -> None:
+        state.job, state.extra = job, extra
+        save_state(resume_path(out), state)
+    return write
+
+
+def _job(data: DataOptions, prep: Preprocessing, spec: str, cfg: TrainConfig, **options: Any) -> dict[str, Any]:
+    """The options that define a training run: a resume state is only continued by the same ones
+    (the data root may move; the data, its order and the recipe may not)."""
+    return {"model": spec, "dataset": data.dataset, "preprocessing": prep.as_dict(), "batch_size": data.batch_size,
+            "seed": data.seed, "limit": data.limit, "test_limit": data.test_limit, "train_config": config_dict(cfg),
+            **options}
 
 
 def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *,
-             pretrained: str | None = None, device: str = "auto") -> dict[str, Any]:
+             pretrained: str | None = None, device: str = "auto", resume: bool = False,
+             log=print) -> dict[str, Any]:
     """Train (or fine-tune from ``pretrained``) a full-precision model; keep the best epoch.
 
-    Writes ``out`` (best checkpoint, with spec, dataset, metrics, config) and its
-    ``.metrics.json`` beside it after every epoch. Returns the final metrics dict.
+    Writes ``NAME.partial.pt`` (best checkpoint so far, with spec, dataset, metrics, config), its
+    ``.metrics.json`` and the resume state after every epoch, and moves them onto ``out`` when
+    done. ``resume`` continues an interrupted run of the same job. Returns the final metrics dict.
     """
     cfg.validate()
     if cfg.epochs < 1:
@@ -180,28 +217,36 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
     net = build_model(spec)
     if source is not None:
         load_into(net, source.state_dict, source=str(pretrained), spec=spec)
+    job = _job(data, prep, spec, cfg, kind="fp", pretrained=str(Path(pretrained).resolve()) if pretrained else None)
+    state = _resume_from(out, resume, job, log)
     partial = partial_path(out)
     started = time.perf_counter()
     meta = {**data_meta(data, prep), **model_provenance(spec), "train_config": config_dict(cfg),
             "batch_size": data.batch_size,
             "seed": data.seed, "limit": data.limit, "pretrained": pretrained, "distributed": distributed}
-    history: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = list(state.history) if state else []
 
-    def on_epoch(record: dict[str, Any], trained: torch.nn.Module) -> None:
-        history.append(record)
+    def write(best_weights: dict[str, torch.Tensor] | None) -> None:
         if not is_main_process():
             return
         best = max(history, key=lambda r: r["test_accuracy"])
         metrics = {"test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
                    "seconds": round(time.perf_counter() - started, 1)}
-        if record.get("best"):
-            save_checkpoint(partial, trained.state_dict(), kind="fp", model=spec, metrics=metrics, **meta)
+        if best_weights is not None:
+            save_checkpoint(partial, best_weights, kind="fp", model=spec, metrics=metrics, **meta)
         write_text_atomic(metrics_path(partial), json.dumps(
             {"model": spec, **meta, "metrics": metrics, "history": history}, indent=2))
 
-    with staged_output(out):
+    def on_epoch(record: dict[str, Any], trained: torch.nn.Module) -> None:
+        history.append(record)
+        write(trained.state_dict() if record.get("best") else None)
+
+    if state is not None and state.history and not partial.exists():   # the best so far, if it was removed
+        write(state.best_state)
+    with staged_output(out, resuming=state is not None):
         train_loader, test_loader = make_loaders(data, prep)
-        fit(net, train_loader, test_loader, cfg, device=dev, on_epoch=on_epoch)
+        fit(net, train_loader, test_loader, cfg, device=dev, on_epoch=on_epoch, log=log, start=state,
+            on_state=_state_writer(out, job, {}))
     best = max(history, key=lambda r: r["test_accuracy"]) if history else {}
     return {"model": spec, "checkpoint": str(out), "test_accuracy": best.get("test_accuracy"),
             "best_epoch": best.get("epoch"), "seconds": round(time.perf_counter() - started, 1)}
@@ -401,7 +446,7 @@ def _load_fp(checkpoint: str | Path, model: str | None, data: DataOptions):
 def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptions, cfg: TrainConfig, *,
                         bits: int = 2, output_bits: int | None = 3, calibration: str = "mse",
                         calibration_batches: int = 4, model: str | None = None,
-                        device: str = "auto") -> dict[str, Any]:
+                        device: str = "auto", resume: bool = False, log=print) -> dict[str, Any]:
     """QFFS stage 1: fine-tune a pretrained checkpoint into a ``bits``/``output_bits`` QANN.
 
     Steps: load the FP model, measure its accuracy; ``quantize`` it (every ReLU → LSQ
@@ -409,7 +454,8 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     QAT for ``cfg.epochs`` (step sizes without weight decay unless ``cfg.no_decay_names`` is
     emptied; with ``cfg.distill > 0`` the FP model is the distillation teacher); keep the best
     epoch. Writes ``out`` (kind "qann": spec, bits, step sizes, state dict, metrics,
-    provenance) and ``.metrics.json`` beside it.
+    provenance) and ``.metrics.json`` beside it, by way of ``NAME.partial.pt`` and a resume
+    state written after every epoch; ``resume`` continues an interrupted run of the same job.
     """
     from qffs.quant import quantize
     from qffs.quant.calibrate import check_method
@@ -428,30 +474,39 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     # preprocessing, the model code against the weights, and every graph node (qffs.ops)
     fp_model, _, data, prep, spec = _load_fp(checkpoint, model, data)
     qann = quantize(fp_model, bits=bits, output_bits=output_bits).to(dev)
+    options = {"bits": bits, "output_bits": output_bits, "calibration": calibration,
+               "calibration_batches": calibration_batches}
+    job = _job(data, prep, spec, cfg, kind="qann", source=str(Path(checkpoint).resolve()), **options)
+    state = _resume_from(out, resume, job, log)
     started = time.perf_counter()
-    with staged_output(out) as partial:   # an interrupted run leaves only partial_path(out)
+    with staged_output(out, resuming=state is not None) as partial:   # an interrupted run leaves only partial files
         return _qat(qann, fp_model, spec, out, partial, data, prep, cfg, dev, started,
-                    {"bits": bits, "output_bits": output_bits, "calibration": calibration,
-                     "calibration_batches": calibration_batches, "source_checkpoint": str(checkpoint)})
+                    {**options, "source_checkpoint": str(checkpoint)}, job, state, log)
 
 
 def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions, prep: Preprocessing,
-         cfg: TrainConfig, dev: torch.device, started: float, options: dict[str, Any]) -> dict[str, Any]:
+         cfg: TrainConfig, dev: torch.device, started: float, options: dict[str, Any], job: dict[str, Any],
+         state: TrainState | None, log) -> dict[str, Any]:
     """The part of :func:`quantize_checkpoint` that reads data: measure, calibrate, QAT, writing
-    the best QANN so far to ``partial``."""
+    the best QANN so far to ``partial``. Resuming, the measurements come from ``state``."""
     from qffs.quant import calibrate, quantizers
     from qffs.train import evaluate
 
     train_loader, test_loader = make_loaders(data, prep)
-    fp = evaluate(fp_model.to(dev), test_loader, dev, description="FP accuracy")
-    batches = _calibration_batches(train_loader, options["calibration_batches"])
-    calibrate(qann, [b.to(dev) for b in batches], method=options["calibration"])
-    ptq = evaluate(qann, test_loader, dev, description="QANN after calibration")
-    meta = {**data_meta(data, prep), **model_provenance(spec), "input_shape": list(batches[0].shape[1:]),
+    if state is None:
+        fp = evaluate(fp_model.to(dev), test_loader, dev, description="FP accuracy")
+        batches = _calibration_batches(train_loader, options["calibration_batches"])
+        calibrate(qann, [b.to(dev) for b in batches], method=options["calibration"])
+        ptq = evaluate(qann, test_loader, dev, description="QANN after calibration")
+        input_shape = list(batches[0].shape[1:])
+    else:   # measured before the interruption; the weights come from the state
+        fp, ptq, input_shape = state.extra["fp"], state.extra["ptq"], state.extra["input_shape"]
+        fp_model.to(dev)
+    meta = {**data_meta(data, prep), **model_provenance(spec), "input_shape": input_shape,
             "bits": options["bits"], "output_bits": options["output_bits"], "calibration": options["calibration"],
             "source_checkpoint": options["source_checkpoint"], "train_config": config_dict(cfg),
             "batch_size": data.batch_size, "seed": data.seed, "limit": data.limit}
-    history: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = list(state.history) if state else []
 
     def summary() -> dict[str, Any]:
         start = {"test_accuracy": ptq["accuracy"], "epoch": 0}   # an epoch must beat it to be kept (ties: earlier)
@@ -475,22 +530,37 @@ def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions,
         history.append(record)
         write(trained, save=bool(record.get("best")))
 
-    write(qann, save=True)   # the calibrated QANN: the starting point every epoch must beat
+    if state is None or not partial.exists():   # the calibrated QANN (or, resuming, the best so far) first
+        if state is not None:
+            qann.load_state_dict(state.best_state)
+        write(qann, save=True)
     if cfg.epochs > 0:
-        fit(qann, train_loader, test_loader, cfg, device=dev, on_epoch=on_epoch,
-            teacher=fp_model if cfg.distill > 0 else None, baseline=ptq["accuracy"])
+        fit(qann, train_loader, test_loader, cfg, device=dev, on_epoch=on_epoch, log=log, start=state,
+            teacher=fp_model if cfg.distill > 0 else None, baseline=ptq["accuracy"],
+            on_state=_state_writer(out, job, {"fp": fp, "ptq": ptq, "input_shape": input_shape}))
     return {"model": spec, "checkpoint": str(out), **summary()}
 
 
+def shipped_model(name: str) -> Path:
+    """A checkpoint shipped with qffs: installed as package data (``qffs/shipped/``), or, in a
+    checkout, in ``models/`` at the top of the repository."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "shipped", here.parent / "models"):
+        if (folder / name).is_file():
+            return folder / name
+    return here / "shipped" / name
+
+
 #: The shipped Fashion-MNIST network the demo starts from.
-SHIPPED_FMNIST = Path(__file__).resolve().parents[1] / "models" / "fmnist_vgg_small.pt"
+SHIPPED_FMNIST = shipped_model("fmnist_vgg_small.pt")
 
 
 def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions, cfg: TrainConfig, *,
                  timesteps: int = 16, bits: int = 2, output_bits: int | None = 3, model: str | None = None,
                  calibration: str = "mse", device: str = "auto", double: bool = False,
-                 readout: str = DEFAULT_READOUT, log=print) -> dict[str, Any]:
-    """All three stages: quantize (QAT) → convert → evaluate, into ``out_dir``.
+                 readout: str = DEFAULT_READOUT, resume: bool = False, log=print) -> dict[str, Any]:
+    """All three stages: quantize (QAT) → convert → evaluate, into ``out_dir`` (``resume``: continue
+    an interrupted QAT there).
 
     Writes ``qann.pt``, ``snn.pt`` and ``curve.csv/.json/.png`` (each atomically); returns the
     evaluation report with the paths under ``"files"``.
@@ -504,7 +574,7 @@ def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions,
     started = time.perf_counter()
     log(f"[1/3] quantize: {bits}-bit hidden, {_bits(output_bits)} output, {cfg.epochs} QAT epoch(s)")
     q = quantize_checkpoint(checkpoint, out / "qann.pt", data, cfg, bits=bits, output_bits=output_bits,
-                            calibration=calibration, model=model, device=device)
+                            calibration=calibration, model=model, device=device, resume=resume, log=log)
     log(f"      FP {100 * q['fp_accuracy']:.2f}%  calibrated {100 * q['calibrated_accuracy']:.2f}%  "
         f"QANN {100 * q['qann_accuracy']:.2f}%  ({q['seconds']:.0f} s)")
     log("[2/3] convert")

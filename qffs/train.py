@@ -22,6 +22,7 @@ from torch import nn
 
 from qffs.metrics import predict
 from qffs.progress import track
+from qffs.resume import TrainState, rng_state, set_rng_state
 
 
 def _check_interval(name: str, value: float, low: float, high: float, *, low_open: bool = False,
@@ -181,7 +182,8 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
         device: torch.device | str = "cpu", teacher: nn.Module | None = None,
         on_epoch: Callable[[dict[str, Any], nn.Module], None] | None = None,
         log: Callable[[str], None] = print,
-        baseline: float = -1.0) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+        baseline: float = -1.0, start: TrainState | None = None,
+        on_state: Callable[[TrainState], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
     """Train ``model`` in place; return (per-epoch history, best state dict by test accuracy).
 
     An epoch is "best" (``record["best"]``) only if it beats ``baseline`` and every earlier
@@ -192,6 +194,11 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
     what to write). The cosine schedule decays per iteration to zero at the last step.
     With ``teacher`` and ``cfg.distill = w > 0`` the loss is
     ``(1 − w)·CE(model(x), y) + w·distillation_loss(model(x), teacher(x))``, the teacher in eval mode.
+
+    Resume (:mod:`qffs.resume`): after every epoch ``on_state`` receives the full training state
+    (on rank 0); ``start`` continues from such a state with the next epoch, restoring weights,
+    momentum, schedule position, random generators and the data order, so the result equals
+    that of an uninterrupted run.
     """
     cfg.validate()
     if cfg.distill > 0 and teacher is None:
@@ -211,8 +218,17 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
     total_steps = max(cfg.epochs * steps_per_epoch, 1)
     history: list[dict[str, Any]] = []
     best_acc, best_state = baseline, copy.deepcopy(model.state_dict())
-    step = 0
-    for epoch in range(cfg.epochs):
+    step = first = 0
+    shuffle_rng = getattr(train_loader, "generator", None)   # the data order (DistributedSampler: by epoch)
+    if start is not None:
+        model.load_state_dict(start.model)
+        optimizer.load_state_dict(start.optimizer)
+        history, best_acc, best_state = list(start.history), start.best_accuracy, start.best_state
+        step, first = start.step, start.epoch
+        set_rng_state(start.rng)
+        if shuffle_rng is not None and start.loader_rng is not None:
+            shuffle_rng.set_state(start.loader_rng)
+    for epoch in range(first, cfg.epochs):
         if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
         net.train()
@@ -260,6 +276,11 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
                 f"({train_time:.0f}s)" + ("  *best" if record.get("best") else ""))
         if on_epoch is not None:
             on_epoch(record, model)
+        if on_state is not None and is_main_process():
+            on_state(TrainState(epoch=epoch + 1, step=step, model=model.state_dict(),
+                                optimizer=optimizer.state_dict(), history=history, best_accuracy=best_acc,
+                                best_state=best_state, rng=rng_state(),
+                                loader_rng=None if shuffle_rng is None else shuffle_rng.get_state()))
     return history, best_state
 
 

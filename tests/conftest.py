@@ -34,7 +34,7 @@ def one_thread():
 @pytest.fixture
 def cli(capsys):
     """The ``qffs`` entry point in-process (fast): returns (exit code, stdout, stderr) as a CompletedProcess."""
-    from cli.main import main
+    from qffs.cli.main import main
 
     def call(*args: str) -> subprocess.CompletedProcess:
         code = main([str(a) for a in args])

@@ -112,9 +112,9 @@ def test_pipeline_end_to_end_on_a_fashion_mnist_subset(tmp_path):
 
 
 def test_cli_reference_in_docs_is_current():
-    from cli.docs import render
+    from qffs.cli.docs import render
 
-    assert (REPO / "docs" / "cli.md").read_text() == render(), "regenerate: python -m cli.docs > docs/cli.md"
+    assert (REPO / "docs" / "cli.md").read_text() == render(), "regenerate: python -m qffs.cli.docs > docs/cli.md"
 
 
 @pytest.mark.parametrize(("args", "fragment"), [

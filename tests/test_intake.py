@@ -35,7 +35,7 @@ def _fp_accuracy(result: subprocess.CompletedProcess) -> str:
 @pytest.fixture(scope="module")
 def reference_accuracy(tmp_path_factory) -> str:
     """The shipped checkpoint's FP accuracy on the subset, loaded from qffs' own format."""
-    from cli.main import main
+    from qffs.cli.main import main
 
     out = tmp_path_factory.mktemp("ref") / "q.pt"
     buffer = io.StringIO()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cli.app import app, examples, printable
+from qffs.cli.app import app, examples, printable
 
 
 @app.command("info", epilog=examples("qffs info models/fmnist_vgg_small.pt"))

@@ -7,11 +7,11 @@ from typing import Optional
 
 import typer
 
-from cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, READOUT_OPTION, STD_OPTION, app, channel_values, examples
+from qffs.cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, READOUT_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
 
 
 def _finish(report: dict) -> None:
-    from cli.render import print_report
+    from qffs.cli.render import print_report
 
     print_report(report)
     files = report["files"]
@@ -48,6 +48,7 @@ def run(
     readout: str = READOUT_OPTION,
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    resume: bool = RESUME_OPTION,
 ) -> None:
     """Quantize, convert and evaluate in one go: a pretrained checkpoint → latency–accuracy curve."""
     from qffs.recipes import DataOptions, qat_config, run_pipeline
@@ -57,7 +58,7 @@ def run(
                                          batch_size=batch_size, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size),
         qat_config(epochs, lr), timesteps=timesteps,
         bits=bits, output_bits=output_bits or None, model=model, device=device, double=double, readout=readout,
-        log=typer.echo)
+        resume=resume, log=typer.echo)
     _finish(report)
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, STD_OPTION, app, channel_values, examples
+from qffs.cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
 
 
 @app.command(
@@ -49,6 +49,7 @@ def quantize(
     seed: int = typer.Option(0, help="Random seed."),
     workers: int = typer.Option(0, help="DataLoader worker processes."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    resume: bool = RESUME_OPTION,
 ) -> None:
     """Fine-tune a pretrained model into a quantized ANN (2-bit hidden, 3-bit output by default)."""
     from qffs.recipes import DataOptions, qat_config, quantize_checkpoint
@@ -60,6 +61,7 @@ def quantize(
         qat_config(epochs, lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule, gamma=gamma,
                    distill=distill, temperature=temperature, label_smoothing=label_smoothing, freeze_bn=freeze_bn),
         bits=bits, output_bits=output_bits or None, calibration=calibration, model=model, device=device,
+        resume=resume, log=typer.echo,
     )
     typer.echo(
         f"FP {100 * result['fp_accuracy']:.2f}%  calibrated {100 * result['calibrated_accuracy']:.2f}%  "

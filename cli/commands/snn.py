@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import ARTIFACT_MODEL_OPTION, IMAGE_SIZE_OPTION, MEAN_OPTION, READOUT_OPTION, STD_OPTION, app, channel_values, examples
+from qffs.cli.app import ARTIFACT_MODEL_OPTION, IMAGE_SIZE_OPTION, MEAN_OPTION, READOUT_OPTION, STD_OPTION, app, channel_values, examples
 
 
 @app.command(
@@ -27,7 +27,7 @@ def convert(
     model: Optional[str] = ARTIFACT_MODEL_OPTION,
 ) -> None:
     """Convert a quantized ANN into a spiking network artifact and print its layers."""
-    from cli.render import console, layer_table
+    from qffs.cli.render import console, layer_table
     from qffs.recipes import convert_checkpoint
 
     path, summary = convert_checkpoint(qann, out, input_window=input_window, precharge=precharge,
@@ -60,7 +60,7 @@ def evaluate(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Simulate an SNN on a test set: accuracy at every time step, spikes, SOPs, energy; CSV/JSON/PNG."""
-    from cli.render import print_report
+    from qffs.cli.render import print_report
     from qffs.recipes import DataOptions, evaluate_checkpoint
     from qffs.report import write_report
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, STD_OPTION, app, channel_values, examples
+from qffs.cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
 
 
 @app.command(
@@ -15,7 +15,7 @@ from cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, STD_OPTION, app, channel_val
     epilog=examples(
         "qffs train --model vgg_small --dataset fashion-mnist --epochs 15 --lr 0.05 --out fp.pt",
         "qffs train --model resnet20 --dataset cifar10-jpeg --epochs 2 --pretrained resnet20.th --out ft.pt",
-        "torchrun --nproc-per-node 4 -m cli.main train --model resnet18 --dataset cifar10 --data-root ~/data --out r18.pt",
+        "torchrun --nproc-per-node 4 -m qffs.cli.main train --model resnet18 --dataset cifar10 --data-root ~/data --out r18.pt",
     ),
 )
 def train(
@@ -39,6 +39,7 @@ def train(
     seed: int = typer.Option(0, help="Random seed (initialisation, shuffling, augmentation)."),
     workers: int = typer.Option(0, help="DataLoader worker processes."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    resume: bool = RESUME_OPTION,
 ) -> None:
     """Train or fine-tune a full-precision model; keeps the best epoch's checkpoint."""
     from qffs.recipes import DataOptions, train_fp
@@ -50,7 +51,7 @@ def train(
                     batch_size=batch_size, workers=workers, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size),
         TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                     schedule=schedule, gamma=gamma),
-        pretrained=pretrained, device=device,
+        pretrained=pretrained, device=device, resume=resume, log=typer.echo,
     )
     acc = result["test_accuracy"]
     typer.echo(f"best test accuracy {100 * acc:.2f}% at epoch {result['best_epoch']} "
