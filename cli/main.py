@@ -48,8 +48,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"qffs: error: {printable(str(exc))}", file=sys.stderr)   # paths and names may come from files
         return 2
-    except Exception as exc:  # a bug: still one line unless --debug
+    except (Exception, SystemExit) as exc:  # the user's model code failing, else a bug: one line unless --debug
         if debug:
+            raise
+        from qffs.models import user_code_error
+
+        found = user_code_error(exc)
+        if found is not None:
+            print(f"qffs: error: {printable(str(found))}", file=sys.stderr)
+            return 2
+        if isinstance(exc, SystemExit):   # not from a model file: keep its meaning
             raise
         msg = str(exc).splitlines()[0] if str(exc) else ""
         print(f"qffs: internal error: {type(exc).__name__}: {msg} (run with --debug for the traceback)",
@@ -57,9 +65,5 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def entry() -> None:
-    sys.exit(main())
-
-
 if __name__ == "__main__":
-    entry()
+    sys.exit(main())

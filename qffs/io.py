@@ -29,10 +29,13 @@ import codecs
 import contextlib
 import datetime as _dt
 import functools
+import glob
 import json
 import os
 import pickle
+import signal
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -71,19 +74,115 @@ class Checkpoint:
         return str(self.meta.get("kind", "foreign"))
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True   # someone else's process: leave its file alone
+    return True
+
+
+def remove_orphans(target: Path) -> None:
+    """Remove temporary files of ``target`` left by a killed run (``.NAME.PID.*.tmp`` whose
+    process is gone): a SIGKILL mid-write leaves one, and the next run clears it."""
+    for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        pid = tmp.name[len(target.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _temporary_beside(target: Path) -> Path:
+    """A new empty ``.NAME.PID.xxxx.tmp`` beside ``target`` (killed runs' ones removed first)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphans(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path`` (``.NAME.PID.xxxx.tmp``); rename it onto ``path``
+    only on success. Temporary files of killed runs are removed first (:func:`remove_orphans`)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = _temporary_beside(target)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold off Ctrl-C (in the main thread) until the block is done, then deliver it: for the few
+    renames that publish a set of files together."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda sig, frame: caught.append(sig))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def atomic_files(paths: list[Path]) -> Iterator[list[Path]]:
+    """Temporary paths for several files, moved into place together when the block succeeds
+    (Ctrl-C held off during the moves), else removed: never a mix of two runs' files."""
+    temps = [_temporary_beside(Path(p)) for p in paths]
+    try:
+        yield temps
+        with interrupts_held():
+            for tmp, target in zip(temps, paths):
+                os.replace(tmp, target)
+    finally:
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def exclusive(path: str | Path, option: str) -> Iterator[None]:
+    """Hold an exclusive lock on a job's output, a file or a directory (``.NAME.lock`` beside
+    it, removed afterwards) while the job runs; a second qffs run writing the same output is
+    refused at once. The lock dies with its process, so none is ever stale (no-op without fcntl)."""
+    try:
+        import fcntl
+    except ImportError:   # Windows: no advisory locks
+        yield
+        return
+    target = Path(path)
+    lock = target.with_name(f".{target.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise QffsError(f"another qffs run is writing {target}: wait for it to finish, or choose another "
+                            f"{option}") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:   # still the file at that path: ours
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)   # its holder removed it as we locked it: take the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from qffs.errors import QffsError
-from qffs.io import load_checkpoint, load_into, save_checkpoint, write_text_atomic
+from qffs.io import exclusive, load_checkpoint, load_into, save_checkpoint, write_text_atomic
 from qffs.models import build_model, with_defaults
 from qffs.resume import TrainState, check_resumable, load_state, resume_path, save_state
+from qffs.snn.network import check_timesteps
 from qffs.snn.readout import DEFAULT_READOUT, check_readout
 from qffs.train import TrainConfig, config_dict, fit, init_distributed, is_main_process, resolve_device
 from qffs.trust import authorized_spec, model_provenance, records_model_file
@@ -47,6 +48,17 @@ class DataOptions:
     mean: tuple[float, ...] | None = None   # per-channel normalisation; None: recorded, else the dataset's
     std: tuple[float, ...] | None = None
     image_size: int | None = None           # ImageFolder input size; None: recorded, else the tree's
+
+    def __post_init__(self) -> None:
+        """Counts are checked when the options are made, before any work (one place for all jobs)."""
+        for name, value, low, optional in (("--batch-size", self.batch_size, 1, False), ("--workers", self.workers, 0, False),
+                                           ("--seed", self.seed, 0, False), ("--limit", self.limit, 1, True),
+                                           ("--test-limit", self.test_limit, 1, True),
+                                           ("--image-size", self.image_size, 1, True)):
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise QffsError(f"{name} must be an integer >= {low}, got {value!r}")
 
     def preprocessing(self, recorded: dict[str, Any] | None = None) -> Preprocessing:
         """This job's preprocessing: the options given, else ``recorded`` (an artifact's), else the dataset's."""
@@ -95,13 +107,22 @@ def model_spec_for(model: str, data: DataOptions, prep: Preprocessing) -> str:
                          image_size=prep.image_size)
 
 
+#: Training jobs evaluate in batches of at least this many samples (evaluation needs no small batches).
+EVAL_BATCH_MIN = 256
+
+
 def make_loaders(opts: DataOptions, prep: Preprocessing | None = None, *, train: bool = True):
-    """(train loader or None, test loader) for ``opts``, normalised by ``prep`` (default: the options')."""
+    """(train loader or None, test loader) for ``opts``, normalised by ``prep`` (default: the options').
+
+    Training jobs test in batches of ``max(batch_size, EVAL_BATCH_MIN)``; a test-only job
+    (``train=False``: the SNN evaluation, where the batch bounds the simulation's memory) in
+    exactly ``batch_size``."""
     from qffs.data import load_dataset, make_loader
 
     prep = prep or opts.preprocessing()
+    test_batch = max(opts.batch_size, EVAL_BATCH_MIN) if train else opts.batch_size
     test = make_loader(load_dataset(opts.dataset, "test", root=opts.root, limit=opts.test_limit, preprocessing=prep),
-                       max(opts.batch_size, 256), shuffle=False, num_workers=opts.workers)
+                       test_batch, shuffle=False, num_workers=opts.workers)
     if not train:
         return None, test
     ds = load_dataset(opts.dataset, "train", root=opts.root, limit=opts.limit, preprocessing=prep)
@@ -207,49 +228,50 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
     if cfg.epochs < 1:
         raise QffsError(f"--epochs must be >= 1 to train, got {cfg.epochs}")
     out = check_output(out, pretrained)
-    distributed = init_distributed()
-    dev = resolve_device(device)
-    torch.manual_seed(data.seed)
-    source = load_checkpoint(pretrained) if pretrained else None
-    data = with_recorded(data, source.meta if source else {})
-    prep = data.preprocessing(recorded=recorded_preprocessing(source.meta, data.dataset) if source else None)
-    spec = model_spec_for(model, data, prep)
-    net = build_model(spec)
-    if source is not None:
-        load_into(net, source.state_dict, source=str(pretrained), spec=spec)
-    job = _job(data, prep, spec, cfg, kind="fp", pretrained=str(Path(pretrained).resolve()) if pretrained else None)
-    state = _resume_from(out, resume, job, log)
-    partial = partial_path(out)
-    started = time.perf_counter()
-    meta = {**data_meta(data, prep), **model_provenance(spec), "train_config": config_dict(cfg),
-            "batch_size": data.batch_size,
-            "seed": data.seed, "limit": data.limit, "pretrained": pretrained, "distributed": distributed}
-    history: list[dict[str, Any]] = list(state.history) if state else []
+    with exclusive(out, "--out"):   # a second run writing the same --out is refused
+        distributed = init_distributed()
+        dev = resolve_device(device)
+        torch.manual_seed(data.seed)
+        source = load_checkpoint(pretrained) if pretrained else None
+        data = with_recorded(data, source.meta if source else {})
+        prep = data.preprocessing(recorded=recorded_preprocessing(source.meta, data.dataset) if source else None)
+        spec = model_spec_for(model, data, prep)
+        net = build_model(spec)
+        if source is not None:
+            load_into(net, source.state_dict, source=str(pretrained), spec=spec)
+        job = _job(data, prep, spec, cfg, kind="fp", pretrained=str(Path(pretrained).resolve()) if pretrained else None)
+        state = _resume_from(out, resume, job, log)
+        partial = partial_path(out)
+        started = time.perf_counter()
+        meta = {**data_meta(data, prep), **model_provenance(spec), "train_config": config_dict(cfg),
+                "batch_size": data.batch_size,
+                "seed": data.seed, "limit": data.limit, "pretrained": pretrained, "distributed": distributed}
+        history: list[dict[str, Any]] = list(state.history) if state else []
 
-    def write(best_weights: dict[str, torch.Tensor] | None) -> None:
-        if not is_main_process():
-            return
-        best = max(history, key=lambda r: r["test_accuracy"])
-        metrics = {"test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
-                   "seconds": round(time.perf_counter() - started, 1)}
-        if best_weights is not None:
-            save_checkpoint(partial, best_weights, kind="fp", model=spec, metrics=metrics, **meta)
-        write_text_atomic(metrics_path(partial), json.dumps(
-            {"model": spec, **meta, "metrics": metrics, "history": history}, indent=2))
+        def write(best_weights: dict[str, torch.Tensor] | None) -> None:
+            if not is_main_process():
+                return
+            best = max(history, key=lambda r: r["test_accuracy"])
+            metrics = {"test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
+                       "seconds": round(time.perf_counter() - started, 1)}
+            if best_weights is not None:
+                save_checkpoint(partial, best_weights, kind="fp", model=spec, metrics=metrics, **meta)
+            write_text_atomic(metrics_path(partial), json.dumps(
+                {"model": spec, **meta, "metrics": metrics, "history": history}, indent=2))
 
-    def on_epoch(record: dict[str, Any], trained: torch.nn.Module) -> None:
-        history.append(record)
-        write(trained.state_dict() if record.get("best") else None)
+        def on_epoch(record: dict[str, Any], trained: torch.nn.Module) -> None:
+            history.append(record)
+            write(trained.state_dict() if record.get("best") else None)
 
-    if state is not None and state.history and not partial.exists():   # the best so far, if it was removed
-        write(state.best_state)
-    with staged_output(out, resuming=state is not None):
-        train_loader, test_loader = make_loaders(data, prep)
-        fit(net, train_loader, test_loader, cfg, device=dev, on_epoch=on_epoch, log=log, start=state,
-            on_state=_state_writer(out, job, {}))
-    best = max(history, key=lambda r: r["test_accuracy"]) if history else {}
-    return {"model": spec, "checkpoint": str(out), "test_accuracy": best.get("test_accuracy"),
-            "best_epoch": best.get("epoch"), "seconds": round(time.perf_counter() - started, 1)}
+        if state is not None and state.history and not partial.exists():   # the best so far, if it was removed
+            write(state.best_state)
+        with staged_output(out, resuming=state is not None):
+            train_loader, test_loader = make_loaders(data, prep)
+            fit(net, train_loader, test_loader, cfg, device=dev, on_epoch=on_epoch, log=log, start=state,
+                on_state=_state_writer(out, job, {}))
+        best = max(history, key=lambda r: r["test_accuracy"]) if history else {}
+        return {"model": spec, "checkpoint": str(out), "test_accuracy": best.get("test_accuracy"),
+                "best_epoch": best.get("epoch"), "seconds": round(time.perf_counter() - started, 1)}
 
 
 def _calibration_batches(loader, count: int) -> list[torch.Tensor]:
@@ -375,8 +397,7 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
     (every readout measured, ``readout`` the headline)."""
     from qffs.evaluate import evaluate_snn
 
-    if timesteps < 1:
-        raise QffsError(f"--timesteps must be >= 1, got {timesteps}")
+    check_timesteps(timesteps, "--timesteps")
     check_readout(readout)
     dev = resolve_device(device)
     snn, qann, meta = load_snn(snn_path, model)
@@ -467,21 +488,22 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     if output_bits is not None:
         check_bits("--output-bits", output_bits)
     check_method(calibration)
-    init_distributed()
-    dev = resolve_device(device)
-    torch.manual_seed(data.seed)
-    # everything that can be refused is checked before any data is read: the file, the
-    # preprocessing, the model code against the weights, and every graph node (qffs.ops)
-    fp_model, _, data, prep, spec = _load_fp(checkpoint, model, data)
-    qann = quantize(fp_model, bits=bits, output_bits=output_bits).to(dev)
-    options = {"bits": bits, "output_bits": output_bits, "calibration": calibration,
-               "calibration_batches": calibration_batches}
-    job = _job(data, prep, spec, cfg, kind="qann", source=str(Path(checkpoint).resolve()), **options)
-    state = _resume_from(out, resume, job, log)
-    started = time.perf_counter()
-    with staged_output(out, resuming=state is not None) as partial:   # an interrupted run leaves only partial files
-        return _qat(qann, fp_model, spec, out, partial, data, prep, cfg, dev, started,
-                    {**options, "source_checkpoint": str(checkpoint)}, job, state, log)
+    with exclusive(out, "--out"):   # a second run writing the same --out is refused
+        init_distributed()
+        dev = resolve_device(device)
+        torch.manual_seed(data.seed)
+        # everything that can be refused is checked before any data is read: the file, the
+        # preprocessing, the model code against the weights, and every graph node (qffs.ops)
+        fp_model, _, data, prep, spec = _load_fp(checkpoint, model, data)
+        qann = quantize(fp_model, bits=bits, output_bits=output_bits).to(dev)
+        options = {"bits": bits, "output_bits": output_bits, "calibration": calibration,
+                   "calibration_batches": calibration_batches}
+        job = _job(data, prep, spec, cfg, kind="qann", source=str(Path(checkpoint).resolve()), **options)
+        state = _resume_from(out, resume, job, log)
+        started = time.perf_counter()
+        with staged_output(out, resuming=state is not None) as partial:   # an interrupted run leaves only partial files
+            return _qat(qann, fp_model, spec, out, partial, data, prep, cfg, dev, started,
+                        {**options, "source_checkpoint": str(checkpoint)}, job, state, log)
 
 
 def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions, prep: Preprocessing,
@@ -565,12 +587,20 @@ def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions,
     Writes ``qann.pt``, ``snn.pt`` and ``curve.csv/.json/.png`` (each atomically); returns the
     evaluation report with the paths under ``"files"``.
     """
+    check_readout(readout)
+    check_timesteps(timesteps, "--timesteps")
+    out = Path(out_dir)
+    with exclusive(out, "--out-dir"):   # two runs never write one directory
+        return _pipeline(checkpoint, out, data, cfg, timesteps=timesteps, bits=bits, output_bits=output_bits,
+                         model=model, calibration=calibration, device=device, double=double, readout=readout,
+                         resume=resume, log=log)
+
+
+def _pipeline(checkpoint: str | Path, out: Path, data: DataOptions, cfg: TrainConfig, *, timesteps: int, bits: int,
+              output_bits: int | None, model: str | None, calibration: str, device: str, double: bool, readout: str,
+              resume: bool, log) -> dict[str, Any]:
     from qffs.report import write_report
 
-    check_readout(readout)
-    if timesteps < 1:
-        raise QffsError(f"--timesteps must be >= 1, got {timesteps}")
-    out = Path(out_dir)
     started = time.perf_counter()
     log(f"[1/3] quantize: {bits}-bit hidden, {_bits(output_bits)} output, {cfg.epochs} QAT epoch(s)")
     q = quantize_checkpoint(checkpoint, out / "qann.pt", data, cfg, bits=bits, output_bits=output_bits,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qffs.io import atomic_path, write_text_atomic
+from qffs.io import atomic_files, atomic_path
 
 #: Horowitz (ISSCC 2014), 45 nm, 32-bit float: accumulate 0.9 pJ, multiply–accumulate 4.6 pJ.
 ENERGY_AC_PJ = 0.9
@@ -155,10 +155,11 @@ def save_accuracy_plot(fig, ax, title: str, path: str | Path, legend_size: int =
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "curve") -> dict[str, Path]:
-    """Write ``{stem}.csv``, ``{stem}.json`` and ``{stem}.png`` into ``out_dir``."""
+    """Write ``{stem}.csv``, ``{stem}.json`` and ``{stem}.png`` into ``out_dir``, all three or none."""
     out = Path(out_dir)
     paths = {"csv": out / f"{stem}.csv", "json": out / f"{stem}.json", "png": out / f"{stem}.png"}
-    write_text_atomic(paths["csv"], curve_csv(report))
-    plot_curve(report, paths["png"])
-    write_text_atomic(paths["json"], json.dumps({**report, "environment": environment()}, indent=2))
+    with atomic_files(list(paths.values())) as (csv, json_file, png):   # the three appear together
+        csv.write_text(curve_csv(report))
+        json_file.write_text(json.dumps({**report, "environment": environment()}, indent=2))
+        plot_curve(report, png)
     return paths

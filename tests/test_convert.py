@@ -141,8 +141,9 @@ def test_call_contract_shape_units_and_convergence():
     assert torch.equal(out[-1], qann(x))                      # same units as qann(x)
     step = qann.output_quantizer.step_size()
     assert torch.equal(out / step, torch.round(out / step))   # multiples of the output step
-    with pytest.raises(QffsError, match="timesteps must be >= 1"):
-        snn(x, timesteps=0)
+    for bad in (0, 4097, 2.5, True):
+        with pytest.raises(QffsError, match=r"timesteps must be an integer in 1\.\.4096"):
+            snn(x, timesteps=bad)
 
 
 def test_simulate_until_quiet_pads_and_records():

@@ -61,17 +61,15 @@ def evaluate(
 ) -> None:
     """Simulate an SNN on a test set: accuracy at every time step, spikes, SOPs, energy; CSV/JSON/PNG."""
     from qffs.cli.render import print_report
+    from qffs.io import exclusive
     from qffs.recipes import DataOptions, evaluate_checkpoint
     from qffs.report import write_report
 
-    if timesteps < 1:
-        from qffs.errors import QffsError
-
-        raise QffsError(f"--timesteps must be >= 1, got {timesteps}")
     data = DataOptions(dataset=dataset, root=data_root, test_limit=limit,
                        batch_size=batch_size, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"),
                        image_size=image_size)
-    report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double, readout=readout, model=model)
-    paths = write_report(report, out_dir)
+    with exclusive(out_dir, "--out-dir"):   # two evaluations never mix their files
+        report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double, readout=readout, model=model)
+        paths = write_report(report, out_dir)
     print_report(report)
     typer.echo(f"results: {paths['csv']}, {paths['json']}, {paths['png']}")

@@ -87,10 +87,42 @@ def parse_spec(spec: str) -> ModelSpec:
     return ModelSpec("qffs", name, kwargs)
 
 
+#: Model files imported in this process (resolved paths): an exception raised inside one is the
+#: user's code failing, reported with its file and line (:func:`user_code_error`), not a qffs bug.
+USER_FILES: set[str] = set()
+
+
+def user_code_location(exc: BaseException) -> str | None:
+    """``file:line (in function)`` of the innermost frame of a user model file in ``exc``'s
+    traceback, or None when the error did not pass through user model code."""
+    frame = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(Path(tb.tb_frame.f_code.co_filename).resolve()) in USER_FILES:
+            frame = tb
+        tb = tb.tb_next
+    if frame is None:
+        return None
+    return f"{frame.tb_frame.f_code.co_filename}:{frame.tb_lineno} (in {frame.tb_frame.f_code.co_name})"
+
+
+def user_code_error(exc: BaseException, doing: str = "") -> QffsError | None:
+    """A one-line QffsError saying where in a user model file ``exc`` was raised (None: not
+    there). ``SystemExit`` there is an error too: model code must not end qffs."""
+    where = user_code_location(exc)
+    if where is None:
+        return None
+    what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"raised {type(exc).__name__}"
+    message = str(exc).strip().splitlines()[0] if isinstance(exc, Exception) and str(exc).strip() else ""
+    return QffsError(f"the model code at {where} {what}{' while ' + doing if doing else ''}"
+                     f"{': ' + message if message else ''}")
+
+
 def _load_factory(path: str, name: str) -> Callable[..., nn.Module]:
     file = Path(path)
     if not file.is_file():
         raise QffsError(f"model file not found: {path}")
+    USER_FILES.add(str(file.resolve()))
     module_name = f"qffs_user_model_{abs(hash(str(file.resolve())))}"
     if module_name in sys.modules:  # imported once per process: user code runs once
         factory = getattr(sys.modules[module_name], name, None)
@@ -103,8 +135,10 @@ def _load_factory(path: str, name: str) -> Callable[..., nn.Module]:
     sys.modules[module_name] = module
     try:
         loader_spec.loader.exec_module(module)
-    except Exception as exc:  # user code: report, don't crash with a traceback
-        raise QffsError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # user code: report where, don't crash with a traceback
+        del sys.modules[module_name]
+        raise (user_code_error(exc, f"importing {path}")
+               or QffsError(f"importing {path} failed: {type(exc).__name__}: {exc}")) from exc
     factory = getattr(module, name, None)
     if not callable(factory):
         raise QffsError(f"{path} has no callable {name!r}")
@@ -182,11 +216,17 @@ def build_model(spec: str) -> nn.Module:
         factory = REGISTRY[parsed.name]
     try:
         model = factory(**parsed.kwargs)
-    except TypeError as exc:
-        raise QffsError(f"model spec {spec!r}: {exc}") from exc
+    except (Exception, SystemExit) as exc:
+        found = user_code_error(exc, f"building {spec!r}")
+        if found is not None:
+            raise found from exc
+        if isinstance(exc, TypeError):
+            raise QffsError(f"model spec {spec!r}: {exc}") from exc
+        raise
     if not isinstance(model, nn.Module):
         raise QffsError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
-__all__ = ["REGISTRY", "ModelSpec", "build_model", "keyword_options", "model_names", "parse_spec", "with_defaults"]
+__all__ = ["REGISTRY", "USER_FILES", "ModelSpec", "build_model", "keyword_options", "model_names", "parse_spec",
+           "user_code_error", "user_code_location", "with_defaults"]

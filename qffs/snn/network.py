@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numbers
+
 import torch
 from torch import fx, nn
 
@@ -63,6 +65,22 @@ class SimulationResult:
     readouts: dict[str, torch.Tensor] = field(default_factory=dict)  # every readout, [T, B, ...] (SPEC §5)
 
 
+#: The most time steps one simulation may run. QFFS answers in a handful of steps, and every
+#: step's output is kept (count, membrane and current readouts): T × batch × outputs × 12 bytes,
+#: 126 MB at this bound for 256 samples of 10 classes; a typo like ``-T 1000000000`` would ask for 24 GB.
+MAX_TIMESTEPS = 4096
+
+
+def check_timesteps(value: object, option: str = "timesteps") -> int:
+    """``value`` as a number of time steps in 1…:data:`MAX_TIMESTEPS`, or a one-line QffsError."""
+    from qffs.errors import QffsError
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_TIMESTEPS:
+        raise QffsError(f"{option} must be an integer in 1..{MAX_TIMESTEPS}, got {value!r} (every step's output is "
+                        f"kept: T x batch x outputs x 12 bytes)")
+    return int(value)
+
+
 class SpikingNetwork(nn.Module):
     """A converted QANN: the rewritten fx graph plus the clock that drives it step by step."""
 
@@ -109,11 +127,7 @@ class SpikingNetwork(nn.Module):
         ``record`` keeps spike and synaptic-operation statistics; ``record_counts`` also
         the final spike count of every neuron (memory: one tensor per IF layer).
         """
-        from qffs.errors import QffsError
-
-        if int(timesteps) < 1:
-            raise QffsError(f"timesteps must be >= 1, got {timesteps}")
-        timesteps = int(timesteps)
+        timesteps = check_timesteps(timesteps)
         self.reset()
         stateful = self._stateful()
         neurons = self.named_neurons()
