@@ -31,11 +31,14 @@ def main(argv: list[str] | None = None) -> int:
         return code if isinstance(code, int) else 0
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
-    except typer.TyperException as exc:  # usage errors (bad option, missing argument)
-        if hasattr(exc, "show"):
-            exc.show()
-        else:
-            print(f"qffs: error: {exc.format_message()}", file=sys.stderr)
+    except typer.TyperException as exc:  # usage errors (bad option, missing argument): one line too
+        if type(exc).__name__ == "NoArgsIsHelpError":   # plain `qffs`, `qffs quantize`: the help
+            print(exc.format_message())
+            return 0
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "qffs"
+        message = " ".join(exc.format_message().split())
+        print(f"qffs: error: {printable(message)} (see: {where} --help)", file=sys.stderr)
         return 2
     except Interrupted as exc:   # a job that knows what it kept
         print(f"qffs: {printable(str(exc))}", file=sys.stderr)

@@ -152,17 +152,22 @@ def atomic_files(paths: list[Path]) -> Iterator[list[Path]]:
 
 @contextlib.contextmanager
 def exclusive(path: str | Path, option: str) -> Iterator[None]:
-    """Hold an exclusive lock on a job's output, a file or a directory (``.NAME.lock`` beside
-    it, removed afterwards) while the job runs; a second qffs run writing the same output is
-    refused at once. The lock dies with its process, so none is ever stale (no-op without fcntl)."""
+    """Hold an exclusive lock on a job's output, a file or a directory, while the job runs; a
+    second qffs run writing the same output is refused at once. The lock lives in the
+    temporary directory, keyed by the output's absolute path (nothing is created beside the
+    output), and dies with its process, so none is ever stale (no-op without fcntl)."""
     try:
         import fcntl
     except ImportError:   # Windows: no advisory locks
         yield
         return
+    import hashlib
+
     target = Path(path)
-    lock = target.with_name(f".{target.name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.gettempdir()) / f"qffs-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    key = hashlib.sha256(str(target.expanduser().resolve()).encode()).hexdigest()[:32]
+    lock = folder / f"{key}.lock"
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:

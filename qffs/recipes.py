@@ -141,10 +141,10 @@ def check_output(out: str | Path, *inputs: str | Path | None) -> Path:
     """``--out`` as a path, refused unless it is a checkpoint name that is not a directory, and
     neither it nor its sidecar would overwrite an input or an input's sidecar."""
     out = Path(out)
-    if out.suffix not in (".pt", ".pth", ".safetensors"):
-        raise QffsError(f"--out must end in .pt, .pth or .safetensors, got {out.name}")
     if out.is_dir():
         raise QffsError(f"--out {out} is a directory: give a file name, e.g. {out / 'model.pt'}")
+    if out.suffix not in (".pt", ".pth", ".safetensors"):
+        raise QffsError(f"--out must end in .pt, .pth or .safetensors, got {out.name}")
     written = {p.resolve() for p in (out, metrics_path(out), partial_path(out), metrics_path(partial_path(out)),
                                      resume_path(out))}
     for given in (Path(i) for i in inputs if i is not None):
