@@ -137,6 +137,22 @@ def metrics_path(checkpoint: str | Path) -> Path:
     return p.with_name(p.name + ".metrics.json")
 
 
+def check_output_dir(folder: str | Path, option: str = "--out-dir") -> Path:
+    """A folder a job may write into, checked before any work: not a file, and its nearest
+    existing ancestor a writable directory (the rest is created when the job writes)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise QffsError(f"{option} {folder} is a file, not a folder")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise QffsError(f"{option} {folder}: {existing} is a file, so no folder can be created there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise QffsError(f"{option} {folder}: {existing} is not writable")
+    return folder
+
+
 def check_output(out: str | Path, *inputs: str | Path | None) -> Path:
     """``--out`` as a path, refused unless it is a checkpoint name that is not a directory, and
     neither it nor its sidecar would overwrite an input or an input's sidecar."""
@@ -145,6 +161,7 @@ def check_output(out: str | Path, *inputs: str | Path | None) -> Path:
         raise QffsError(f"--out {out} is a directory: give a file name, e.g. {out / 'model.pt'}")
     if out.suffix not in (".pt", ".pth", ".safetensors"):
         raise QffsError(f"--out must end in .pt, .pth or .safetensors, got {out.name}")
+    check_output_dir(out.parent, f"--out {out}: the folder")
     written = {p.resolve() for p in (out, metrics_path(out), partial_path(out), metrics_path(partial_path(out)),
                                      resume_path(out))}
     for given in (Path(i) for i in inputs if i is not None):
@@ -589,7 +606,7 @@ def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions,
     """
     check_readout(readout)
     check_timesteps(timesteps, "--timesteps")
-    out = Path(out_dir)
+    out = check_output_dir(out_dir)
     with exclusive(out, "--out-dir"):   # two runs never write one directory
         return _pipeline(checkpoint, out, data, cfg, timesteps=timesteps, bits=bits, output_bits=output_bits,
                          model=model, calibration=calibration, device=device, double=double, readout=readout,

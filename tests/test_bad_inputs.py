@@ -47,6 +47,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("out-is-inputs-partial", ["quantize", "{in}/kept.partial.pt", "--out", "{in}/kept.pt"], "would overwrite"),
     ("out-is-directory", ["quantize", "{in}/fp.pt", "--out", "{in}"], "is a directory"),
     ("out-wrong-suffix", ["quantize", "{in}/fp.pt", "--out", "{out}/q.txt"], "must end in"),
+    ("out-under-a-file", ["quantize", "{in}/fp.pt", "--out", "{in}/notes.pt/q.pt"], "is a file"),
+    ("out-dir-is-a-file", ["evaluate", "{in}/snn.pt", "--out-dir", "{in}/notes.pt"], "is a file, not a folder"),
+    ("run-out-dir-under-a-file", ["run", "{in}/fp.pt", "--out-dir", "{in}/notes.pt/run"], "is a file"),
     ("convert-out-is-input", ["convert", "{in}/qann.pt", "--out", "{in}/qann.pt"], "would overwrite"),
     # out-of-range and non-finite numbers
     ("bits-0", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--bits", "0"], "--bits"),

@@ -62,12 +62,13 @@ def evaluate(
     """Simulate an SNN on a test set: accuracy at every time step, spikes, SOPs, energy; CSV/JSON/PNG."""
     from qffs.cli.render import print_report
     from qffs.io import exclusive
-    from qffs.recipes import DataOptions, evaluate_checkpoint
+    from qffs.recipes import DataOptions, check_output_dir, evaluate_checkpoint
     from qffs.report import write_report
 
     data = DataOptions(dataset=dataset, root=data_root, test_limit=limit,
                        batch_size=batch_size, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"),
                        image_size=image_size)
+    check_output_dir(out_dir)
     with exclusive(out_dir, "--out-dir"):   # two evaluations never mix their files
         report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double, readout=readout, model=model)
         paths = write_report(report, out_dir)
