@@ -99,8 +99,18 @@ def _temporary_beside(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)   # mkstemp makes it private (0600); outputs get the usual permissions
     os.close(fd)
     return Path(tmp)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 @contextlib.contextmanager
@@ -138,8 +148,9 @@ def interrupts_held() -> Iterator[None]:
 def atomic_files(paths: list[Path]) -> Iterator[list[Path]]:
     """Temporary paths for several files, moved into place together when the block succeeds
     (Ctrl-C held off during the moves), else removed: never a mix of two runs' files."""
-    temps = [_temporary_beside(Path(p)) for p in paths]
+    temps: list[Path] = []
     try:
+        temps.extend(_temporary_beside(Path(p)) for p in paths)
         yield temps
         with interrupts_held():
             for tmp, target in zip(temps, paths):
@@ -155,10 +166,14 @@ def exclusive(path: str | Path, option: str) -> Iterator[None]:
     """Hold an exclusive lock on a job's output, a file or a directory, while the job runs; a
     second qffs run writing the same output is refused at once. The lock lives in the
     temporary directory, keyed by the output's absolute path (nothing is created beside the
-    output), and dies with its process, so none is ever stale (no-op without fcntl)."""
+    output), and dies with its process, so none is ever stale (no-op without fcntl, and on
+    torchrun ranks other than 0, which write nothing)."""
     try:
         import fcntl
     except ImportError:   # Windows: no advisory locks
+        yield
+        return
+    if int(os.environ.get("RANK", "0")) != 0:   # under torchrun rank 0 holds it for the job; the others write nothing
         yield
         return
     import hashlib

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from qffs.errors import QffsError
-from qffs.io import exclusive, load_checkpoint, load_into, save_checkpoint, write_text_atomic
+from qffs.io import exclusive, interrupts_held, load_checkpoint, load_into, save_checkpoint, write_text_atomic
 from qffs.models import build_model, with_defaults
 from qffs.resume import TrainState, check_resumable, load_state, resume_path, save_state
 from qffs.snn.network import check_timesteps
@@ -57,8 +57,8 @@ class DataOptions:
                                            ("--image-size", self.image_size, 1, True)):
             if value is None and optional:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise QffsError(f"{name} must be an integer >= {low}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or value >= 2**63:
+                raise QffsError(f"{name} must be an integer in {low}..2^63-1, got {value!r}")
 
     def preprocessing(self, recorded: dict[str, Any] | None = None) -> Preprocessing:
         """This job's preprocessing: the options given, else ``recorded`` (an artifact's), else the dataset's."""
@@ -198,10 +198,11 @@ def staged_output(out: Path, *, resuming: bool = False) -> Iterator[Path]:
         again = "; add --resume to the same command to continue" if resume_path(out).exists() else ""
         raise Interrupted(f"interrupted: {out} was not written; {kept}{again}") from None
     if is_main_process() and partial.exists():
-        os.replace(partial, out)
-        if metrics_path(partial).exists():
-            os.replace(metrics_path(partial), metrics_path(out))
-        resume_path(out).unlink(missing_ok=True)
+        with interrupts_held():   # the result, its sidecar and the end of its resume state: together
+            os.replace(partial, out)
+            if metrics_path(partial).exists():
+                os.replace(metrics_path(partial), metrics_path(out))
+            resume_path(out).unlink(missing_ok=True)
 
 
 def _resume_from(out: Path, resume: bool, job: dict[str, Any], log=print) -> TrainState | None:
@@ -229,7 +230,7 @@ def _job(data: DataOptions, prep: Preprocessing, spec: str, cfg: TrainConfig, **
     (the data root may move; the data, its order and the recipe may not)."""
     return {"model": spec, "dataset": data.dataset, "preprocessing": prep.as_dict(), "batch_size": data.batch_size,
             "seed": data.seed, "limit": data.limit, "test_limit": data.test_limit, "train_config": config_dict(cfg),
-            **options}
+            "workers": data.workers, "processes": int(os.environ.get("WORLD_SIZE", "1")), **options}
 
 
 def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *,
@@ -280,8 +281,8 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
             history.append(record)
             write(trained.state_dict() if record.get("best") else None)
 
-        if state is not None and state.history and not partial.exists():   # the best so far, if it was removed
-            write(state.best_state)
+        if state is not None and state.history:   # the best so far, as the state has it (a kill may have
+            write(state.best_state)                # come between writing the partial file and the state)
         with staged_output(out, resuming=state is not None):
             train_loader, test_loader = make_loaders(data, prep)
             fit(net, train_loader, test_loader, cfg, device=dev, on_epoch=on_epoch, log=log, start=state,
@@ -539,7 +540,10 @@ def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions,
         ptq = evaluate(qann, test_loader, dev, description="QANN after calibration")
         input_shape = list(batches[0].shape[1:])
     else:   # measured before the interruption; the weights come from the state
-        fp, ptq, input_shape = state.extra["fp"], state.extra["ptq"], state.extra["input_shape"]
+        try:
+            fp, ptq, input_shape = state.extra["fp"], state.extra["ptq"], state.extra["input_shape"]
+        except KeyError:
+            raise QffsError(f"{resume_path(out)} is an incomplete resume state; delete it to start over") from None
         fp_model.to(dev)
     meta = {**data_meta(data, prep), **model_provenance(spec), "input_shape": input_shape,
             "bits": options["bits"], "output_bits": options["output_bits"], "calibration": options["calibration"],
@@ -569,10 +573,9 @@ def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions,
         history.append(record)
         write(trained, save=bool(record.get("best")))
 
-    if state is None or not partial.exists():   # the calibrated QANN (or, resuming, the best so far) first
-        if state is not None:
-            qann.load_state_dict(state.best_state)
-        write(qann, save=True)
+    if state is not None:   # the best so far as the state has it (a kill may have come between
+        qann.load_state_dict(state.best_state)   # writing the partial file and the state)
+    write(qann, save=True)   # the calibrated QANN (or, resuming, the best so far) first
     if cfg.epochs > 0:
         fit(qann, train_loader, test_loader, cfg, device=dev, on_epoch=on_epoch, log=log, start=state,
             teacher=fp_model if cfg.distill > 0 else None, baseline=ptq["accuracy"],

@@ -100,7 +100,10 @@ def load_state(path: str | Path, job: dict[str, Any] | None = None) -> TrainStat
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise QffsError(f"{path} is not a qffs resume state; delete it to start over")
     raw.pop("format")
-    state = TrainState(**raw)
+    try:
+        state = TrainState(**raw)
+    except TypeError:
+        raise QffsError(f"{path} is an incomplete qffs resume state; delete it to start over") from None
     if job is None:
         return state
     differ = sorted(k for k in set(job) | set(state.job) if _plain(job.get(k)) != _plain(state.job.get(k)))

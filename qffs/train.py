@@ -234,7 +234,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
         net.train()
         if cfg.freeze_bn:
             freeze_batchnorm(model)
-        start = time.perf_counter()
+        began = time.perf_counter()
         loss_sum = seen = correct = 0.0
         for x, y in track(train_loader, f"epoch {epoch + 1}/{cfg.epochs}"):
             lr = cfg.lr * _lr_factor(cfg, step / total_steps, epoch)
@@ -260,7 +260,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
             loss_sum += value * y.numel()
             correct += (out.argmax(-1) == y).sum().item()
             seen += y.numel()
-        train_time = time.perf_counter() - start
+        train_time = time.perf_counter() - began
         loss_sum, correct, seen = _all_reduce([loss_sum, correct, seen], device)
         test = evaluate(model, test_loader, device, description="test")
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),

@@ -67,6 +67,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("batch-size-0", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--batch-size", "0"], "--batch-size"),
     ("evaluate-batch-size-0", ["evaluate", "{in}/snn.pt", "--batch-size", "0", "--out-dir", "{out}/ev"], "--batch-size"),
     ("workers-negative", ["train", "--out", "{out}/t.pt", "--workers", "-1"], "--workers"),
+    ("seed-2-to-the-64", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--seed", str(2**64)], "--seed"),
     ("limit-0", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--limit", "0"], "--limit"),
     ("test-limit-negative", ["evaluate", "{in}/snn.pt", "--limit", "-5", "--out-dir", "{out}/ev"], "--test-limit"),
     ("epochs-0-train", ["train", "--out", "{out}/t.pt", "--epochs", "0"], "--epochs"),

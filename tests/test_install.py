@@ -4,6 +4,7 @@ runtime imports without training code, torchvision or rich."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -24,9 +25,13 @@ def test_the_runtime_imports_without_training_code_torchvision_or_rich():
 
 @pytest.mark.slow
 def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_demo_from_elsewhere(tmp_path):
-    wheels = tmp_path / "wheels"
+    source, wheels = tmp_path / "source", tmp_path / "wheels"   # built from a copy: the checkout stays clean, and
+    source.mkdir()                                                # no stale build/ of it can leak into the wheel
+    for name in ("pyproject.toml", "README.md", "qffs", "cli", "models"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        copy(REPO / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                    str(REPO)], check=True, capture_output=True)
+                    str(source)], check=True, capture_output=True)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"

@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from qffs.errors import QffsError
 from qffs.io import atomic_files, atomic_path, exclusive, write_text_atomic
-from tests.test_cli import ENV, QFFS, _one_line_error
+from tests.test_cli import ENV, QFFS, SHIPPED, _one_line_error
 
 
 def test_a_second_run_writing_the_same_output_is_refused_until_the_first_ends(tmp_path):
@@ -112,3 +113,21 @@ def test_an_error_in_the_users_forward_names_its_file_and_line(tmp_path):
                         str(tmp_path / "q.pt"), "--epochs", "0", "--limit", "64", "--test-limit", "64"],
                        capture_output=True, text=True, env=ENV)
     _one_line_error(r, f"{code}:11 (in forward)", "RuntimeError")
+
+
+def test_outputs_get_the_usual_permissions_not_private_ones(tmp_path):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = write_text_atomic(tmp_path / "curve.csv", "t,acc\n")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_writes_one_output(tmp_path):
+    """The output lock is rank 0's: the other ranks of one job are not "another run"."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    r = subprocess.run([torchrun, "--nproc-per-node", "2", "-m", "qffs.cli.main", "quantize", str(SHIPPED), "--out",
+                        str(tmp_path / "q.pt"), "--epochs", "1", "--limit", "512", "--test-limit", "256",
+                        "--batch-size", "64"], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.pt", "q.pt.metrics.json"]

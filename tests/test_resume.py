@@ -57,6 +57,9 @@ def test_a_state_from_a_run_with_other_options_is_refused(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"truncated")
     with pytest.raises(QffsError, match="not a readable qffs resume state"):
         load_state(tmp_path / "bad.pt", {})
+    torch.save({"format": "qffs-resume-1", "epoch": 1}, tmp_path / "part.pt")
+    with pytest.raises(QffsError, match="incomplete qffs resume state"):
+        load_state(tmp_path / "part.pt", {})
 
 
 def _quantize(out, *extra):

@@ -70,6 +70,7 @@ def demo(
     limit: Optional[int] = typer.Option(None, help="Only the first N training samples (faster, less accurate)."),
     test_limit: Optional[int] = typer.Option(None, help="Only the first N test samples."),
     readout: str = READOUT_OPTION,
+    resume: bool = RESUME_OPTION,
 ) -> None:
     """The embedded default: shipped Fashion-MNIST VGG → 2/3-bit QANN → SNN → curve, table and plot."""
     from qffs.errors import QffsError
@@ -79,6 +80,6 @@ def demo(
         raise QffsError(f"the shipped checkpoint {SHIPPED_FMNIST} is missing (a broken install?)")
     report = run_pipeline(
         SHIPPED_FMNIST, out_dir, DataOptions(dataset="fashion-mnist", limit=limit, test_limit=test_limit),
-        qat_config(epochs), timesteps=timesteps, readout=readout,
+        qat_config(epochs), timesteps=timesteps, readout=readout, resume=resume,
         log=typer.echo)
     _finish(report)
