@@ -75,7 +75,8 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
     synapses: dict[str, dict[str, float]] = {}
     for x, y in track(loader, f"simulating T={timesteps}"):
         x, y = x.to(device=device, dtype=dtype), y.to(device)
-        result = snn.simulate(x, timesteps, record=True, record_counts=qann is not None)
+        # a batch whose samples have all gone quiet is final: its remaining steps repeat the last one
+        result = snn.simulate(x, timesteps, until_quiet=True, record=True, record_counts=qann is not None)
         for name, out in result.readouts.items():
             pred, tie = predict(out)                              # [T, B]
             correct[name] += (pred == y).sum(1).double().cpu()

@@ -1,8 +1,12 @@
 """Invariant E (SPEC §3) on random graphs: run until quiet, the SNN equals the QANN exactly.
 
 At least 500 generated graphs per run (400 with a spiking output, 100 analog), through the
-real quantize → calibrate → convert path, in float64. The ablations (no negative spikes, no
-pre-charge, naive max pooling) are shown to break it on the same generator.
+real quantize → calibrate → convert path, in float64, each through both runtimes: the
+layer-by-layer one (the default) is checked against invariant E and against the per-step
+reference, which must agree on every spike count, statistic and convergence step (and on the
+membrane-based readouts to rounding).
+The ablations (no negative spikes, no pre-charge, naive max pooling) are shown to break it on
+the same generator.
 """
 
 from __future__ import annotations
@@ -20,6 +24,27 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 T_MAX = 200
+
+
+def simulate_both(snn, x, timesteps: int = T_MAX):
+    """The layer-by-layer result, after checking that the per-step reference gives the same one."""
+    layer = snn.simulate(x, timesteps, until_quiet=True, record_counts=True, mode="layer")
+    step = snn.simulate(x, timesteps, until_quiet=True, record_counts=True, mode="step")
+    assert layer.steps_run == step.steps_run
+    if snn.output_neuron is not None:
+        assert torch.equal(layer.output, step.output)      # spike counts: identical (analog: the currents)
+    for name in step.readouts:   # membrane-based readouts: the currents may differ in the last bit (a matrix
+        torch.testing.assert_close(layer.readouts[name], step.readouts[name], rtol=1e-12, atol=1e-12)  # product
+        # of T·B rows need not round as B rows do)
+    assert torch.equal(layer.convergence_step, step.convergence_step)
+    assert torch.equal(layer.converged, step.converged)
+    for a, b in zip(layer.neurons, step.neurons, strict=True):
+        assert a.name == b.name and torch.equal(a.counts, b.counts), a.name
+        assert torch.equal(a.pos_spikes, b.pos_spikes) and torch.equal(a.neg_spikes, b.neg_spikes), a.name
+    for a, b in zip(layer.synapses, step.synapses, strict=True):
+        assert torch.equal(a.synops, b.synops) and torch.equal(a.events, b.events), a.name
+        assert torch.equal(a.active_slices, b.active_slices) and a.macs == b.macs, a.name
+    return layer
 
 
 def _exact(g, **convert_kwargs) -> bool:
@@ -40,7 +65,7 @@ def _exact(g, **convert_kwargs) -> bool:
 def test_invariant_e_spiking_output(g):
     qann, x = build_qann(g)
     snn = convert(qann)
-    result = snn.simulate(x, T_MAX, until_quiet=True, record_counts=True)
+    result = simulate_both(snn, x)
     assert result.converged.all(), f"not quiet after {T_MAX} steps"
     expected = qann(x)
     assert torch.equal(result.output[-1], expected)           # exactly, float64
@@ -56,7 +81,7 @@ def test_invariant_e_spiking_output(g):
 @given(genomes(output_bits=st.none()))
 def test_invariant_e_analog_output(g):
     qann, x = build_qann(g)
-    result = convert(qann).simulate(x, T_MAX, until_quiet=True, record_counts=True)
+    result = simulate_both(convert(qann), x)
     assert result.converged.all()
     # analog readout = Σ_t (W·z_t θ + b·[t<T_in]) / T_in: the same sum in another order, so equal
     # to float64 rounding, not bit for bit

@@ -64,14 +64,23 @@ def test_current_readout_equals_the_current_the_output_layer_received(g):
     qann, x = build_qann(g)
     snn = convert(qann)
     out_name = snn.output_neuron
-    received: list[torch.Tensor] = []
-    hook = snn.graph.get_submodule(out_name).register_forward_pre_hook(lambda m, args: received.append(args[0].clone()))
+    currents = torch.zeros(40, *qann(x).shape, dtype=x.dtype)   # [T, B, classes]: zero where nothing was run
+
+    def record(m, args):   # per step: the rows of the samples still active; layer by layer: all steps at once
+        if m.timesteps is not None:
+            currents.copy_(args[0].view_as(currents))
+        else:
+            currents[m.step, m.rows if m.rows is not None else slice(None)] = args[0]
+
+    hook = snn.graph.get_submodule(out_name).register_forward_pre_hook(record)
     try:
-        result = snn.simulate(x, 40)
+        for mode in ("step", "layer"):
+            currents.zero_()
+            result = snn.simulate(x, 40, mode=mode)
+            integrated = torch.cumsum(currents, 0) / snn.input_window
+            torch.testing.assert_close(result.readouts["current"], integrated, rtol=1e-9, atol=1e-9)
     finally:
         hook.remove()
-    integrated = torch.cumsum(torch.stack(received), 0) / snn.input_window
-    torch.testing.assert_close(result.readouts["current"], integrated, rtol=1e-9, atol=1e-9)
 
 
 @settings(max_examples=150, deadline=None, database=None)

@@ -33,6 +33,8 @@ class GatedLayer(Stateful):
         self.events: torch.Tensor | None = None   # nonzero inputs per sample, summed over steps
         self._fanout: torch.Tensor | None = None
         self._tally: torch.Tensor | None = None   # [inputs per sample, 2]: fan-out, 1
+        self.active_slices: torch.Tensor | None = None   # per sample: steps with any nonzero input
+        self.rows = None
 
     def fanout(self, x: torch.Tensor) -> torch.Tensor:
         """Synapses driven by each input element (shape of one sample), computed once per shape."""
@@ -61,19 +63,44 @@ class GatedLayer(Stateful):
         probe = torch.zeros((1, *sample_shape), dtype=self.layer.weight.dtype, device=self.layer.weight.device)
         return int(self.fanout(probe).sum().item())
 
+    def _count(self, x: torch.Tensor) -> torch.Tensor:
+        """Add this call's SOPs, events and active slices per sample; return which rows of ``x`` are nonzero."""
+        fanout = self.fanout(x)
+        if self._tally is None or self._tally.dtype != x.dtype:   # built once per shape and dtype
+            self._tally = torch.stack([fanout.flatten(), torch.ones_like(fanout).flatten()], 1).to(x.dtype)
+        # one pass: [rows, inputs] events × [inputs, 2] (fan-out, 1) = per-row SOPs and event counts
+        tally = (x != 0).flatten(1).to(x.dtype) @ self._tally
+        active = tally[:, 1] > 0
+        if self.timesteps is not None:                       # rows are (step, sample): sum over steps
+            T = self.timesteps
+            tally = tally.view(T, -1, 2).sum(0)
+            per_sample = active.view(T, -1).sum(0)
+        else:
+            per_sample = active.long()
+        self.synops = self.tally(self.synops, tally[:, 0])
+        self.events = self.tally(self.events, tally[:, 1])
+        self.active_slices = self.tally(self.active_slices, per_sample)
+        return active
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.record:
-            fanout = self.fanout(x)
-            if self._tally is None or self._tally.dtype != x.dtype:   # built once per shape and dtype
-                self._tally = torch.stack([fanout.flatten(), torch.ones_like(fanout).flatten()], 1).to(x.dtype)
-            # one pass: [B, inputs] events × [inputs, 2] (fan-out, 1) = per-sample SOPs and event counts
-            tally = (x != 0).flatten(1).to(x.dtype) @ self._tally
-            self.synops = tally[:, 0] if self.synops is None else self.synops + tally[:, 0]
-            self.events = tally[:, 1] if self.events is None else self.events + tally[:, 1]
-        out = self.layer(x)
-        if self.bias is not None and self.in_window:
-            shape = (1, -1) + (1,) * (out.dim() - 2)
-            out = out + self.bias.view(shape)
+        active = self._count(x) if self.record else x.flatten(1).ne(0).any(1)
+        # only the rows (samples; layer by layer, (step, sample) pairs) with any input cost a
+        # product: the others' weighted input is exactly 0
+        rows = active.nonzero().squeeze(1)
+        if rows.numel() == x.shape[0]:
+            out = self.layer(x)
+        else:
+            computed = self.layer(x[rows] if rows.numel() else x[:1])
+            out = computed.new_zeros((x.shape[0], *computed.shape[1:]))
+            if rows.numel():
+                out[rows] = computed
+        if self.bias is not None:
+            bias = self.bias.view((1, -1) + (1,) * (out.dim() - 2))
+            if self.timesteps is not None:                   # layer by layer: the window's rows
+                window = self.window_rows(out)
+                window += bias
+            elif self.in_window:
+                out += bias
         return out
 
     def extra_repr(self) -> str:
@@ -96,4 +123,8 @@ class GatedAffine(Stateful):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (x.dim() - 2)
         out = x * self.scale.view(shape)
+        if self.timesteps is not None:                       # layer by layer: the shift on the window's rows
+            window = self.window_rows(out)
+            window += self.shift.view(shape)
+            return out
         return out + self.shift.view(shape) if self.in_window else out

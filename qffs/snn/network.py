@@ -42,6 +42,7 @@ class SynapseRecord:
     synops: torch.Tensor              # [B] float: Σ_t Σ nonzero inputs × fan-out
     events: torch.Tensor              # [B] float: Σ_t nonzero inputs
     macs: int                         # ANN multiply–accumulates per sample
+    active_slices: torch.Tensor | None = None  # [B] long: steps at which any input was nonzero
 
 
 @dataclass
@@ -79,6 +80,12 @@ def check_timesteps(value: object, option: str = "timesteps") -> int:
         raise QffsError(f"{option} must be an integer in 1..{MAX_TIMESTEPS}, got {value!r} (every step's output is "
                         f"kept: T x batch x outputs x 12 bytes)")
     return int(value)
+
+
+#: Runtimes: "step" (the whole graph once per step: the reference, and the default) and "layer"
+#: (each layer over all T steps at once). They give identical spike counts; "layer" is the
+#: sequence form later stages build on, and is not yet faster on CPU (benchmarks/speed.py).
+MODES = ("step", "layer")
 
 
 class SpikingNetwork(nn.Module):
@@ -119,52 +126,143 @@ class SpikingNetwork(nn.Module):
 
     @torch.no_grad()
     def simulate(self, x: torch.Tensor, timesteps: int, *, until_quiet: bool = False, record: bool = True,
-                 record_counts: bool = False) -> SimulationResult:
+                 record_counts: bool = False, mode: str = "step") -> SimulationResult:
         """Run ``timesteps`` steps on the batch ``x`` (reset first).
 
         ``until_quiet`` stops as soon as every sample is quiet; the remaining rows of
         ``output`` repeat the final readout, so the shape stays ``[timesteps, ...]``.
         ``record`` keeps spike and synaptic-operation statistics; ``record_counts`` also
         the final spike count of every neuron (memory: one tensor per IF layer).
+
+        ``mode``: "step" (default) calls the whole graph once per step (the reference);
+        "layer" runs each layer over all T steps at once — stateless ops on time folded into
+        the batch, a scan per neuron layer, only the (step, sample) rows with input through
+        each weighted layer. Spike counts, statistics and convergence are identical; the
+        membrane-based readouts agree to rounding (a product over T·B rows may round
+        differently from one over B rows).
         """
         timesteps = check_timesteps(timesteps)
+        if mode not in MODES:
+            from qffs.errors import QffsError
+
+            raise QffsError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.reset()
         stateful = self._stateful()
-        neurons = self.named_neurons()
         for m in stateful:
             if isinstance(m, (IFNeuron, GatedLayer)):
                 m.record = record
+            m.timesteps = timesteps if mode == "layer" else None
+            m.rows = None
+        try:
+            if mode == "layer":
+                active, history, analog = self._run_layers(x, timesteps)
+            else:
+                active, history, analog = self._run_steps(x, timesteps, until_quiet)
+        finally:
+            for m in stateful:
+                m.timesteps = None
+        return self._result(active, history, analog, timesteps, until_quiet, record, record_counts)
+
+    def _run_steps(self, x: torch.Tensor, timesteps: int, until_quiet: bool):
+        """The reference: the whole graph once per step. Returns (active [t, B], output history, analog rows).
+
+        A sample that has gone quiet (a step t ≥ T_in − 1 without a spike anywhere) can never
+        spike again and its readout is final, so it is dropped from the batch: later steps cost
+        only the samples still active, and once none is, the remaining rows repeat the last.
+        """
+        stateful = self._stateful()
+        neurons = [n for _, n in self.named_neurons()]
         out_neuron = self.graph.get_submodule(self.output_neuron) if self.output_neuron else None
         batch = x.shape[0]
-        silent = torch.zeros_like(x)
-        last_spike = torch.full((batch,), -1, dtype=torch.long, device=x.device)
-        quiet = torch.zeros(batch, dtype=torch.bool, device=x.device)
+        alive = torch.arange(batch, device=x.device)   # the samples still simulated (all, until some go quiet)
+        inputs, silent = x, torch.zeros_like(x)
         history: dict[str, torch.Tensor] = {}  # spiking output: Z and u after each step, [T, B, ...]
         analog: list[torch.Tensor] = []       # analog output: integrated current / T_in
+        actives: list[torch.Tensor] = []
+        quiet = torch.zeros(batch, dtype=torch.bool, device=x.device)
         integrated = None
         for t in range(timesteps):
+            if alive.numel() == 0:             # every sample is final
+                if until_quiet:
+                    break
+                for rows in history.values():
+                    rows[t] = rows[t - 1]
+                if analog:
+                    analog.append(analog[-1])
+                actives.append(torch.zeros(batch, dtype=torch.bool, device=x.device))
+                continue
             for m in stateful:
                 m.step = t
-            out = self.graph(x if t < self.input_window else silent)
+            out = self.graph(inputs if t < self.input_window else silent[: alive.numel()])
             if out_neuron is not None:
                 for key, state in (("count", out_neuron.count), ("membrane", out_neuron.membrane)):
                     if key not in history:
-                        history[key] = state.new_empty((timesteps, *state.shape))
-                    history[key][t] = state
+                        history[key] = state.new_empty((timesteps, batch, *state.shape[1:]))
+                    if alive.numel() < batch:
+                        history[key][t] = history[key][t - 1]
+                    history[key][t, alive] = state
             else:
-                integrated = out if integrated is None else integrated + out
+                if integrated is None:
+                    integrated = out.new_zeros((batch, *out.shape[1:]))
+                integrated = integrated.index_add(0, alive, out)
                 analog.append(integrated / self.input_window)
-            active = torch.zeros(batch, dtype=torch.bool, device=x.device)
-            for _, neuron in neurons:
+            active = torch.zeros(alive.numel(), dtype=torch.bool, device=x.device)
+            for neuron in neurons:
                 if neuron.active is not None:
                     active |= neuron.active
                     neuron.active = None
-            last_spike[active] = t
+            actives.append(torch.zeros(batch, dtype=torch.bool, device=x.device).index_copy_(0, alive, active))
             if t >= self.input_window - 1:
-                quiet |= ~active
+                quiet[alive] |= ~active
                 if until_quiet and bool(quiet.all()):
                     break
-        steps_run = t + 1
+                if not bool(active.all()):     # drop the samples that went quiet
+                    for m in stateful:
+                        m.keep(active)
+                    alive = alive[active]
+                    inputs = x[alive]
+                    for m in stateful:
+                        m.rows = alive
+        return torch.stack(actives), history, analog
+
+    def _run_layers(self, x: torch.Tensor, timesteps: int):
+        """Layer by layer: the graph once, on all T steps (time folded into the batch, step-major)."""
+        T, batch = timesteps, x.shape[0]
+        window = min(self.input_window, T)
+        sequence = x.new_zeros((T, *x.shape))
+        sequence[:window] = x                                 # input shutoff: zero from T_in on
+        out = self.graph(sequence.flatten(0, 1))
+        neurons = [n for _, n in self.named_neurons()]
+        active = torch.zeros((T, batch), dtype=torch.bool, device=x.device)
+        for neuron in neurons:
+            if neuron.active is not None:
+                active |= neuron.active
+                neuron.active = None
+        history: dict[str, torch.Tensor] = {}
+        analog: list[torch.Tensor] = []
+        out_neuron = self.graph.get_submodule(self.output_neuron) if self.output_neuron else None
+        if out_neuron is not None:
+            history["count"], history["membrane"] = out_neuron.history
+            out_neuron.history = None
+        else:
+            integrated = torch.cumsum(out.view(T, batch, *out.shape[1:]), 0)
+            analog = list((integrated / self.input_window).unbind(0))
+        return active, history, analog
+
+    def _result(self, active: torch.Tensor, history: dict[str, torch.Tensor], analog: list[torch.Tensor],
+                timesteps: int, until_quiet: bool, record: bool, record_counts: bool) -> SimulationResult:
+        """Quiet, convergence, readouts and statistics from a run's per-step activity ``active`` [t, B]."""
+        steps = torch.arange(active.shape[0], device=active.device)
+        quiet_by = (~active & (steps >= self.input_window - 1).unsqueeze(1)).cummax(0).values   # quiet seen by t
+        steps_run = active.shape[0]
+        if until_quiet:   # the first step by which every sample has been quiet
+            done = quiet_by.all(1).nonzero()
+            if done.numel():
+                steps_run = int(done[0]) + 1
+        active, quiet = active[:steps_run], quiet_by[steps_run - 1]
+        last_spike = torch.where(active, steps.unsqueeze(1)[:steps_run], -1).max(0).values
+        analog = analog[:steps_run]
+        out_neuron = self.graph.get_submodule(self.output_neuron) if self.output_neuron else None
         readouts = self._readouts(out_neuron, history, analog, steps_run, timesteps)
         output = readouts["count"]
         floor = self.input_window if out_neuron is None else 1
@@ -172,14 +270,15 @@ class SpikingNetwork(nn.Module):
         convergence = torch.where(quiet, convergence, torch.full_like(convergence, steps_run))
         result = SimulationResult(output, steps_run, self.input_window, convergence, quiet, readouts=readouts)
         if record:
-            for name, n in neurons:
-                per_sample = n.count[0].numel() if n.count is not None else 0
+            for name, n in self.named_neurons():
+                counts = n.final_counts()
+                per_sample = counts[0].numel() if counts is not None else 0
                 result.neurons.append(NeuronRecord(name, per_sample, n.pos_spikes, n.neg_spikes,
-                                                   n.count.clone() if record_counts else None))
+                                                   counts.clone() if record_counts else None))
             for name, layer in self.named_synapses():
                 if layer.synops is not None:
                     result.synapses.append(SynapseRecord(name, layer.synops, layer.events,
-                                                         int(layer._fanout.sum().item())))
+                                                         int(layer._fanout.sum().item()), layer.active_slices))
         return result
 
     def _readouts(self, out_neuron: IFNeuron | None, history: dict[str, torch.Tensor], analog: list[torch.Tensor],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from qffs.snn.dynamics import if_sequence, if_step
 from qffs.snn.state import Stateful
 
 
@@ -44,7 +45,10 @@ class IFNeuron(Stateful):
         self.count: torch.Tensor | None = None
         self.pos_spikes: torch.Tensor | None = None   # per sample, summed over elements and steps
         self.neg_spikes: torch.Tensor | None = None
-        self.active: torch.Tensor | None = None       # per sample: spiked at the last step
+        self.active: torch.Tensor | None = None       # per sample: spiked at the last step ([T, B] layer by layer)
+        self.history: tuple[torch.Tensor, torch.Tensor] | None = None   # layer by layer, output: Z and u per step
+        self.settled: torch.Tensor | None = None      # per step: final counts of the samples dropped when quiet
+        self.rows = None
 
     def initial_membrane(self) -> torch.Tensor:
         """u₀: θ/2 with pre-charge (the neuron rounds), else 0 (it floors)."""
@@ -53,33 +57,61 @@ class IFNeuron(Stateful):
     def _init_state(self, current: torch.Tensor) -> None:
         self.membrane = self.initial_membrane().to(current.dtype).expand_as(current).clone()
         self.count = torch.zeros_like(current)
+        self.settled = None
         batch = current.shape[0]
         self.pos_spikes = torch.zeros(batch, dtype=torch.long, device=current.device)
         self.neg_spikes = torch.zeros(batch, dtype=torch.long, device=current.device)
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
+        if self.timesteps is not None:
+            return self._forward_sequence(current)
         if self.membrane is None or self.membrane.shape != current.shape or self.membrane.dtype != current.dtype:
             self._init_state(current)
-        theta = self.threshold.to(current.dtype)
-        u = self.membrane.add_(current)                      # the state is ours: update in place
-        fire = u.ge(theta).logical_and_(self.count.lt(self.z_max))
-        if self.negative_spikes:                             # never together with fire, as θ > 0
-            unfire = u.lt(0).logical_and_(self.count.gt(0))
-            spikes = (fire.view(torch.int8) - unfire.view(torch.int8)).to(current.dtype)
-        else:
-            spikes = fire.to(current.dtype)
-        out = spikes * theta                                 # exact: spikes ∈ {−1, 0, 1}
-        u.sub_(out)
-        self.count.add_(spikes)
+        out, fire, unfire = if_step(self.membrane, self.count, current, self.threshold.to(current.dtype), self.z_max,
+                                    self.negative_spikes)
         # per-sample spike counts: summing bytes is ~20x faster than summing a bool tensor
         pos = fire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
-        neg = unfire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32) if self.negative_spikes else None
+        neg = unfire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32) if unfire is not None else None
         if self.record:
-            self.pos_spikes += pos
+            self.pos_spikes = self.tally(self.pos_spikes, pos.long())
             if neg is not None:
-                self.neg_spikes += neg
+                self.neg_spikes = self.tally(self.neg_spikes, neg.long())
         self.active = (pos > 0) if neg is None else (pos + neg > 0)  # the network detects quiet from this
         return out
+
+    def keep(self, mask: torch.Tensor) -> None:
+        """Drop the quiet samples' rows from the state; their counts are final (:meth:`final_counts`)."""
+        if self.count is None:
+            return
+        if self.settled is None:
+            self.settled = torch.zeros((self.pos_spikes.shape[0], *self.count.shape[1:]), dtype=self.count.dtype,
+                                       device=self.count.device)
+        rows = self.rows if self.rows is not None else torch.arange(self.count.shape[0], device=self.count.device)
+        self.settled[rows[~mask]] = self.count[~mask]
+        self.membrane, self.count = self.membrane[mask], self.count[mask]
+
+    def final_counts(self) -> torch.Tensor | None:
+        """Every sample's signed spike counts at the end of the run (also those dropped when quiet)."""
+        if self.settled is None or self.count is None:
+            return self.count
+        full = self.settled.clone()
+        if self.rows is not None and self.rows.numel():
+            full[self.rows] = self.count
+        return full
+
+    def _forward_sequence(self, current: torch.Tensor) -> torch.Tensor:
+        """Layer-by-layer: ``current`` holds all T steps, [T·B, ...]; scan them (:func:`if_sequence`)."""
+        T = self.timesteps
+        steps = current.view(T, current.shape[0] // T, *current.shape[1:])
+        self._init_state(steps[0])
+        trace = if_sequence(steps, self.membrane, self.count, self.threshold.to(current.dtype), self.z_max,
+                            self.negative_spikes, history=self.is_output)
+        if self.record:
+            self.pos_spikes += trace.pos.sum(0)
+            self.neg_spikes += trace.neg.sum(0)
+        self.active = (trace.pos + trace.neg) > 0                   # [T, B]: per step, as the network reads it
+        self.history = (trace.count_history, trace.membrane_history) if self.is_output else None
+        return trace.output.flatten(0, 1)
 
     def extra_repr(self) -> str:
         return (f"threshold={float(self.threshold):.4g}, z_max={self.z_max}, precharge={self.precharge}, "

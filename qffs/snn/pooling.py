@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from qffs.snn.dynamics import event_max_pool_sequence
 from qffs.snn.state import Stateful
 
 
@@ -27,8 +28,18 @@ class EventMaxPool(Stateful):
     def reset(self) -> None:
         self.cumulative: torch.Tensor | None = None
         self.pooled: torch.Tensor | None = None
+        self.rows = None
+
+    def keep(self, mask: torch.Tensor) -> None:
+        if self.cumulative is not None:
+            self.cumulative = self.cumulative[mask]
+            self.pooled = None if self.pooled is None else self.pooled[mask]
 
     def forward(self, events: torch.Tensor) -> torch.Tensor:
+        if self.timesteps is not None:                       # layer by layer: cumsum → pool → difference
+            T = self.timesteps
+            out = event_max_pool_sequence(events.view(T, events.shape[0] // T, *events.shape[1:]), self.pool)
+            return out.flatten(0, 1)
         if self.cumulative is None or self.cumulative.shape != events.shape:
             self.cumulative = torch.zeros_like(events)
             self.pooled = None

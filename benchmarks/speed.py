@@ -1,0 +1,111 @@
+"""Runtime speed: the SNN against the ANN it came from, measured as ratios in one process.
+
+    python benchmarks/speed.py                      # shipped Fashion-MNIST VGG, 1,024 test images
+    python benchmarks/speed.py --rounds 3 --out docs/benchmarks/speed.json
+
+Measures, interleaved over ``--rounds`` rounds (minimum taken, as these machines are shared and
+noisy): the ANN forward, the QANN forward, the per-step runtime (the default: quiet samples
+dropped, rows without input skipped) and the layer-by-layer runtime at T = 4/8/16/32, all on
+the same images in batches of ``--batch-size``. Also reports
+the run's *dense floor*: Σ_layers (active (step, sample) slices × MACs per slice) / ANN MACs,
+the arithmetic the spikes require if every active slice is a dense product. With the bench extra
+installed (``pip install -e '.[bench]'``) SpikingJelly's and sinabs' converters are timed on the
+same FP network too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _qann(fp, loader_batches):
+    from qffs.quant import calibrate, quantize
+
+    qann = quantize(fp, bits=2, output_bits=3)
+    calibrate(qann, loader_batches[:4])
+    return qann.eval()
+
+
+def _time(fn, batches) -> float:
+    start = time.perf_counter()
+    for x in batches:
+        fn(x)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=None, help="FP checkpoint (default: the shipped Fashion-MNIST VGG)")
+    parser.add_argument("--samples", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--timesteps", default="4,8,16,32")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    from qffs.data import load_dataset, make_loader
+    from qffs.io import load_model
+    from qffs.recipes import SHIPPED_FMNIST
+    from qffs.snn import convert
+
+    torch.manual_seed(0)
+    fp, ckpt = load_model(args.checkpoint or SHIPPED_FMNIST)
+    fp.eval()
+    dataset = ckpt.meta.get("dataset") or "fashion-mnist"
+    train = [x for x, _ in make_loader(load_dataset(dataset, "train", limit=4 * args.batch_size, augment=False),
+                                       args.batch_size)]
+    batches = [x for x, _ in make_loader(load_dataset(dataset, "test", limit=args.samples), args.batch_size)]
+    qann = _qann(fp, train)
+    snn = convert(qann)
+    steps = [int(t) for t in args.timesteps.split(",")]
+
+    runs = {"ann": lambda x: fp(x), "qann": lambda x: qann(x)}
+    for T in steps:
+        runs[f"step T={T}"] = lambda x, T=T: snn.simulate(x, T, record=False, mode="step")
+        runs[f"layer T={T}"] = lambda x, T=T: snn.simulate(x, T, record=False, mode="layer")
+    best = {name: float("inf") for name in runs}
+    with torch.no_grad():
+        for _ in range(args.rounds):
+            for name, fn in runs.items():
+                best[name] = min(best[name], _time(fn, batches))
+    floor = {}
+    with torch.no_grad():
+        for T in steps:
+            macs = active = 0.0
+            for x in batches:
+                r = snn.simulate(x, T, record=True, mode="layer")
+                for syn in r.synapses:
+                    active += float(syn.active_slices.sum()) * syn.macs
+                    macs += syn.macs * x.shape[0]
+            floor[T] = active / macs
+    ann = best["ann"]
+    result = {
+        "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "samples": args.samples, "batch_size": args.batch_size, "rounds": args.rounds,
+        "seconds": best,
+        "ratio_to_ann": {name: t / ann for name, t in best.items()},
+        "dense_floor": {str(T): f for T, f in floor.items()},
+    }
+    print(f"{'run':<14}{'seconds':>9}{'x ANN':>8}")
+    for name, t in best.items():
+        print(f"{name:<14}{t:9.3f}{t / ann:8.2f}")
+    print("dense floor (x ANN MACs): " + ", ".join(f"T={T}: {f:.2f}" for T, f in floor.items()))
+    if args.out:
+        from qffs.io import write_text_atomic
+
+        write_text_atomic(args.out, json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

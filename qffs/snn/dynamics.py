@@ -1,0 +1,91 @@
+"""The spiking dynamics as functions over explicit state (SPEC §3, §4), in two forms.
+
+``if_step`` advances IF neurons by one step; ``if_sequence`` runs all T steps of a layer at
+once (the layer-by-layer runtime). ``event_max_pool_sequence`` is event max pooling over a
+whole sequence: cumsum → pool → difference. The modules in :mod:`qffs.snn.neuron` and
+:mod:`qffs.snn.pooling` hold parameters and state and call these; both runtimes therefore
+share one definition of the arithmetic, and their results are identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+def if_step(membrane: torch.Tensor, count: torch.Tensor, current: torch.Tensor, threshold: torch.Tensor,
+            z_max: int, negative_spikes: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One IF step, updating ``membrane`` and ``count`` in place; returns (output z·θ, fired, unfired).
+
+    u ← u + I; +1 if u ≥ θ and Z < Z_max; −1 if u < 0 and Z > 0 (with negative spikes); the
+    output is z·θ (exact, z ∈ {−1, 0, 1}). ``unfired`` is None without negative spikes.
+    """
+    u = membrane.add_(current)
+    fire = u.ge(threshold).logical_and_(count.lt(z_max))
+    unfire = None
+    if negative_spikes:                                  # never together with fire, as θ > 0
+        unfire = u.lt(0).logical_and_(count.gt(0))
+        spikes = (fire.view(torch.int8) - unfire.view(torch.int8)).to(current.dtype)
+    else:
+        spikes = fire.to(current.dtype)
+    out = spikes * threshold
+    u.sub_(out)
+    count.add_(spikes)
+    return out, fire, unfire
+
+
+@dataclass
+class IFTrace:
+    """What :func:`if_sequence` produced: outputs, per-step spike tallies, and (if asked) history."""
+
+    output: torch.Tensor                  # [T, B, ...] z·θ
+    pos: torch.Tensor                     # [T, B] positive spikes per sample and step
+    neg: torch.Tensor                     # [T, B] negative spikes
+    count_history: torch.Tensor | None    # [T, B, ...] Z after each step (output layer only)
+    membrane_history: torch.Tensor | None
+
+
+def if_sequence(currents: torch.Tensor, membrane: torch.Tensor, count: torch.Tensor, threshold: torch.Tensor,
+                z_max: int, negative_spikes: bool = True, *, history: bool = False) -> IFTrace:
+    """All T steps of an IF layer, ``currents`` [T, B, ...], state updated in place.
+
+    A step with no current anywhere that follows a step which changed nothing (no current,
+    no spike) changes nothing either, so it is skipped: once a layer is quiet after the input
+    window, its remaining steps are free. (A step with no current is not skipped on its own:
+    an overshoot still pays off one spike per step.)
+    """
+    T = currents.shape[0]
+    out = torch.zeros_like(currents)
+    pos = torch.zeros(currents.shape[:2], dtype=torch.int32, device=currents.device)
+    neg = torch.zeros_like(pos)
+    counts = torch.empty_like(currents) if history else None
+    membranes = torch.empty_like(currents) if history else None
+    has_current = currents.flatten(2).ne(0).any(2).any(1).tolist()   # [T]: one pass, one sync
+    idle = False
+    for t in range(T):
+        if not (idle and not has_current[t]):
+            out[t], fire, unfire = if_step(membrane, count, currents[t], threshold, z_max, negative_spikes)
+            pos[t] = fire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
+            if unfire is not None:
+                neg[t] = unfire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
+            idle = not has_current[t] and not bool(pos[t].any() or neg[t].any())
+        if history:
+            counts[t] = count
+            membranes[t] = membrane
+    return IFTrace(out, pos, neg, counts, membranes)
+
+
+def event_max_pool_sequence(events: torch.Tensor, pool: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Event max pooling of a whole sequence [T, B, ...]: e_t = pool(C_t) − pool(C_{t−1}), C the cumulative input."""
+    T, B = events.shape[:2]
+    cumulative = torch.cumsum(events, 0)
+    pooled = pool(cumulative.flatten(0, 1))
+    pooled = pooled.view(T, B, *pooled.shape[1:])
+    out = pooled.clone()
+    out[1:] -= pooled[:-1]
+    return out
+
+
+__all__ = ["IFTrace", "event_max_pool_sequence", "if_sequence", "if_step"]
