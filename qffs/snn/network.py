@@ -97,6 +97,7 @@ class SpikingNetwork(nn.Module):
         self.input_window = int(input_window)
         self.output_neuron = output_neuron
         self.config = dict(config)
+        self._batch_free: bool | None = None   # see batch_free()
 
     # -- structure ---------------------------------------------------------------------------
     def named_neurons(self) -> list[tuple[str, IFNeuron]]:
@@ -107,6 +108,30 @@ class SpikingNetwork(nn.Module):
 
     def _stateful(self) -> list[Stateful]:
         return [m for m in self.graph.modules() if isinstance(m, Stateful)]
+
+    def batch_free(self, x: torch.Tensor) -> bool:
+        """Whether the graph runs on any batch size: only then may the runtime drop quiet samples
+        or fold time into the batch. A graph that writes a batch size into a reshape (say
+        ``x.view(32, -1)``) does not; it is probed once, with one sample."""
+        if self._batch_free is None:
+            if x.shape[0] < 2:
+                return True
+            self.reset()
+            seen: list[int] = []   # the batch size each stateful module is given
+            hooks = []
+            for m in self._stateful():
+                m.step, m.timesteps, m.rows = 0, None, None
+                hooks.append(m.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0])))
+            try:
+                out = self.graph(x[:1])
+                self._batch_free = out.shape[0] == 1 and all(b == 1 for b in seen)
+            except Exception:
+                self._batch_free = False
+            finally:
+                for hook in hooks:
+                    hook.remove()
+                self.reset()
+        return self._batch_free
 
     def reset(self) -> None:
         """Clear every neuron's and pool's state (done at the start of each simulation)."""
@@ -139,13 +164,17 @@ class SpikingNetwork(nn.Module):
         the batch, a scan per neuron layer, only the (step, sample) rows with input through
         each weighted layer. Spike counts, statistics and convergence are identical; the
         membrane-based readouts agree to rounding (a product over T·B rows may round
-        differently from one over B rows).
+        differently from one over B rows). A graph with a fixed batch size (:meth:`batch_free`)
+        always runs per step, every sample every step.
         """
         timesteps = check_timesteps(timesteps)
         if mode not in MODES:
             from qffs.errors import QffsError
 
             raise QffsError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        free = self.batch_free(x)
+        if not free:   # a fixed batch size: every sample every step, per step
+            mode = "step"
         self.reset()
         stateful = self._stateful()
         for m in stateful:
@@ -157,18 +186,19 @@ class SpikingNetwork(nn.Module):
             if mode == "layer":
                 active, history, analog = self._run_layers(x, timesteps)
             else:
-                active, history, analog = self._run_steps(x, timesteps, until_quiet)
+                active, history, analog = self._run_steps(x, timesteps, until_quiet, drop_quiet=free)
         finally:
             for m in stateful:
                 m.timesteps = None
         return self._result(active, history, analog, timesteps, until_quiet, record, record_counts)
 
-    def _run_steps(self, x: torch.Tensor, timesteps: int, until_quiet: bool):
+    def _run_steps(self, x: torch.Tensor, timesteps: int, until_quiet: bool, drop_quiet: bool = True):
         """The reference: the whole graph once per step. Returns (active [t, B], output history, analog rows).
 
         A sample that has gone quiet (a step t ≥ T_in − 1 without a spike anywhere) can never
-        spike again and its readout is final, so it is dropped from the batch: later steps cost
-        only the samples still active, and once none is, the remaining rows repeat the last.
+        spike again and its readout is final, so it is dropped from the batch (``drop_quiet``):
+        later steps cost only the samples still active, and once none is, the remaining rows
+        repeat the last.
         """
         stateful = self._stateful()
         neurons = [n for _, n in self.named_neurons()]
@@ -216,7 +246,7 @@ class SpikingNetwork(nn.Module):
                 quiet[alive] |= ~active
                 if until_quiet and bool(quiet.all()):
                     break
-                if not bool(active.all()):     # drop the samples that went quiet
+                if drop_quiet and not bool(active.all()):     # drop the samples that went quiet
                     for m in stateful:
                         m.keep(active)
                     alive = alive[active]
