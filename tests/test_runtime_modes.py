@@ -52,3 +52,27 @@ def test_an_unknown_mode_is_a_one_line_error(shipped):
     qann, x = shipped
     with pytest.raises(QffsError, match="mode must be one of step, layer"):
         convert(qann).simulate(x[:2], 4, mode="fast")
+
+
+class FixedBatch(torch.nn.Module):
+    """A network that writes its batch size into a reshape: it cannot run on fewer samples."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 16, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).reshape(4, -1))
+
+
+def test_a_graph_with_a_fixed_batch_size_runs_every_sample_every_step_in_both_modes():
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 4, 4, dtype=torch.float64)
+    qann = quantize(FixedBatch().double().eval(), bits=2, output_bits=3)
+    calibrate(qann, [x])
+    snn = convert(qann)
+    assert not snn.batch_free(x)
+    for mode in ("step", "layer"):
+        result = snn.simulate(x, 40, mode=mode, until_quiet=True)
+        assert result.converged.all() and torch.equal(result.output[-1], qann(x)), mode
