@@ -202,7 +202,7 @@ class SpikingNetwork(nn.Module):
         """
         stateful = self._stateful()
         neurons = [n for _, n in self.named_neurons()]
-        out_neuron = self.graph.get_submodule(self.output_neuron) if self.output_neuron else None
+        out_neuron = self._output_module()
         batch = x.shape[0]
         alive = torch.arange(batch, device=x.device)   # the samples still simulated (all, until some go quiet)
         inputs, silent = x, torch.zeros_like(x)
@@ -236,11 +236,7 @@ class SpikingNetwork(nn.Module):
                     integrated = out.new_zeros((batch, *out.shape[1:]))
                 integrated = integrated.index_add(0, alive, out)
                 analog.append(integrated / self.input_window)
-            active = torch.zeros(alive.numel(), dtype=torch.bool, device=x.device)
-            for neuron in neurons:
-                if neuron.active is not None:
-                    active |= neuron.active
-                    neuron.active = None
+            active = self._take_activity(neurons, (alive.numel(),), x.device)
             actives.append(torch.zeros(batch, dtype=torch.bool, device=x.device).index_copy_(0, alive, active))
             if t >= self.input_window - 1:
                 quiet[alive] |= ~active
@@ -255,6 +251,20 @@ class SpikingNetwork(nn.Module):
                         m.rows = alive
         return torch.stack(actives), history, analog
 
+    def _output_module(self) -> IFNeuron | None:
+        """The output layer's IF neuron (None: analog output)."""
+        return self.graph.get_submodule(self.output_neuron) if self.output_neuron else None
+
+    @staticmethod
+    def _take_activity(neurons: list[IFNeuron], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """Whether any neuron spiked, per sample (per step and sample, layer by layer); clears what the neurons kept."""
+        active = torch.zeros(shape, dtype=torch.bool, device=device)
+        for neuron in neurons:
+            if neuron.active is not None:
+                active |= neuron.active
+                neuron.active = None
+        return active
+
     def _run_layers(self, x: torch.Tensor, timesteps: int):
         """Layer by layer: the graph once, on all T steps (time folded into the batch, step-major)."""
         T, batch = timesteps, x.shape[0]
@@ -262,15 +272,10 @@ class SpikingNetwork(nn.Module):
         sequence = x.new_zeros((T, *x.shape))
         sequence[:window] = x                                 # input shutoff: zero from T_in on
         out = self.graph(sequence.flatten(0, 1))
-        neurons = [n for _, n in self.named_neurons()]
-        active = torch.zeros((T, batch), dtype=torch.bool, device=x.device)
-        for neuron in neurons:
-            if neuron.active is not None:
-                active |= neuron.active
-                neuron.active = None
+        active = self._take_activity([n for _, n in self.named_neurons()], (T, batch), x.device)
         history: dict[str, torch.Tensor] = {}
         analog: list[torch.Tensor] = []
-        out_neuron = self.graph.get_submodule(self.output_neuron) if self.output_neuron else None
+        out_neuron = self._output_module()
         if out_neuron is not None:
             history["count"], history["membrane"] = out_neuron.history
             out_neuron.history = None
@@ -292,7 +297,7 @@ class SpikingNetwork(nn.Module):
         active, quiet = active[:steps_run], quiet_by[steps_run - 1]
         last_spike = torch.where(active, steps.unsqueeze(1)[:steps_run], -1).max(0).values
         analog = analog[:steps_run]
-        out_neuron = self.graph.get_submodule(self.output_neuron) if self.output_neuron else None
+        out_neuron = self._output_module()
         readouts = self._readouts(out_neuron, history, analog, steps_run, timesteps)
         output = readouts["count"]
         floor = self.input_window if out_neuron is None else 1
