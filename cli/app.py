@@ -34,6 +34,10 @@ RESUME_OPTION = typer.Option(
          "(NAME.resume.pt beside --out); the result equals an uninterrupted run. Also splits long trainings into "
          "chunks.")
 
+MEMORY_OPTION = typer.Option(
+    None, "--memory", metavar="<bytes>",
+    help="Memory budget of the simulation, e.g. 4GB or 512MiB: larger batches are simulated in chunks of "
+         "samples, with the same results. Default: half the memory free on the device.")
 READOUT_OPTION = typer.Option(
     "count", "--readout",
     help="Headline readout of the report (all are measured): count (spike counts, exact), tiebreak (counts, "

@@ -49,7 +49,8 @@ def _quantizer_levels(qann: nn.Module, x: torch.Tensor, output_name: str | None
 @torch.no_grad()
 def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, readout: str = "count",
-                 e_ac: float = ENERGY_AC_PJ, e_mac: float = ENERGY_MAC_PJ) -> dict[str, Any]:
+                 memory: int | None = None, e_ac: float = ENERGY_AC_PJ,
+                 e_mac: float = ENERGY_MAC_PJ) -> dict[str, Any]:
     """Simulate every batch for ``timesteps`` steps and aggregate the SPEC §6 measures.
 
     Every readout is measured (``snn_accuracy_by_readout``, ``tied_by_readout``,
@@ -57,7 +58,8 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
     ``tied``, ``latency_to_lossless``). With ``qann`` (the network the SNN was converted from)
     the QANN accuracy and its accuracy before the output quantizer are measured on the same
     samples, and each IF layer's final counts are compared with the QANN levels; prediction
-    agreement with the QANN is that of the spike counts.
+    agreement with the QANN is that of the spike counts. ``memory``: the simulation's budget
+    in bytes (:meth:`SpikingNetwork.simulate`).
     """
     check_readout(readout)
     device = torch.device(device)
@@ -76,7 +78,8 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
     for x, y in track(loader, f"simulating T={timesteps}"):
         x, y = x.to(device=device, dtype=dtype), y.to(device)
         # a batch whose samples have all gone quiet is final: its remaining steps repeat the last one
-        result = snn.simulate(x, timesteps, until_quiet=True, record=True, record_counts=qann is not None)
+        result = snn.simulate(x, timesteps, until_quiet=True, record=True, record_counts=qann is not None,
+                              memory=memory)
         for name, out in result.readouts.items():
             pred, tie = predict(out)                              # [T, B]
             correct[name] += (pred == y).sum(1).double().cpu()

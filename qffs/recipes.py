@@ -21,6 +21,7 @@ from qffs.errors import QffsError
 from qffs.io import exclusive, interrupts_held, load_checkpoint, load_into, save_checkpoint, write_text_atomic
 from qffs.models import build_model, with_defaults
 from qffs.resume import TrainState, check_resumable, load_state, resume_path, save_state
+from qffs.snn.memory import parse_memory
 from qffs.snn.network import check_timesteps
 from qffs.snn.readout import DEFAULT_READOUT, check_readout
 from qffs.train import TrainConfig, config_dict, fit, init_distributed, is_main_process, resolve_device
@@ -410,13 +411,16 @@ def _bits(bits: int | None) -> str:
 
 
 def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int, *, device: str = "auto",
-                        double: bool = False, readout: str = DEFAULT_READOUT, model: str | None = None) -> dict[str, Any]:
+                        double: bool = False, readout: str = DEFAULT_READOUT, model: str | None = None,
+                        memory: str | int | None = None) -> dict[str, Any]:
     """QFFS stage 3 as a job: simulate an SNN artifact on a test set; returns the report dict
-    (every readout measured, ``readout`` the headline)."""
+    (every readout measured, ``readout`` the headline; ``memory``: the simulation's budget, as
+    for ``--memory``)."""
     from qffs.evaluate import evaluate_snn
 
     check_timesteps(timesteps, "--timesteps")
     check_readout(readout)
+    budget = None if memory is None else parse_memory(memory)
     dev = resolve_device(device)
     snn, qann, meta = load_snn(snn_path, model)
     data = with_recorded(data, meta)
@@ -427,7 +431,7 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
     _, test_loader = make_loaders(data, prep, train=False)
     started = time.perf_counter()
     report = evaluate_snn(snn, test_loader, timesteps, qann=qann, device=dev,
-                          dtype=torch.float64 if double else torch.float32, readout=readout)
+                          dtype=torch.float64 if double else torch.float32, readout=readout, memory=budget)
     metrics = meta.get("metrics", {})
     report.update({
         "title": f"{meta['model']} on {dataset}: {meta.get('bits')}-bit hidden / "
@@ -439,7 +443,7 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
         "bits": meta.get("bits"), "output_bits": meta.get("output_bits"),
         "seconds": round(time.perf_counter() - started, 1),
         "config": {"timesteps": timesteps, "batch_size": data.batch_size, "test_limit": data.test_limit,
-                   "device": device, "double": double, "readout": readout, "data_root": data.root,
+                   "device": device, "double": double, "readout": readout, "memory": budget, "data_root": data.root,
                    "preprocessing": prep.as_dict()},
     })
     return report
@@ -600,7 +604,8 @@ SHIPPED_FMNIST = shipped_model("fmnist_vgg_small.pt")
 def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions, cfg: TrainConfig, *,
                  timesteps: int = 16, bits: int = 2, output_bits: int | None = 3, model: str | None = None,
                  calibration: str = "mse", device: str = "auto", double: bool = False,
-                 readout: str = DEFAULT_READOUT, resume: bool = False, log=print) -> dict[str, Any]:
+                 readout: str = DEFAULT_READOUT, memory: str | int | None = None, resume: bool = False,
+                 log=print) -> dict[str, Any]:
     """All three stages: quantize (QAT) → convert → evaluate, into ``out_dir`` (``resume``: continue
     an interrupted QAT there).
 
@@ -609,16 +614,18 @@ def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions,
     """
     check_readout(readout)
     check_timesteps(timesteps, "--timesteps")
+    if memory is not None:
+        parse_memory(memory)
     out = check_output_dir(out_dir)
     with exclusive(out, "--out-dir"):   # two runs never write one directory
         return _pipeline(checkpoint, out, data, cfg, timesteps=timesteps, bits=bits, output_bits=output_bits,
                          model=model, calibration=calibration, device=device, double=double, readout=readout,
-                         resume=resume, log=log)
+                         memory=memory, resume=resume, log=log)
 
 
 def _pipeline(checkpoint: str | Path, out: Path, data: DataOptions, cfg: TrainConfig, *, timesteps: int, bits: int,
               output_bits: int | None, model: str | None, calibration: str, device: str, double: bool, readout: str,
-              resume: bool, log) -> dict[str, Any]:
+              memory: str | int | None, resume: bool, log) -> dict[str, Any]:
     from qffs.report import write_report
 
     started = time.perf_counter()
@@ -633,7 +640,7 @@ def _pipeline(checkpoint: str | Path, out: Path, data: DataOptions, cfg: TrainCo
         f"{sum(r.get('neurons', 0) for r in summary):,} neurons per sample")
     log(f"[3/3] evaluate: T = {timesteps}")
     report = evaluate_checkpoint(snn_path, data, timesteps, device=device, double=double, readout=readout,
-                                 model=model)
+                                 model=model, memory=memory)
     report["pipeline_seconds"] = round(time.perf_counter() - started, 1)
     report["quantize"] = q
     report["files"] = {k: str(v) for k, v in write_report(report, out).items()}

@@ -82,6 +82,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("calibration-unknown", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--calibration", "kl"], "kl"),
     ("schedule-unknown", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--schedule", "step"], "schedule"),
     ("readout-unknown", ["evaluate", "{in}/snn.pt", "--readout", "first", "--out-dir", "{out}/ev"], "first"),
+    ("memory-unit-unknown", ["evaluate", "{in}/snn.pt", "--memory", "4XB", "--out-dir", "{out}/ev"], "--memory must be"),
+    ("memory-on-run-zero", ["run", "{in}/fp.pt", "--memory", "0", "--out-dir", "{out}/r"], "--memory must be"),
     ("max-pool-unknown", ["convert", "{in}/qann.pt", "--out", "{out}/s.pt", "--max-pool", "soft"], "max_pool"),
     ("dataset-unknown", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--dataset", "imagenet21k"], "imagenet21k"),
     ("dataset-mismatch", ["evaluate", "{in}/snn.pt", "--dataset", "cifar10", "--out-dir", "{out}/ev"], "trained on"),

@@ -97,11 +97,12 @@ def test_pipeline_end_to_end_on_a_fashion_mnist_subset(tmp_path):
     r = qffs("convert", qann, "--out", snn)
     assert r.returncode == 0, r.stderr
     assert "output_quantizer" in r.stdout and "θ" in r.stdout
-    r = qffs("evaluate", snn, "--timesteps", "24", "--limit", "256", "--double", "--out-dir", out)
+    # --memory: float64 needs ~4.5 MB per sample here, so 256 samples run in chunks of ~44
+    r = qffs("evaluate", snn, "--timesteps", "24", "--limit", "256", "--double", "--memory", "200MB", "--out-dir", out)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["curve.csv", "curve.json", "curve.png"]
     report = json.loads((out / "curve.json").read_text())
-    assert report["convergence"]["unconverged"] == 0
+    assert report["convergence"]["unconverged"] == 0 and report["config"]["memory"] == 200 * 10**6
     assert report["snn_accuracy"][-1] == report["qann_accuracy"]   # converged SNN = QANN
     assert report["qann_agreement"][-1] == 1.0                      # prediction by prediction
     assert all(layer["mismatch_fraction"] == 0 for layer in report["layers"])

@@ -76,3 +76,55 @@ def test_a_graph_with_a_fixed_batch_size_runs_every_sample_every_step_in_both_mo
     for mode in ("step", "layer"):
         result = snn.simulate(x, 40, mode=mode, until_quiet=True)
         assert result.converged.all() and torch.equal(result.output[-1], qann(x)), mode
+
+
+@pytest.mark.parametrize("mode", ["step", "layer"])
+def test_a_memory_budget_splits_the_batch_into_chunks_with_identical_results(shipped, mode):
+    qann, x = shipped
+    snn = convert(qann).double()
+    x = x[:40].double()
+    whole = snn.simulate(x, 12, mode=mode, until_quiet=True, record_counts=True)
+    per_sample = snn.bytes_per_sample(x, 12, mode)
+    calls: list[int] = []
+    hook = snn.graph.register_forward_pre_hook(lambda _, args: calls.append(args[0].shape[0]))
+    try:
+        chunked = snn.simulate(x, 12, mode=mode, until_quiet=True, record_counts=True, memory=7 * per_sample)
+    finally:
+        hook.remove()
+    steps = 12 if mode == "layer" else 1
+    assert max(calls) <= 7 * steps                   # never more than 7 samples at once
+    assert torch.equal(whole.output, chunked.output)
+    assert torch.equal(whole.convergence_step, chunked.convergence_step)
+    for name in whole.readouts:
+        assert torch.equal(whole.readouts[name], chunked.readouts[name]), name
+    for a, b in zip(whole.neurons + whole.synapses, chunked.neurons + chunked.synapses, strict=True):
+        for field in ("pos_spikes", "neg_spikes", "counts", "synops", "events", "active_slices"):
+            mine, theirs = getattr(a, field, None), getattr(b, field, None)
+            assert (mine is None and theirs is None) or torch.equal(mine, theirs), (a.name, field)
+
+
+def test_the_per_sample_estimate_grows_with_t_only_layer_by_layer(shipped):
+    qann, x = shipped
+    snn = convert(qann)
+    step4, step32 = snn.bytes_per_sample(x, 4), snn.bytes_per_sample(x, 32)
+    layer4, layer32 = snn.bytes_per_sample(x, 4, "layer"), snn.bytes_per_sample(x, 32, "layer")
+    assert step32 < 1.2 * step4 and layer32 > 6 * layer4 and layer4 > step4
+    # the state alone: three copies of every neuron's input (membrane, count, settled), 4 bytes each
+    neurons = sum(rec.neurons for rec in snn.simulate(x[:1], 1).neurons)
+    assert step4 > 3 * 4 * neurons
+
+
+@pytest.mark.parametrize("text, expected", [("4GB", 4 * 10**9), ("512MiB", 512 * 2**20), ("1.5g", 1.5e9),
+                                            ("2000000", 2000000), (" 3 KiB ", 3072)])
+def test_memory_amounts_parse(text, expected):
+    from qffs.snn.memory import parse_memory
+
+    assert parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "4XB", "-1GB", "0", "GB", "1e9", "0.1b"])
+def test_bad_memory_amounts_are_one_line_errors(text):
+    from qffs.snn.memory import parse_memory
+
+    with pytest.raises(QffsError, match="--memory must be an amount of memory"):
+        parse_memory(text)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from qffs.cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, READOUT_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
+from qffs.cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, MEMORY_OPTION, READOUT_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
 
 
 def _finish(report: dict) -> None:
@@ -46,6 +46,7 @@ def run(
     test_limit: Optional[int] = typer.Option(None, help="Only the first N test samples."),
     double: bool = typer.Option(False, "--double", help="Simulate in float64."),
     readout: str = READOUT_OPTION,
+    memory: Optional[str] = MEMORY_OPTION,
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     resume: bool = RESUME_OPTION,
@@ -58,7 +59,7 @@ def run(
                                          batch_size=batch_size, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size),
         qat_config(epochs, lr), timesteps=timesteps,
         bits=bits, output_bits=output_bits or None, model=model, device=device, double=double, readout=readout,
-        resume=resume, log=typer.echo)
+        memory=memory, resume=resume, log=typer.echo)
     _finish(report)
 
 

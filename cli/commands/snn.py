@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from qffs.cli.app import ARTIFACT_MODEL_OPTION, IMAGE_SIZE_OPTION, MEAN_OPTION, READOUT_OPTION, STD_OPTION, app, channel_values, examples
+from qffs.cli.app import ARTIFACT_MODEL_OPTION, IMAGE_SIZE_OPTION, MEAN_OPTION, MEMORY_OPTION, READOUT_OPTION, STD_OPTION, app, channel_values, examples
 
 
 @app.command(
@@ -58,6 +58,7 @@ def evaluate(
     readout: str = READOUT_OPTION,
     model: Optional[str] = ARTIFACT_MODEL_OPTION,
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    memory: Optional[str] = MEMORY_OPTION,
 ) -> None:
     """Simulate an SNN on a test set: accuracy at every time step, spikes, SOPs, energy; CSV/JSON/PNG."""
     from qffs.cli.render import print_report
@@ -70,7 +71,8 @@ def evaluate(
                        image_size=image_size)
     check_output_dir(out_dir)
     with exclusive(out_dir, "--out-dir"):   # two evaluations never mix their files
-        report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double, readout=readout, model=model)
+        report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double, readout=readout, model=model,
+                                     memory=memory)
         paths = write_report(report, out_dir)
     print_report(report)
     typer.echo(f"results: {paths['csv']}, {paths['json']}, {paths['png']}")

@@ -17,6 +17,7 @@ import torch
 from torch import fx, nn
 
 from qffs.snn.layers import GatedAffine, GatedLayer
+from qffs.snn.memory import default_budget, samples_at_once
 from qffs.snn.neuron import IFNeuron
 from qffs.snn.pooling import EventMaxPool, NaiveMaxPool
 from qffs.snn.readout import READOUTS, check_readout, output_readout
@@ -66,6 +67,16 @@ class SimulationResult:
     readouts: dict[str, torch.Tensor] = field(default_factory=dict)  # every readout, [T, B, ...] (SPEC §5)
 
 
+@dataclass(frozen=True)
+class _Probe:
+    """What running one sample once showed: batch-freeness, and elements per sample."""
+
+    batch_free: bool
+    state: int          # neuron and pool state
+    activations: int    # every layer's output (x2), one step
+    outputs: int        # the network's output
+
+
 #: The most time steps one simulation may run. QFFS answers in a handful of steps, and every
 #: step's output is kept (count, membrane and current readouts): T × batch × outputs × 12 bytes,
 #: 126 MB at this bound for 256 samples of 10 classes; a typo like ``-T 1000000000`` would ask for 24 GB.
@@ -88,6 +99,25 @@ def check_timesteps(value: object, option: str = "timesteps") -> int:
 MODES = ("step", "layer")
 
 
+def concat_results(parts: list[SimulationResult]) -> SimulationResult:
+    """One result for a batch simulated in chunks of samples (in order)."""
+    def cat(values: list, dim: int = 0):
+        return None if values[0] is None else torch.cat(values, dim)
+
+    def records(kind: str, index: int, fields: tuple[str, ...]) -> list:
+        return [cat([getattr(getattr(p, kind)[index], f) for p in parts]) for f in fields]
+
+    first = parts[0]
+    neurons = [NeuronRecord(r.name, r.neurons, *records("neurons", i, ("pos_spikes", "neg_spikes", "counts")))
+               for i, r in enumerate(first.neurons)]
+    synapses = [SynapseRecord(r.name, *records("synapses", i, ("synops", "events")), r.macs,
+                              *records("synapses", i, ("active_slices",)))
+                for i, r in enumerate(first.synapses)]
+    return SimulationResult(cat([p.output for p in parts], 1), max(p.steps_run for p in parts), first.input_window,
+                            cat([p.convergence_step for p in parts]), cat([p.converged for p in parts]),
+                            neurons, synapses, {k: cat([p.readouts[k] for p in parts], 1) for k in first.readouts})
+
+
 class SpikingNetwork(nn.Module):
     """A converted QANN: the rewritten fx graph plus the clock that drives it step by step."""
 
@@ -97,7 +127,7 @@ class SpikingNetwork(nn.Module):
         self.input_window = int(input_window)
         self.output_neuron = output_neuron
         self.config = dict(config)
-        self._batch_free: bool | None = None   # see batch_free()
+        self._probes: dict[tuple[int, ...], _Probe] = {}   # per sample shape: see _probe()
 
     # -- structure ---------------------------------------------------------------------------
     def named_neurons(self) -> list[tuple[str, IFNeuron]]:
@@ -110,28 +140,53 @@ class SpikingNetwork(nn.Module):
         return [m for m in self.graph.modules() if isinstance(m, Stateful)]
 
     def batch_free(self, x: torch.Tensor) -> bool:
-        """Whether the graph runs on any batch size: only then may the runtime drop quiet samples
-        or fold time into the batch. A graph that writes a batch size into a reshape (say
-        ``x.view(32, -1)``) does not; it is probed once, with one sample."""
-        if self._batch_free is None:
-            if x.shape[0] < 2:
-                return True
+        """Whether the graph runs on any batch size: only then may the runtime drop quiet samples,
+        fold time into the batch or split a batch into chunks. A graph that writes a batch size
+        into a reshape (say ``x.view(32, -1)``) does not; it is probed once, with one sample."""
+        return self._probe(x).batch_free
+
+    def bytes_per_sample(self, x: torch.Tensor, timesteps: int, mode: str = "step") -> int:
+        """Estimated peak memory of simulating one sample of ``x``: neuron and pool state, the
+        output's history, and every layer's activations (× T layer by layer: all steps at once)."""
+        probe = self._probe(x)
+        activations = probe.activations * (timesteps if mode == "layer" else 1)
+        return x.element_size() * (probe.state + activations + 2 * timesteps * probe.outputs)
+
+    def _probe(self, x: torch.Tensor) -> "_Probe":
+        """Run one sample once (step 0) to learn batch-freeness and per-sample sizes; cached per sample shape."""
+        key = tuple(x.shape[1:])
+        if key not in self._probes:
             self.reset()
-            seen: list[int] = []   # the batch size each stateful module is given
+            seen: list[int] = []          # the batch size each stateful module is given
+            sizes = {"state": 0, "activations": 0}
             hooks = []
+
+            def measure(module, args, out):
+                if isinstance(out, torch.Tensor):
+                    sizes["activations"] += 2 * out.numel()        # 2x: functional ops and temporaries
+                if isinstance(module, IFNeuron):                   # membrane, count, settled counts
+                    sizes["state"] += 3 * args[0].numel()
+                elif isinstance(module, EventMaxPool):             # cumulative input, pooled
+                    sizes["state"] += args[0].numel() + out.numel()
+
             for m in self._stateful():
                 m.step, m.timesteps, m.rows = 0, None, None
                 hooks.append(m.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0])))
+            for m in self.graph.modules():
+                if not list(m.children()):
+                    hooks.append(m.register_forward_hook(measure))
             try:
                 out = self.graph(x[:1])
-                self._batch_free = out.shape[0] == 1 and all(b == 1 for b in seen)
+                free = out.shape[0] == 1 and all(b == 1 for b in seen)
+                outputs = out.numel()
             except Exception:
-                self._batch_free = False
+                free, outputs = False, 0
             finally:
                 for hook in hooks:
                     hook.remove()
                 self.reset()
-        return self._batch_free
+            self._probes[key] = _Probe(free, sizes["state"], sizes["activations"], outputs)
+        return self._probes[key]
 
     def reset(self) -> None:
         """Clear every neuron's and pool's state (done at the start of each simulation)."""
@@ -151,7 +206,7 @@ class SpikingNetwork(nn.Module):
 
     @torch.no_grad()
     def simulate(self, x: torch.Tensor, timesteps: int, *, until_quiet: bool = False, record: bool = True,
-                 record_counts: bool = False, mode: str = "step") -> SimulationResult:
+                 record_counts: bool = False, mode: str = "step", memory: int | None = None) -> SimulationResult:
         """Run ``timesteps`` steps on the batch ``x`` (reset first).
 
         ``until_quiet`` stops as soon as every sample is quiet; the remaining rows of
@@ -166,6 +221,10 @@ class SpikingNetwork(nn.Module):
         membrane-based readouts agree to rounding (a product over T·B rows may round
         differently from one over B rows). A graph with a fixed batch size (:meth:`batch_free`)
         always runs per step, every sample every step.
+
+        ``memory`` (bytes; default half the memory free on ``x``'s device) bounds the estimated
+        peak (:meth:`bytes_per_sample`): a larger batch is simulated in chunks of samples, with
+        the same results.
         """
         timesteps = check_timesteps(timesteps)
         if mode not in MODES:
@@ -173,8 +232,19 @@ class SpikingNetwork(nn.Module):
 
             raise QffsError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         free = self.batch_free(x)
-        if not free:   # a fixed batch size: every sample every step, per step
+        if not free:   # a fixed batch size: every sample every step, per step (and never in chunks)
             mode = "step"
+        else:
+            budget = default_budget(x.device) if memory is None else memory
+            chunk = samples_at_once(x.shape[0], self.bytes_per_sample(x, timesteps, mode), budget)
+            if chunk < x.shape[0]:
+                return concat_results([self._simulate(part, timesteps, until_quiet, record, record_counts, mode, free)
+                                       for part in x.split(chunk)])
+        return self._simulate(x, timesteps, until_quiet, record, record_counts, mode, free)
+
+    def _simulate(self, x: torch.Tensor, timesteps: int, until_quiet: bool, record: bool, record_counts: bool,
+                  mode: str, free: bool) -> SimulationResult:
+        """One simulation of the whole batch ``x`` in ``mode``."""
         self.reset()
         stateful = self._stateful()
         for m in stateful:
