@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from qffs.snn.monitor import Monitor
 from qffs.snn.neuron import IFNeuron
 from qffs.snn.pooling import EventMaxPool, NaiveMaxPool
 
@@ -53,11 +54,12 @@ def test_no_negative_spike_without_positive_ones():
 def test_counts_bounded_and_spikes_unit_on_random_currents():
     torch.manual_seed(0)
     n = IFNeuron(torch.tensor(0.7), torch.tensor(0.7 / 3), 3)
+    n.monitor = monitor = Monitor(4)
     for _ in range(50):
         z = n(torch.randn(4, 32)) / 0.7
         assert set(z.unique().tolist()) <= {-1.0, 0.0, 1.0}
         assert (n.count >= 0).all() and (n.count <= 3).all()
-    assert n.pos_spikes.sum() - n.neg_spikes.sum() == n.count.sum()
+    assert monitor.pos_spikes[n].sum() - monitor.neg_spikes[n].sum() == n.count.sum()
 
 
 def test_reset_restores_initial_state():

@@ -16,8 +16,9 @@ from qffs.snn.state import Stateful
 class GatedLayer(Stateful):
     """A conv/linear layer whose bias is added only while t < T_in.
 
-    Also counts synaptic operations: each nonzero input element costs its fan-out (the
-    number of synapses it drives, exact at padded borders), per sample and step.
+    Only the rows (samples; layer by layer, (step, sample) pairs) with any nonzero input are
+    multiplied. An attached monitor counts synaptic operations: each nonzero input element
+    costs its fan-out (the number of synapses it drives, exact at padded borders).
     """
 
     def __init__(self, layer: nn.Module):
@@ -25,15 +26,9 @@ class GatedLayer(Stateful):
         self.layer = layer
         self.bias = layer.bias
         layer.bias = None  # the layer runs weight-only; the gate adds the bias
-        self.record = True
-        self.reset()
+        self._fanout: torch.Tensor | None = None
 
     def reset(self) -> None:
-        self.synops: torch.Tensor | None = None   # per sample, summed over steps
-        self.events: torch.Tensor | None = None   # nonzero inputs per sample, summed over steps
-        self._fanout: torch.Tensor | None = None
-        self._tally: torch.Tensor | None = None   # [inputs per sample, 2]: fan-out, 1
-        self.active_slices: torch.Tensor | None = None   # per sample: steps with any nonzero input
         self.rows = None
 
     def fanout(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,8 +41,11 @@ class GatedLayer(Stateful):
                 out = self._weighted(probe, torch.ones_like(w))
                 (grad,) = torch.autograd.grad(out.sum(), probe)
             self._fanout = grad[0].detach()
-            self._tally = None
         return self._fanout
+
+    def fanout_total(self) -> int:
+        """Synapses per sample (= the ANN's MACs) at the last input shape seen."""
+        return int(self._fanout.sum().item())
 
     def _weighted(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         layer = self.layer
@@ -63,29 +61,9 @@ class GatedLayer(Stateful):
         probe = torch.zeros((1, *sample_shape), dtype=self.layer.weight.dtype, device=self.layer.weight.device)
         return int(self.fanout(probe).sum().item())
 
-    def _count(self, x: torch.Tensor) -> torch.Tensor:
-        """Add this call's SOPs, events and active slices per sample; return which rows of ``x`` are nonzero."""
-        fanout = self.fanout(x)
-        if self._tally is None or self._tally.dtype != x.dtype:   # built once per shape and dtype
-            self._tally = torch.stack([fanout.flatten(), torch.ones_like(fanout).flatten()], 1).to(x.dtype)
-        # one pass: [rows, inputs] events × [inputs, 2] (fan-out, 1) = per-row SOPs and event counts
-        tally = (x != 0).flatten(1).to(x.dtype) @ self._tally
-        active = tally[:, 1] > 0
-        if self.timesteps is not None:                       # rows are (step, sample): sum over steps
-            T = self.timesteps
-            tally = tally.view(T, -1, 2).sum(0)
-            per_sample = active.view(T, -1).sum(0)
-        else:
-            per_sample = active.long()
-        self.synops = self.tally(self.synops, tally[:, 0])
-        self.events = self.tally(self.events, tally[:, 1])
-        self.active_slices = self.tally(self.active_slices, per_sample)
-        return active
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        active = self._count(x) if self.record else x.flatten(1).ne(0).any(1)
-        # only the rows (samples; layer by layer, (step, sample) pairs) with any input cost a
-        # product: the others' weighted input is exactly 0
+        active = self.monitor.inputs(self, x, self.fanout(x)) if self.monitor is not None else x.flatten(1).ne(0).any(1)
+        # only the rows with any input cost a product: the others' weighted input is exactly 0
         rows = active.nonzero().squeeze(1)
         if rows.numel() == x.shape[0]:
             out = self.layer(x)

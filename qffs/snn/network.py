@@ -18,6 +18,7 @@ from torch import fx, nn
 
 from qffs.snn.layers import GatedAffine, GatedLayer
 from qffs.snn.memory import default_budget, samples_at_once
+from qffs.snn.monitor import Monitor
 from qffs.snn.neuron import IFNeuron
 from qffs.snn.pooling import EventMaxPool, NaiveMaxPool
 from qffs.snn.readout import READOUTS, check_readout, output_readout
@@ -247,22 +248,25 @@ class SpikingNetwork(nn.Module):
         """One simulation of the whole batch ``x`` in ``mode``."""
         self.reset()
         stateful = self._stateful()
+        monitor = Monitor(x.shape[0], timesteps if mode == "layer" else None) if record else None
         for m in stateful:
-            if isinstance(m, (IFNeuron, GatedLayer)):
-                m.record = record
             m.timesteps = timesteps if mode == "layer" else None
-            m.rows = None
+            m.rows, m.monitor = None, monitor
         try:
             if mode == "layer":
                 active, history, analog = self._run_layers(x, timesteps)
             else:
-                active, history, analog = self._run_steps(x, timesteps, until_quiet, drop_quiet=free)
+                active, history, analog = self._run_steps(x, timesteps, until_quiet, drop_quiet=free, monitor=monitor)
         finally:
             for m in stateful:
-                m.timesteps = None
-        return self._result(active, history, analog, timesteps, until_quiet, record, record_counts)
+                m.timesteps, m.monitor = None, None
+        result = self._result(active, history, analog, timesteps, until_quiet)
+        if monitor is not None:
+            self._records(result, monitor, record_counts)
+        return result
 
-    def _run_steps(self, x: torch.Tensor, timesteps: int, until_quiet: bool, drop_quiet: bool = True):
+    def _run_steps(self, x: torch.Tensor, timesteps: int, until_quiet: bool, drop_quiet: bool = True,
+                   monitor: Monitor | None = None):
         """The reference: the whole graph once per step. Returns (active [t, B], output history, analog rows).
 
         A sample that has gone quiet (a step t ≥ T_in − 1 without a spike anywhere) can never
@@ -319,6 +323,8 @@ class SpikingNetwork(nn.Module):
                     inputs = x[alive]
                     for m in stateful:
                         m.rows = alive
+                    if monitor is not None:
+                        monitor.rows = alive
         return torch.stack(actives), history, analog
 
     def _output_module(self) -> IFNeuron | None:
@@ -355,8 +361,8 @@ class SpikingNetwork(nn.Module):
         return active, history, analog
 
     def _result(self, active: torch.Tensor, history: dict[str, torch.Tensor], analog: list[torch.Tensor],
-                timesteps: int, until_quiet: bool, record: bool, record_counts: bool) -> SimulationResult:
-        """Quiet, convergence, readouts and statistics from a run's per-step activity ``active`` [t, B]."""
+                timesteps: int, until_quiet: bool) -> SimulationResult:
+        """Quiet, convergence and readouts from a run's per-step activity ``active`` [t, B]."""
         steps = torch.arange(active.shape[0], device=active.device)
         quiet_by = (~active & (steps >= self.input_window - 1).unsqueeze(1)).cummax(0).values   # quiet seen by t
         steps_run = active.shape[0]
@@ -373,18 +379,21 @@ class SpikingNetwork(nn.Module):
         floor = self.input_window if out_neuron is None else 1
         convergence = torch.clamp(last_spike + 1, min=floor)
         convergence = torch.where(quiet, convergence, torch.full_like(convergence, steps_run))
-        result = SimulationResult(output, steps_run, self.input_window, convergence, quiet, readouts=readouts)
-        if record:
-            for name, n in self.named_neurons():
-                counts = n.final_counts()
-                per_sample = counts[0].numel() if counts is not None else 0
-                result.neurons.append(NeuronRecord(name, per_sample, n.pos_spikes, n.neg_spikes,
-                                                   counts.clone() if record_counts else None))
-            for name, layer in self.named_synapses():
-                if layer.synops is not None:
-                    result.synapses.append(SynapseRecord(name, layer.synops, layer.events,
-                                                         int(layer._fanout.sum().item()), layer.active_slices))
-        return result
+        return SimulationResult(output, steps_run, self.input_window, convergence, quiet, readouts=readouts)
+
+    def _records(self, result: SimulationResult, monitor: Monitor, record_counts: bool) -> None:
+        """Per-layer statistics from the ``monitor`` into ``result`` (and final counts, if asked)."""
+        none = torch.zeros(monitor.batch, dtype=torch.long, device=result.output.device)
+        for name, n in self.named_neurons():
+            counts = n.final_counts()
+            per_sample = counts[0].numel() if counts is not None else 0
+            result.neurons.append(NeuronRecord(name, per_sample, monitor.pos_spikes.get(n, none),
+                                               monitor.neg_spikes.get(n, none),
+                                               counts.clone() if record_counts else None))
+        for name, layer in self.named_synapses():
+            if layer in monitor.synops:
+                result.synapses.append(SynapseRecord(name, monitor.synops[layer], monitor.events[layer],
+                                                     int(layer.fanout_total()), monitor.active_slices[layer]))
 
     def _readouts(self, out_neuron: IFNeuron | None, history: dict[str, torch.Tensor], analog: list[torch.Tensor],
                    steps_run: int, timesteps: int) -> dict[str, torch.Tensor]:

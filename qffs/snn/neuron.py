@@ -9,7 +9,8 @@ Per element and step t:
     emit z·θ
 
 State (u from θ/2 with pre-charge, Z from 0) is created lazily at the first input's shape and
-cleared by :meth:`IFNeuron.reset`. Per-sample statistics are kept for reports.
+cleared by :meth:`IFNeuron.reset`. Spikes are reported to a :class:`~qffs.snn.monitor.Monitor`
+when one is attached.
 """
 
 from __future__ import annotations
@@ -36,15 +37,13 @@ class IFNeuron(Stateful):
         self.precharge = bool(precharge)
         self.negative_spikes = bool(negative_spikes)
         self.is_output = bool(is_output)
-        self.record = True
         self.reset()
 
     def reset(self) -> None:
         """Forget membrane, counts and statistics (call before each new input)."""
         self.membrane: torch.Tensor | None = None
         self.count: torch.Tensor | None = None
-        self.pos_spikes: torch.Tensor | None = None   # per sample, summed over elements and steps
-        self.neg_spikes: torch.Tensor | None = None
+        self.batch = 0                                # samples of the simulation (rows may be fewer later)
         self.active: torch.Tensor | None = None       # per sample: spiked at the last step ([T, B] layer by layer)
         self.history: tuple[torch.Tensor, torch.Tensor] | None = None   # layer by layer, output: Z and u per step
         self.settled: torch.Tensor | None = None      # per step: final counts of the samples dropped when quiet
@@ -58,9 +57,7 @@ class IFNeuron(Stateful):
         self.membrane = self.initial_membrane().to(current.dtype).expand_as(current).clone()
         self.count = torch.zeros_like(current)
         self.settled = None
-        batch = current.shape[0]
-        self.pos_spikes = torch.zeros(batch, dtype=torch.long, device=current.device)
-        self.neg_spikes = torch.zeros(batch, dtype=torch.long, device=current.device)
+        self.batch = current.shape[0]
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         if self.timesteps is not None:
@@ -72,10 +69,8 @@ class IFNeuron(Stateful):
         # per-sample spike counts: summing bytes is ~20x faster than summing a bool tensor
         pos = fire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
         neg = unfire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32) if unfire is not None else None
-        if self.record:
-            self.pos_spikes = self.tally(self.pos_spikes, pos.long())
-            if neg is not None:
-                self.neg_spikes = self.tally(self.neg_spikes, neg.long())
+        if self.monitor is not None:
+            self.monitor.spikes(self, pos, neg)
         self.active = (pos > 0) if neg is None else (pos + neg > 0)  # the network detects quiet from this
         return out
 
@@ -84,7 +79,7 @@ class IFNeuron(Stateful):
         if self.count is None:
             return
         if self.settled is None:
-            self.settled = torch.zeros((self.pos_spikes.shape[0], *self.count.shape[1:]), dtype=self.count.dtype,
+            self.settled = torch.zeros((self.batch, *self.count.shape[1:]), dtype=self.count.dtype,
                                        device=self.count.device)
         rows = self.rows if self.rows is not None else torch.arange(self.count.shape[0], device=self.count.device)
         self.settled[rows[~mask]] = self.count[~mask]
@@ -106,9 +101,8 @@ class IFNeuron(Stateful):
         self._init_state(steps[0])
         trace = if_sequence(steps, self.membrane, self.count, self.threshold.to(current.dtype), self.z_max,
                             self.negative_spikes, history=self.is_output)
-        if self.record:
-            self.pos_spikes += trace.pos.sum(0)
-            self.neg_spikes += trace.neg.sum(0)
+        if self.monitor is not None:
+            self.monitor.spikes(self, trace.pos.flatten(), trace.neg.flatten())
         self.active = (trace.pos + trace.neg) > 0                   # [T, B]: per step, as the network reads it
         self.history = (trace.count_history, trace.membrane_history) if self.is_output else None
         return trace.output.flatten(0, 1)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from qffs.snn.monitor import Monitor
 
 
 class Stateful(nn.Module):
@@ -21,18 +26,12 @@ class Stateful(nn.Module):
         self.input_window = 1
         self.timesteps: int | None = None
         self.rows: torch.Tensor | None = None   # per step: which samples of the batch the rows are (None: all)
+        self.monitor: Monitor | None = None     # statistics, when a simulation asks for them
 
     def keep(self, mask: torch.Tensor) -> None:
         """Per step: keep only the rows where ``mask`` holds (the other samples went quiet, their
-        state is final). Statistics stay per sample of the whole batch, indexed by :attr:`rows`."""
+        state is final); :attr:`rows` then says which samples of the batch the rows are."""
 
-    def tally(self, total: torch.Tensor | None, rows_value: torch.Tensor) -> torch.Tensor:
-        """``total`` (per sample of the whole batch) plus ``rows_value`` (per row of this call)."""
-        if total is None:
-            return rows_value.clone()
-        if self.rows is None:
-            return total + rows_value
-        return total.index_add_(0, self.rows, rows_value)
     def window_rows(self, tensor: torch.Tensor) -> torch.Tensor:
         """Layer by layer: the view [T, B, ...] of ``tensor`` [T·B, ...] cut to the steps t < T_in."""
         T = self.timesteps
