@@ -1,7 +1,8 @@
 """Runtime speed: the SNN against the ANN it came from, measured as ratios in one process.
 
     python benchmarks/speed.py                      # shipped Fashion-MNIST VGG, 1,024 test images
-    python benchmarks/speed.py --rounds 3 --out docs/benchmarks/speed.json
+    python benchmarks/speed.py --rounds 3 --compare --out docs/benchmarks/speed.json
+    python benchmarks/speed.py --checkpoint resnet20_cifar10.pt --compare --out docs/benchmarks/speed_resnet20.json
 
 Measures, interleaved over ``--rounds`` rounds (minimum taken, as these machines are shared and
 noisy): the ANN forward, the QANN forward, the per-step runtime (the default: quiet samples
@@ -9,8 +10,8 @@ dropped, rows without input skipped) and the layer-by-layer runtime at T = 4/8/1
 the same images in batches of ``--batch-size``. Also reports
 the run's *dense floor*: Σ_layers (active (step, sample) slices × MACs per slice) / ANN MACs,
 the arithmetic the spikes require if every active slice is a dense product. With the bench extra
-installed (``pip install -e '.[bench]'``) SpikingJelly's and sinabs' converters are timed on the
-same FP network too.
+installed (``pip install -e '.[bench]'``), ``--compare`` times SpikingJelly's and sinabs'
+converters on the same FP network and images too (:mod:`converters`), each over all T steps.
 """
 
 from __future__ import annotations
@@ -35,6 +36,23 @@ def _qann(fp, loader_batches):
     return qann.eval()
 
 
+def _comparisons(fp, calibration) -> tuple[dict, dict]:
+    """The other converters on the same FP network: (name → run(x, T), name → why it cannot take it)."""
+    try:
+        from converters import sinabs_snn, spikingjelly_snn
+    except ImportError as error:
+        raise SystemExit(f"--compare needs the bench extra (pip install -e '.[bench]'): {error}") from None
+    runs, refused = {}, {}
+    for name, make in (("spikingjelly", lambda: spikingjelly_snn(fp, calibration, "99.9%")),
+                       ("sinabs", lambda: sinabs_snn(fp, calibration))):
+        try:
+            runs[name] = make()
+        except ValueError as error:
+            refused[name] = str(error)
+            print(f"{name}: cannot convert this network: {error}")
+    return runs, refused
+
+
 def _time(fn, batches) -> float:
     start = time.perf_counter()
     for x in batches:
@@ -49,6 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timesteps", default="4,8,16,32")
+    parser.add_argument("--compare", action="store_true",
+                        help="also time SpikingJelly's and sinabs' converters (pip install -e '.[bench]')")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -72,6 +92,12 @@ def main(argv: list[str] | None = None) -> dict:
     for T in steps:
         runs[f"step T={T}"] = lambda x, T=T: snn.simulate(x, T, record=False, mode="step")
         runs[f"layer T={T}"] = lambda x, T=T: snn.simulate(x, T, record=False, mode="layer")
+    refused: dict = {}
+    if args.compare:
+        converted, refused = _comparisons(fp, train)
+        for name, run in converted.items():
+            for T in steps:
+                runs[f"{name} T={T}"] = lambda x, T=T, run=run: run(x, T)
     best = {name: float("inf") for name in runs}
     with torch.no_grad():
         for _ in range(args.rounds):
@@ -93,12 +119,14 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "samples": args.samples, "batch_size": args.batch_size, "rounds": args.rounds,
         "seconds": best,
+        "network": f"{ckpt.meta.get('model')} on {dataset}",
         "ratio_to_ann": {name: t / ann for name, t in best.items()},
         "dense_floor": {str(T): f for T, f in floor.items()},
+        "not_converted": refused,
     }
-    print(f"{'run':<14}{'seconds':>9}{'x ANN':>8}")
+    print(f"{'run':<20}{'seconds':>9}{'x ANN':>8}")
     for name, t in best.items():
-        print(f"{name:<14}{t:9.3f}{t / ann:8.2f}")
+        print(f"{name:<20}{t:9.3f}{t / ann:8.2f}")
     print("dense floor (x ANN MACs): " + ", ".join(f"T={T}: {f:.2f}" for T, f in floor.items()))
     if args.out:
         from qffs.io import write_text_atomic
