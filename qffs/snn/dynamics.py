@@ -11,29 +11,54 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 
+def count_dtype(z_max: int) -> torch.dtype:
+    """The smallest integer type that holds counts 0…``z_max``: counts are compared and updated
+    every step, and a byte per neuron moves a quarter of the memory of a float."""
+    return torch.int8 if z_max <= 127 else torch.int16 if z_max <= 32767 else torch.int32
+
+
+def any_per_row(x: torch.Tensor) -> torch.Tensor:
+    """Per row (first dim): is any element nonzero? Two max-reductions beat ``any`` (which converts
+    to bool first) severalfold on CPU; integer spikes are read as bytes (−1 is 255)."""
+    x = x.flatten(1)
+    if x.dtype == torch.int8:
+        return x.view(torch.uint8).amax(1) > 0
+    return (x.amax(1) != 0) | (x.amin(1) != 0)
+
+
+class IFStep(NamedTuple):
+    """One IF step's result: the output z·θ, the spikes z (integer), and which neurons fired and unfired."""
+
+    output: torch.Tensor
+    spikes: torch.Tensor
+    fire: torch.Tensor
+    unfire: torch.Tensor | None
+
+
 def if_step(membrane: torch.Tensor, count: torch.Tensor, current: torch.Tensor, threshold: torch.Tensor,
-            z_max: int, negative_spikes: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One IF step, updating ``membrane`` and ``count`` in place; returns (output z·θ, fired, unfired).
+            z_max: int, negative_spikes: bool = True) -> IFStep:
+    """One IF step, updating ``membrane`` and the integer ``count`` (:func:`count_dtype`) in place.
 
     u ← u + I; +1 if u ≥ θ and Z < Z_max; −1 if u < 0 and Z > 0 (with negative spikes); the
-    output is z·θ (exact, z ∈ {−1, 0, 1}). ``unfired`` is None without negative spikes.
+    output is z·θ (exact, z ∈ {−1, 0, 1}). ``unfire`` is None without negative spikes.
     """
     u = membrane.add_(current)
     fire = u.ge(threshold).logical_and_(count.lt(z_max))
     unfire = None
     if negative_spikes:                                  # never together with fire, as θ > 0
         unfire = u.lt(0).logical_and_(count.gt(0))
-        spikes = (fire.view(torch.int8) - unfire.view(torch.int8)).to(current.dtype)
+        spikes = fire.view(torch.int8) - unfire.view(torch.int8)
     else:
-        spikes = fire.to(current.dtype)
-    out = spikes * threshold
+        spikes = fire.view(torch.int8)
+    out = spikes.to(threshold.dtype).mul_(threshold)     # (a mixed-type mul casts first anyway)
     u.sub_(out)
     count.add_(spikes)
-    return out, fire, unfire
+    return IFStep(out, spikes, fire, unfire)
 
 
 @dataclass
@@ -66,10 +91,11 @@ def if_sequence(currents: torch.Tensor, membrane: torch.Tensor, count: torch.Ten
     idle = False
     for t in range(T):
         if not (idle and not has_current[t]):
-            out[t], fire, unfire = if_step(membrane, count, currents[t], threshold, z_max, negative_spikes)
-            pos[t] = fire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
-            if unfire is not None:
-                neg[t] = unfire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
+            step = if_step(membrane, count, currents[t], threshold, z_max, negative_spikes)
+            out[t] = step.output
+            pos[t] = step.fire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
+            if step.unfire is not None:
+                neg[t] = step.unfire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
             idle = not has_current[t] and not bool(pos[t].any() or neg[t].any())
         if history:
             counts[t] = count
@@ -88,4 +114,4 @@ def event_max_pool_sequence(events: torch.Tensor, pool: Callable[[torch.Tensor],
     return out
 
 
-__all__ = ["IFTrace", "event_max_pool_sequence", "if_sequence", "if_step"]
+__all__ = ["IFStep", "IFTrace", "any_per_row", "count_dtype", "event_max_pool_sequence", "if_sequence", "if_step"]

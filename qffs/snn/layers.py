@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qffs.snn.dynamics import any_per_row
 from qffs.snn.state import Stateful
 
 
@@ -62,7 +63,7 @@ class GatedLayer(Stateful):
         return int(self.fanout(probe).sum().item())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        active = self.monitor.inputs(self, x, self.fanout(x)) if self.monitor is not None else x.flatten(1).ne(0).any(1)
+        active = self.monitor.inputs(self, x, self.fanout(x)) if self.monitor is not None else any_per_row(x)
         # only the rows with any input cost a product: the others' weighted input is exactly 0
         rows = active.nonzero().squeeze(1)
         if rows.numel() == x.shape[0]:

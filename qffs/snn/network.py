@@ -300,11 +300,11 @@ class SpikingNetwork(nn.Module):
             out = self.graph(inputs if t < self.input_window else silent[: alive.numel()])
             if out_neuron is not None:
                 for key, state in (("count", out_neuron.count), ("membrane", out_neuron.membrane)):
-                    if key not in history:
-                        history[key] = state.new_empty((timesteps, batch, *state.shape[1:]))
+                    if key not in history:   # counts too in the membrane's floating type, as readouts need
+                        history[key] = out_neuron.membrane.new_empty((timesteps, batch, *state.shape[1:]))
                     if alive.numel() < batch:
                         history[key][t] = history[key][t - 1]
-                    history[key][t, alive] = state
+                    history[key][t, alive] = state.to(history[key].dtype)
             else:
                 if integrated is None:
                     integrated = out.new_zeros((batch, *out.shape[1:]))

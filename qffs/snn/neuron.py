@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from qffs.snn.dynamics import if_sequence, if_step
+from qffs.snn.dynamics import any_per_row, count_dtype, if_sequence, if_step
 from qffs.snn.state import Stateful
 
 
@@ -55,7 +55,7 @@ class IFNeuron(Stateful):
 
     def _init_state(self, current: torch.Tensor) -> None:
         self.membrane = self.initial_membrane().to(current.dtype).expand_as(current).clone()
-        self.count = torch.zeros_like(current)
+        self.count = torch.zeros(current.shape, dtype=count_dtype(self.z_max), device=current.device)
         self.settled = None
         self.batch = current.shape[0]
 
@@ -64,15 +64,15 @@ class IFNeuron(Stateful):
             return self._forward_sequence(current)
         if self.membrane is None or self.membrane.shape != current.shape or self.membrane.dtype != current.dtype:
             self._init_state(current)
-        out, fire, unfire = if_step(self.membrane, self.count, current, self.threshold.to(current.dtype), self.z_max,
-                                    self.negative_spikes)
-        # per-sample spike counts: summing bytes is ~20x faster than summing a bool tensor
-        pos = fire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
-        neg = unfire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32) if unfire is not None else None
+        step = if_step(self.membrane, self.count, current, self.threshold.to(current.dtype), self.z_max,
+                       self.negative_spikes)
         if self.monitor is not None:
+            # per-sample spike counts: summing bytes is ~20x faster than summing a bool tensor
+            pos = step.fire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
+            neg = step.unfire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32) if step.unfire is not None else None
             self.monitor.spikes(self, pos, neg)
-        self.active = (pos > 0) if neg is None else (pos + neg > 0)  # the network detects quiet from this
-        return out
+        self.active = any_per_row(step.spikes)          # the network detects quiet from this
+        return step.output
 
     def keep(self, mask: torch.Tensor) -> None:
         """Drop the quiet samples' rows from the state; their counts are final (:meth:`final_counts`)."""
@@ -86,13 +86,14 @@ class IFNeuron(Stateful):
         self.membrane, self.count = self.membrane[mask], self.count[mask]
 
     def final_counts(self) -> torch.Tensor | None:
-        """Every sample's signed spike counts at the end of the run (also those dropped when quiet)."""
+        """Every sample's signed spike counts at the end of the run (also those dropped when quiet),
+        in the membrane's floating type (the QANN's levels' type)."""
         if self.settled is None or self.count is None:
-            return self.count
+            return None if self.count is None else self.count.to(self.membrane.dtype)
         full = self.settled.clone()
         if self.rows is not None and self.rows.numel():
             full[self.rows] = self.count
-        return full
+        return full.to(self.membrane.dtype)
 
     def _forward_sequence(self, current: torch.Tensor) -> torch.Tensor:
         """Layer-by-layer: ``current`` holds all T steps, [T·B, ...]; scan them (:func:`if_sequence`)."""
