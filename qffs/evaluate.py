@@ -59,7 +59,9 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
     the QANN accuracy and its accuracy before the output quantizer are measured on the same
     samples, and each IF layer's final counts are compared with the QANN levels; prediction
     agreement with the QANN is that of the spike counts. ``memory``: the simulation's budget
-    in bytes (:meth:`SpikingNetwork.simulate`).
+    in bytes (:meth:`SpikingNetwork.simulate`). For an exact float64 run, ``snn`` should be
+    converted from a float64 QANN (``load_snn(path, dtype=torch.float64)``): BatchNorm is folded
+    in the conversion's type.
     """
     check_readout(readout)
     device = torch.device(device)

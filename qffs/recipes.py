@@ -350,18 +350,21 @@ def load_qann(path: str | Path, model: str | None = None) -> tuple[torch.nn.Modu
 CONVERT_OPTIONS = ("input_window", "precharge", "negative_spikes", "max_pool")
 
 
-def load_snn(path: str | Path, model: str | None = None):
+def load_snn(path: str | Path, model: str | None = None, dtype: torch.dtype | None = None):
     """Rebuild an SNN artifact: (SpikingNetwork, the QANN it came from, metadata).
 
     The artifact holds the QANN (spec, bits, state dict) and the conversion options; the
     conversion is deterministic, so this is the SNN that was written. ``model``: as for
-    :func:`load_qann`.
+    :func:`load_qann`. ``dtype``: convert in this type (float64 for an exact simulation: BatchNorm
+    is folded in it, not folded in float32 and then widened).
     """
     from qffs.snn import convert
 
     ckpt = load_checkpoint(path)
     _expect_kind(ckpt, "snn", path)
     qann = _rebuild_qann(ckpt.meta, ckpt.state_dict, str(path), model)
+    if dtype is not None:
+        qann = qann.to(dtype)
     options = {k: ckpt.meta["conversion"][k] for k in CONVERT_OPTIONS if k in ckpt.meta.get("conversion", {})}
     return convert(qann, **options), qann, ckpt.meta
 
@@ -410,6 +413,18 @@ def _bits(bits: int | None) -> str:
     return "analog" if bits is None else f"{bits}-bit"
 
 
+def test_data_for(path: str | Path, meta: dict[str, Any], data: DataOptions):
+    """The test set an artifact is evaluated on: (data options with the recorded ones filled in,
+    preprocessing, loader); refuses another dataset than the one it was trained on."""
+    data = with_recorded(data, meta)
+    dataset, trained_on = data.dataset, meta.get("dataset")
+    if trained_on and not _same_dataset(meta, dataset):
+        raise QffsError(f"{path} was trained on {trained_on}, not {dataset}: pass --dataset {trained_on}")
+    prep = data.preprocessing(recorded=recorded_preprocessing(meta, dataset))
+    _, test_loader = make_loaders(data, prep, train=False)
+    return data, prep, test_loader
+
+
 def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int, *, device: str = "auto",
                         double: bool = False, readout: str = DEFAULT_READOUT, model: str | None = None,
                         memory: str | int | None = None) -> dict[str, Any]:
@@ -422,13 +437,9 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
     check_readout(readout)
     budget = None if memory is None else parse_memory(memory)
     dev = resolve_device(device)
-    snn, qann, meta = load_snn(snn_path, model)
-    data = with_recorded(data, meta)
-    dataset, trained_on = data.dataset, meta.get("dataset")
-    if trained_on and not _same_dataset(meta, dataset):
-        raise QffsError(f"{snn_path} was trained on {trained_on}, not {dataset}: pass --dataset {trained_on}")
-    prep = data.preprocessing(recorded=recorded_preprocessing(meta, dataset))
-    _, test_loader = make_loaders(data, prep, train=False)
+    snn, qann, meta = load_snn(snn_path, model, torch.float64 if double else None)
+    data, prep, test_loader = test_data_for(snn_path, meta, data)
+    dataset = data.dataset
     started = time.perf_counter()
     report = evaluate_snn(snn, test_loader, timesteps, qann=qann, device=dev,
                           dtype=torch.float64 if double else torch.float32, readout=readout, memory=budget)

@@ -120,6 +120,10 @@ def convert(qann: nn.Module, *, input_window: int | None = None, precharge: bool
 
     ``input_window`` (T_in) defaults to the Q of the hidden quantizers (3 for 2 bits).
     ``negative_spikes=False`` and ``precharge=False`` exist for ablations only.
+
+    BatchNorm is folded in the QANN's type: for an exact float64 simulation convert
+    ``qann.double()``. A float32 conversion widened later keeps float32 rounding in the folded
+    weights (about 1e-7), enough to put a neuron that lies that close to a rounding boundary one level off.
     """
     if max_pool not in MAX_POOL_MODES:
         raise QffsError(f"max_pool must be one of {MAX_POOL_MODES}, got {max_pool!r}")
