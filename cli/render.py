@@ -86,3 +86,23 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(curve_table(report))
     for line in summary_lines(report):
         console.print(line)
+
+
+def ablation_table(result: dict[str, Any]) -> Table:
+    """One row per ablation setting: accuracy at the table's t, latency to lossless, neurons off level."""
+    from qffs.ablate import table_steps
+
+    steps = table_steps(len(result["timesteps"]))
+    table = Table(title=result["title"], title_justify="left")
+    table.add_column("setting", no_wrap=True)
+    table.add_column("QANN %", justify="right")
+    for t in steps:
+        table.add_column(f"t={t}", justify="right")
+    table.add_column("lossless at", justify="right")
+    table.add_column("off level", justify="right")
+    for r in result["rows"]:
+        off = r["off_level_fraction"]
+        table.add_row(r["setting"], _pct(r["qann_accuracy"]), *(_pct(r["snn_accuracy"][t - 1]) for t in steps),
+                      "—" if r["latency_to_lossless"] is None else str(r["latency_to_lossless"]),
+                      "—" if off is None else f"{100 * off:.3f}%")
+    return table

@@ -39,6 +39,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("fp-to-convert", ["convert", "{in}/fp.pt", "--out", "{out}/s.pt"], "not a quantized ANN"),
     ("fp-to-evaluate", ["evaluate", "{in}/fp.pt", "--out-dir", "{out}/ev"], "not an SNN"),
     ("qann-to-evaluate", ["evaluate", "{in}/qann.pt", "--out-dir", "{out}/ev"], "convert it first"),
+    ("snn-to-ablate", ["ablate", "{in}/snn.pt", "--out-dir", "{out}/ab"], "already converted"),
+    ("fp-as-ablate-also", ["ablate", "{in}/qann.pt", "--also", "{in}/fp.pt", "--out-dir", "{out}/ab"], "quantize it first"),
     ("snn-to-convert", ["convert", "{in}/snn.pt", "--out", "{out}/s.pt"], "already converted"),
     ("qann-to-quantize", ["quantize", "{in}/qann.pt", "--out", "{out}/q.pt"], "not a full-precision"),
     ("pretrained-empty", ["train", "--pretrained", "{in}/empty.pt", "--out", "{out}/t.pt", "--epochs", "1"], "empty.pt"),

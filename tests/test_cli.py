@@ -26,7 +26,7 @@ def qffs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([QFFS, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=600)
 
 
-@pytest.mark.parametrize("command", ["", "train", "quantize", "convert", "evaluate", "run", "demo", "info"])
+@pytest.mark.parametrize("command", ["", "train", "quantize", "convert", "evaluate", "run", "demo", "info", "ablate"])
 def test_every_command_has_help_with_an_example(cli, command):
     result = cli(*([command] if command else []), "--help")
     assert result.returncode == 0

@@ -1,0 +1,168 @@
+"""The paper's ablation on one QANN: each QFFS mechanism switched off in turn (SPEC §3–§4).
+
+Every setting converts the same QANN and simulates the same test images; the table gives the
+accuracy at fixed t, the latency to lossless (first t within 0.1 pp of that QANN) and the
+fraction of neurons whose final spike count is off their QANN level. QANNs of other output
+widths (say 2-bit, 3-bit, analog output) add one full-QFFS row each.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: The t at which the table reports accuracy (those ≤ T).
+TABLE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the ablation: conversion options, and whether the run stops at T_in."""
+
+    name: str
+    what: str
+    conversion: dict[str, Any] = field(default_factory=dict)
+    stop_at_window: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("QFFS", "negative spikes, pre-charge, event max pooling, run until quiet"),
+    Setting("no negative spikes", "an overshoot cannot be taken back", {"negative_spikes": False}),
+    Setting("stopped at T_in", "simulation not extended beyond the input window", stop_at_window=True),
+    Setting("naive max pooling", "each step's spikes max-pooled on their own", {"max_pool": "naive"}),
+    Setting("no pre-charge", "membranes start at 0: neurons floor instead of round", {"precharge": False}),
+)
+
+
+def _output_label(meta: dict[str, Any]) -> str:
+    bits = meta.get("output_bits")
+    return "analog output" if not bits else f"{bits}-bit output"
+
+
+def off_level_fraction(report: dict[str, Any]) -> float | None:
+    """Fraction of all neurons (all layers, all samples) whose final count differs from the QANN level."""
+    layers = [r for r in report["layers"] if r["mismatch_fraction"] is not None]
+    neurons = sum(r["neurons"] for r in layers)
+    return sum(r["mismatch_fraction"] * r["neurons"] for r in layers) / neurons if neurons else None
+
+
+def _row(setting: str, what: str, qann_name: str, report: dict[str, Any], timesteps: int) -> dict[str, Any]:
+    from qffs.report import latency_to_lossless
+
+    curve = list(report["snn_accuracy"])
+    curve += [curve[-1]] * (timesteps - len(curve))          # stopped early: the answer is frozen
+    return {"setting": setting, "what": what, "qann": qann_name, "qann_accuracy": report["qann_accuracy"],
+            "input_window": report["input_window"], "steps_simulated": len(report["snn_accuracy"]),
+            "snn_accuracy": curve,
+            "latency_to_lossless": latency_to_lossless(curve, report["qann_accuracy"]),
+            "off_level_fraction": off_level_fraction(report),
+            "unconverged": report["convergence"]["unconverged"]}   # samples still spiking at the last step
+
+
+def ablate(qann_path: str | Path, data, timesteps: int, *, others: tuple[str | Path, ...] = (), device: str = "auto",
+           double: bool = False, memory: str | int | None = None, model: str | None = None,
+           log=print) -> dict[str, Any]:
+    """Run every :data:`SETTINGS` row on ``qann_path`` (and full QFFS on each of ``others``)."""
+    from qffs.evaluate import evaluate_snn
+    from qffs.recipes import load_qann, test_data_for
+    from qffs.snn import convert
+    from qffs.snn.memory import parse_memory
+    from qffs.snn.network import check_timesteps
+    from qffs.train import resolve_device
+
+    check_timesteps(timesteps, "--timesteps")
+    budget = None if memory is None else parse_memory(memory)
+    dev, dtype = resolve_device(device), torch.float64 if double else torch.float32
+    # all load before any runs; converted in the simulation's type (float64: BN folded in float64)
+    qanns = [(Path(p), q.to(dtype), meta) for p in (qann_path, *others) for q, meta in [load_qann(p, model)]]
+    path, qann, meta = qanns[0]
+    data, prep, loader = test_data_for(path, meta, data)
+    for other, _, other_meta in qanns[1:]:
+        test_data_for(other, other_meta, data)               # the same dataset, or a one-line error
+    rows, skipped, samples = [], [], 0
+    name = f"{path.name} ({_output_label(meta)})"
+    for setting in SETTINGS:
+        snn = convert(qann, **setting.conversion)
+        if setting.conversion.get("max_pool") == "naive" and not any(
+                r["kind"] == "naive max pool" for r in snn.summary()):
+            skipped.append(f"{setting.name}: the network has no max pooling")
+            continue
+        steps = min(snn.input_window, timesteps) if setting.stop_at_window else timesteps
+        log(f"{setting.name}: T = {steps}")
+        report = evaluate_snn(snn, loader, steps, qann=qann, device=dev, dtype=dtype, memory=budget)
+        samples = report["samples"]
+        rows.append(_row(setting.name, setting.what, name, report, timesteps))
+    for other, other_qann, other_meta in qanns[1:]:
+        label = _output_label(other_meta)
+        log(f"QFFS, {label} ({other.name}): T = {timesteps}")
+        report = evaluate_snn(convert(other_qann), loader, timesteps, qann=other_qann, device=dev, dtype=dtype,
+                              memory=budget)
+        rows.append(_row(f"QFFS, {label}", "the full method on a QANN of another output width",
+                         f"{other.name} ({label})", report, timesteps))
+    return {"title": f"ablation: {meta['model']} on {data.dataset}, {meta.get('bits')}-bit hidden, "
+                     f"{samples} test images, {'float64' if double else 'float32'}",
+            "timesteps": list(range(1, timesteps + 1)), "rows": rows, "skipped": skipped,
+            "config": {"qann": str(qann_path), "others": [str(o) for o in others], "timesteps": timesteps,
+                       "test_limit": data.test_limit, "batch_size": data.batch_size, "double": double,
+                       "device": device, "memory": budget, "preprocessing": prep.as_dict()}}
+
+
+def table_steps(timesteps: int) -> list[int]:
+    """The t columns of the table: :data:`TABLE_STEPS` up to T, and T itself."""
+    return sorted({t for t in TABLE_STEPS if t <= timesteps} | {timesteps})
+
+
+def ablation_csv(result: dict[str, Any]) -> str:
+    """One line per setting: accuracy at the table's t, latency to lossless, fraction off level."""
+    steps = table_steps(len(result["timesteps"]))
+    lines = ["setting,qann,qann_accuracy," + ",".join(f"acc_t{t}" for t in steps)
+             + ",latency_to_lossless,off_level_fraction,steps_simulated"]
+    for r in result["rows"]:
+        cells = [r["setting"], r["qann"], f"{r['qann_accuracy']:.6f}"]
+        cells += [f"{r['snn_accuracy'][t - 1]:.6f}" for t in steps]
+        cells += ["" if r["latency_to_lossless"] is None else str(r["latency_to_lossless"]),
+                  "" if r["off_level_fraction"] is None else f"{r['off_level_fraction']:.6g}", str(r["steps_simulated"])]
+        lines.append(",".join(f'"{c}"' if "," in c else c for c in cells))
+    return "\n".join(lines) + "\n"
+
+
+def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
+    """Every setting's accuracy curve in one PNG, with each QANN's accuracy as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qffs.report import save_accuracy_plot
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.6), dpi=120)
+    ts = result["timesteps"]
+    for r in result["rows"]:
+        bold = r["setting"] == "QFFS"
+        ax.plot(ts, [100 * a for a in r["snn_accuracy"]], marker="o", ms=3, lw=2.2 if bold else 1.2, label=r["setting"])
+    for (qann, acc), style in zip({r["qann"]: r["qann_accuracy"] for r in result["rows"]}.items(), ("--", ":", "-.")):
+        ax.axhline(100 * acc, ls=style, lw=1, color="grey", label=f"QANN {qann}: {100 * acc:.2f}%")
+    if len(ts) > 20:
+        ax.set_xscale("log", base=2)
+    return save_accuracy_plot(fig, ax, result["title"], path, legend_size=7)
+
+
+def write_ablation(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """``ablation.csv``, ``ablation.json`` and ``ablation.png`` in ``out_dir``, all three or none."""
+    from qffs.io import atomic_files
+    from qffs.report import environment
+
+    out = Path(out_dir)
+    paths = {"csv": out / "ablation.csv", "json": out / "ablation.json", "png": out / "ablation.png"}
+    with atomic_files(list(paths.values())) as (csv, json_file, png):
+        csv.write_text(ablation_csv(result))
+        json_file.write_text(json.dumps({**result, "environment": environment()}, indent=2))
+        plot_ablation(result, png)
+    return paths
+
+
+__all__ = ["SETTINGS", "Setting", "ablate", "ablation_csv", "off_level_fraction", "plot_ablation", "write_ablation"]
