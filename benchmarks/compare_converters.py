@@ -52,7 +52,7 @@ def _plot(result: dict, path: Path) -> None:
     for name, row in result["curves"].items():
         ax.plot(ts, [100 * a for a in row["accuracy"]], lw=2.2 if name == "qffs, count" else 1.2, label=name)
     ax.axhline(100 * result["fp_accuracy"], ls=":", color="#2ca02c", label=f"FP ANN {100 * result['fp_accuracy']:.2f}%")
-    ax.axhline(100 * result["qann_accuracy"], ls="--", color="#d62728", label=f"QANN {100 * result['qann_accuracy']:.2f}%")
+    ax.axhline(100 * result["qann_accuracy"], ls="--", color="#444444", label=f"QANN {100 * result['qann_accuracy']:.2f}%")
     ax.set_xscale("log", base=2)
     save_accuracy_plot(fig, ax, result["title"], path, legend_size=7)
 
