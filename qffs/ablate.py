@@ -77,8 +77,10 @@ def ablate(qann_path: str | Path, data, timesteps: int, *, others: tuple[str | P
     check_timesteps(timesteps, "--timesteps")
     budget = None if memory is None else parse_memory(memory)
     dev, dtype = resolve_device(device), torch.float64 if double else torch.float32
-    # all load before any runs; converted in the simulation's type (float64: BN folded in float64)
-    qanns = [(Path(p), q.to(dtype), meta) for p in (qann_path, *others) for q, meta in [load_qann(p, model)]]
+    qanns = []
+    for p in (qann_path, *others):          # all load before any runs
+        q, m = load_qann(p, model)
+        qanns.append((Path(p), q.to(dtype), m))   # in the simulation's type: with --double, BN folds in float64
     path, qann, meta = qanns[0]
     data, prep, loader = test_data_for(path, meta, data)
     for other, _, other_meta in qanns[1:]:
