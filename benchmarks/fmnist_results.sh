@@ -63,5 +63,9 @@ for ablation in --no-negative-spikes --no-precharge "--max-pool naive"; do
   timed "evaluate_2_3_$name" "$QFFS" evaluate "$RUNS/q2_3/snn_$name.pt" --timesteps 16 --out-dir "$RUNS/q2_3/$name"
   keep "$RUNS/q2_3/$name" "ablation_$name"
 done
+# The same ablation as one command (float64, so the full setting is exact), with the 2/analog QANN.
+timed ablate_2_3 "$QFFS" ablate "$RUNS/q2_3/qann.pt" --also "$RUNS/q2_analog/qann.pt" --timesteps 16 --double \
+  --out-dir "$RUNS/ablation"
+for ext in csv json png; do cp "$RUNS/ablation/ablation.$ext" "$DOCS/ablation.$ext"; done
 cp "$RUNS"/*.time.json "$DOCS/" 2>/dev/null || true
 echo "reports in $DOCS/"
