@@ -1,4 +1,4 @@
-"""qffs ablate on a tiny subset: every setting's row, and the mechanisms' effect on neuron levels."""
+"""qffs ablate on a tiny subset (64 images): every setting's row, and the mechanisms' effect on neuron levels."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def ablation(tmp_path_factory):
         r = qffs("quantize", SHIPPED, "--epochs", "0", "--limit", "256", "--output-bits", bits,
                  "--out", folder / name)
         assert r.returncode == 0, r.stderr
-    r = qffs("ablate", folder / "q3.pt", "--also", folder / "q0.pt", "--limit", "128", "-T", "16", "--double",
+    r = qffs("ablate", folder / "q3.pt", "--also", folder / "q0.pt", "--limit", "64", "-T", "16", "--double",
              "--out-dir", folder / "out")
     assert r.returncode == 0, r.stderr
     return folder / "out", r.stdout
