@@ -68,7 +68,7 @@ def ablate(qann_path: str | Path, data, timesteps: int, *, others: tuple[str | P
            log=print) -> dict[str, Any]:
     """Run every :data:`SETTINGS` row on ``qann_path`` (and full QFFS on each of ``others``)."""
     from qffs.evaluate import evaluate_snn
-    from qffs.recipes import load_qann, test_data_for
+    from qffs.recipes import check_trained_on, load_qann, test_data_for
     from qffs.snn import convert
     from qffs.snn.memory import parse_memory
     from qffs.snn.network import check_timesteps
@@ -84,7 +84,7 @@ def ablate(qann_path: str | Path, data, timesteps: int, *, others: tuple[str | P
     path, qann, meta = qanns[0]
     data, prep, loader = test_data_for(path, meta, data)
     for other, _, other_meta in qanns[1:]:
-        test_data_for(other, other_meta, data)               # the same dataset, or a one-line error
+        check_trained_on(other, other_meta, data.dataset)    # the same dataset, or a one-line error
     rows, skipped, samples = [], [], 0
     name = f"{path.name} ({_output_label(meta)})"
     for setting in SETTINGS:

@@ -417,12 +417,17 @@ def test_data_for(path: str | Path, meta: dict[str, Any], data: DataOptions):
     """The test set an artifact is evaluated on: (data options with the recorded ones filled in,
     preprocessing, loader); refuses another dataset than the one it was trained on."""
     data = with_recorded(data, meta)
-    dataset, trained_on = data.dataset, meta.get("dataset")
-    if trained_on and not _same_dataset(meta, dataset):
-        raise QffsError(f"{path} was trained on {trained_on}, not {dataset}: pass --dataset {trained_on}")
-    prep = data.preprocessing(recorded=recorded_preprocessing(meta, dataset))
+    check_trained_on(path, meta, data.dataset)
+    prep = data.preprocessing(recorded=recorded_preprocessing(meta, data.dataset))
     _, test_loader = make_loaders(data, prep, train=False)
     return data, prep, test_loader
+
+
+def check_trained_on(path: str | Path, meta: dict[str, Any], dataset: str) -> None:
+    """Refuse evaluating an artifact on another dataset than the one it was trained on."""
+    trained_on = meta.get("dataset")
+    if trained_on and not _same_dataset(meta, dataset):
+        raise QffsError(f"{path} was trained on {trained_on}, not {dataset}: pass --dataset {trained_on}")
 
 
 def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int, *, device: str = "auto",
