@@ -34,6 +34,8 @@ RESUME_OPTION = typer.Option(
          "(NAME.resume.pt beside --out); the result equals an uninterrupted run. Also splits long trainings into "
          "chunks.")
 
+TEST_DATASET_OPTION = typer.Option(None, "--dataset", "-d", help="Test set (default: the one the artifact was trained on).")
+TEST_DATA_ROOT_OPTION = typer.Option(None, "--data-root", help="Dataset location (default: the one recorded in the artifact).")
 MEMORY_OPTION = typer.Option(
     None, "--memory", metavar="<bytes>",
     help="Memory budget of the simulation, e.g. 4GB or 512MiB: larger batches are simulated in chunks of "

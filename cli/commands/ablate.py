@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from qffs.cli.app import ARTIFACT_MODEL_OPTION, IMAGE_SIZE_OPTION, MEAN_OPTION, MEMORY_OPTION, STD_OPTION, app, channel_values, examples
+from qffs.cli.app import ARTIFACT_MODEL_OPTION, TEST_DATA_ROOT_OPTION, TEST_DATASET_OPTION, IMAGE_SIZE_OPTION, MEAN_OPTION, MEMORY_OPTION, STD_OPTION, app, channel_values, examples
 
 
 @app.command(
@@ -20,8 +20,8 @@ from qffs.cli.app import ARTIFACT_MODEL_OPTION, IMAGE_SIZE_OPTION, MEAN_OPTION, 
 def ablate(
     qann: Path = typer.Argument(..., help="QANN checkpoint written by qffs quantize."),
     also: Optional[list[Path]] = typer.Option(None, "--also", help="A QANN of another output width (e.g. --output-bits 2 or 0) of the same network: adds a full-QFFS row. Repeatable."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Test set (default: the one the QANN was trained on)."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location (default: the one recorded in the QANN)."),
+    dataset: Optional[str] = TEST_DATASET_OPTION,
+    data_root: Optional[str] = TEST_DATA_ROOT_OPTION,
     mean: Optional[str] = MEAN_OPTION,
     std: Optional[str] = STD_OPTION,
     image_size: Optional[int] = IMAGE_SIZE_OPTION,

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from qffs.cli.app import ARTIFACT_MODEL_OPTION, IMAGE_SIZE_OPTION, MEAN_OPTION, MEMORY_OPTION, READOUT_OPTION, STD_OPTION, app, channel_values, examples
+from qffs.cli.app import ARTIFACT_MODEL_OPTION, TEST_DATA_ROOT_OPTION, TEST_DATASET_OPTION, IMAGE_SIZE_OPTION, MEAN_OPTION, MEMORY_OPTION, READOUT_OPTION, STD_OPTION, app, channel_values, examples
 
 
 @app.command(
@@ -45,8 +45,8 @@ def convert(
 )
 def evaluate(
     snn: Path = typer.Argument(..., help="SNN artifact written by qffs convert (or qffs run)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Test set (default: the one the model was trained on)."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location (default: the one recorded in the artifact)."),
+    dataset: Optional[str] = TEST_DATASET_OPTION,
+    data_root: Optional[str] = TEST_DATA_ROOT_OPTION,
     mean: Optional[str] = MEAN_OPTION,
     std: Optional[str] = STD_OPTION,
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
