@@ -18,7 +18,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import fx, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 Runner = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -27,7 +26,6 @@ _NONLINEAR = {"relu6", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "elu", "
               "hardsigmoid", "hardtanh", "softplus", "mish", "softmax", "log_softmax", "abs", "clamp", "clip",
               "exp", "log", "pow", "sqrt", "rsqrt", "square", "sin", "cos", "erf"}
 _PRODUCTS = {"mul", "matmul", "bmm", "einsum"}
-_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def _cumulative_mean(outputs: torch.Tensor) -> torch.Tensor:
@@ -37,17 +35,22 @@ def _cumulative_mean(outputs: torch.Tensor) -> torch.Tensor:
 
 
 def _traced(model: nn.Module) -> fx.GraphModule:
-    """FX trace of an eval-mode copy of ``model`` with every functional ReLU an ``nn.ReLU`` module."""
+    """FX trace of an eval-mode copy of ``model`` with every ReLU call its own ``nn.ReLU`` module
+    (functional ReLUs become modules, a module called at two places becomes two): neurons have state."""
     try:
         gm = fx.symbolic_trace(copy.deepcopy(model).eval())
     except Exception as exc:  # data-dependent control flow and the like
         raise ValueError(f"the network cannot be FX-traced: {type(exc).__name__}: {exc}") from exc
-    modules = dict(gm.named_modules())
+    modules, called = dict(gm.named_modules()), set()
     for i, node in enumerate(list(gm.graph.nodes)):
         if node.op == "call_module":
             kind = type(modules[node.target])
             if kind is not nn.ReLU and kind.__module__ == "torch.nn.modules.activation":
                 raise ValueError(f"{kind.__name__} at {node.target!r}: only ReLUs convert to IF neurons")
+            if kind is nn.ReLU and node.target in called:  # a ReLU called twice becomes two neuron layers
+                gm.add_submodule(f"_relu_call_{i}", nn.ReLU())
+                node.target = f"_relu_call_{i}"
+            called.add(node.target)
             continue
         if node.op not in ("call_function", "call_method"):
             continue
@@ -100,81 +103,68 @@ def spikingjelly_snn(model: nn.Module, calibration: list[torch.Tensor], recipe: 
     return run
 
 
-def _flatten(start_dim: int = 0, end_dim: int = -1) -> nn.Flatten:
-    """The ``nn.Flatten`` of a ``torch.flatten`` call (whose start_dim defaults to 0)."""
-    return nn.Flatten(start_dim, end_dim)
+class _Scale(nn.Module):
+    """Multiplies by a constant: the stateless λ and 1/λ around a balanced ReLU."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
 
 
-def _chain(gm: fx.GraphModule) -> list[nn.Module]:
-    """The modules of a graph that is a plain chain, each BatchNorm folded into the layer before it."""
-    modules = dict(gm.named_modules())
-    layers: list[nn.Module] = []
-    previous = None
-    for node in gm.graph.nodes:
-        if node.op == "output" and node.args[0] is previous:
-            break
-        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-        if node.op in ("call_function", "call_method") and name == "flatten" and node.args[:1] == (previous,):
-            layers.append(_flatten(*node.args[1:], **node.kwargs))  # x.flatten(1), torch.flatten(x, 1)
-        elif not (node.op == "placeholder" and previous is None
-                  or node.op == "call_module" and node.args == (previous,) and not node.kwargs):
-            raise ValueError(f"sinabs conversion needs a plain chain of modules (weight normalisation scales one "
-                             f"layer after the other): node {node.name!r} ({node.op} {node.target}) does not just "
-                             "take the previous module's output (a branch, residual add or functional op)")
-        module = modules.get(node.target) if node.op == "call_module" else None
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            if not layers or not isinstance(layers[-1], _WEIGHTED):
-                raise ValueError(f"BatchNorm {node.target!r} does not follow a conv or linear layer")
-            fuse = fuse_linear_bn_eval if isinstance(layers[-1], nn.Linear) else fuse_conv_bn_eval
-            layers[-1] = fuse(layers[-1], module)
-        elif module is not None:
-            if not isinstance(module, _WEIGHTED) and any(True for _ in module.parameters()):
-                raise ValueError(f"{type(module).__name__} {node.target!r} has parameters sinabs cannot normalise")
-            layers.append(module)
-        previous = node
-    return layers
+def _balanced(gm: fx.GraphModule, data: torch.Tensor, percentile: float) -> fx.GraphModule:
+    """Each ``nn.ReLU`` of ``gm`` rewritten as ``λ·ReLU(x/λ)``, λ its ``percentile`` activation on ``data``.
 
-
-def _normalise(layers: nn.Sequential, data: torch.Tensor, percentile: float) -> None:
-    """Data-based weight normalisation (Rueckauer et al. 2017, the rule sinabs cites): each ReLU's
-    ``percentile`` activation λ becomes 1 (weights × λ_in/λ, biases / λ), the output keeps its scale."""
-    acts: dict[int, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda _m, _i, out, k=k: acts.__setitem__(k, out.detach().clone()))
-             for k, m in enumerate(layers) if isinstance(m, nn.ReLU)]
+    The same ANN (ReLU is positively homogeneous; checked by the caller), and the data-based
+    normalisation of Rueckauer et al. (2017) that sinabs cites, written as scales around each
+    neuron instead of folded into the weights: folding needs one scale per tensor, which a
+    residual add of two differently scaled branches does not have, while this form needs none.
+    """
+    relus = {n.target: n for n in gm.graph.nodes
+             if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.ReLU)}
+    acts: dict[str, torch.Tensor] = {}
+    hooks = [gm.get_submodule(name).register_forward_hook(
+        lambda _m, _i, out, name=name: acts.__setitem__(name, out.detach().flatten().cpu()))
+        for name in relus]
     with torch.no_grad():
-        layers(data)
-        for hook in hooks:
-            hook.remove()
-        scale = 1.0  # the signal entering layer k is (ANN signal) / scale
-        for k, m in enumerate(layers):
-            if not isinstance(m, _WEIGHTED):
-                continue
-            nxt = next((j for j in range(k + 1, len(layers)) if isinstance(layers[j], (nn.ReLU, *_WEIGHTED))), None)
-            lam = float(np.percentile(acts[nxt].cpu().numpy(), percentile)) if nxt in acts else 1.0
-            lam = lam if lam > 0 else 1.0  # a silent layer: any scale will do
-            m.weight.mul_(scale / lam)
-            if m.bias is not None:
-                m.bias.div_(lam)
-            scale = lam
+        gm(data)
+    for hook in hooks:
+        hook.remove()
+    for name in relus:
+        lam = float(np.percentile(acts[name].numpy(), percentile))
+        lam = lam if lam > 0 else 1.0  # a silent neuron layer: any scale will do
+        parent, _, leaf = name.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, leaf,
+                nn.Sequential(_Scale(1.0 / lam), nn.ReLU(), _Scale(lam)))
+    gm.recompile()
+    return gm
 
 
 def sinabs_snn(model: nn.Module, calibration: list[torch.Tensor], *, percentile: float = 99.0,
                max_rows: int = 4096) -> Runner:
-    """sinabs conversion: BN folded, data-based weight normalisation on ``calibration`` at
-    ``percentile`` (sinabs' default 99), then ``sinabs.from_model`` with its defaults
-    (``IAFSqueeze`` neurons, threshold 1, ``MultiSpike``: several spikes per step allowed,
-    subtractive reset, v_mem ≥ -1, no spiking output layer: the last layer's output is read).
+    """sinabs conversion: data-based normalisation on ``calibration`` at ``percentile`` (sinabs'
+    default 99), then ``sinabs.from_model`` with its defaults (``IAFSqueeze`` neurons, threshold 1,
+    ``MultiSpike``: several spikes per step allowed, subtractive reset, v_mem ≥ -1, no spiking
+    output layer: the last layer's output is read).
 
-    The normalisation is the rule ``sinabs.utils.normalize_weights`` cites, not that function,
-    which is exact only without biases (folded BN has them: on the shipped VGG it changed the
-    ANN's own argmax on 5 of 64 images). Needs a plain chain of modules (VGG-style; residual
-    adds are refused). Time is folded into the batch as sinabs wants ([B·t, ...], batch-major),
-    ``max_rows`` rows at a time, the neuron state carrying over between chunks.
+    The normalisation is the rule ``sinabs.utils.normalize_weights`` cites, written as λ·ReLU(x/λ)
+    (:func:`_balanced`), not that function, which is exact only without biases (folded BN has
+    them: on the shipped VGG it changed the ANN's own argmax on 5 of 64 images) and only for a
+    chain of layers. The rewritten ANN must give the original's outputs (checked on the
+    calibration data; ``ValueError`` otherwise). Time is folded into the batch as sinabs wants
+    ([B·t, ...], batch-major), ``max_rows`` rows at a time, the neuron state carrying over.
     """
     import sinabs
 
-    ann = nn.Sequential(*_chain(_traced(model)))
-    _normalise(ann, torch.cat(list(calibration)), percentile)
+    data = torch.cat(list(calibration))
+    ann = _balanced(_traced(model), data, percentile)
+    with torch.no_grad():
+        reference, rewritten = model.eval()(data), ann(data)
+    if not torch.allclose(rewritten, reference, rtol=1e-4, atol=1e-4 * float(reference.abs().max())):
+        raise ValueError("the balanced network does not compute the original's outputs "
+                         f"(max difference {float((rewritten - reference).abs().max()):.3g})")
     net = sinabs.from_model(ann, batch_size=1).eval()  # batch size set per call
 
     def run(x: torch.Tensor, T: int) -> torch.Tensor:
