@@ -38,9 +38,12 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-def _output_label(meta: dict[str, Any]) -> str:
+def _output_label(meta: dict[str, Any], hidden_bits: int | None = None) -> str:
+    """"3-bit output" or "analog output", prefixed by the hidden width where it is not ``hidden_bits``."""
     bits = meta.get("output_bits")
-    return "analog output" if not bits else f"{bits}-bit output"
+    label = "analog output" if not bits else f"{bits}-bit output"
+    hidden = meta.get("bits")
+    return label if hidden_bits is None or hidden == hidden_bits else f"{hidden}-bit hidden / {label}"
 
 
 def off_level_fraction(report: dict[str, Any]) -> float | None:
@@ -99,11 +102,11 @@ def ablate(qann_path: str | Path, data, timesteps: int, *, others: tuple[str | P
         samples = report["samples"]
         rows.append(_row(setting.name, setting.what, name, report, timesteps))
     for other, other_qann, other_meta in qanns[1:]:
-        label = _output_label(other_meta)
+        label = _output_label(other_meta, meta.get("bits"))
         log(f"QFFS, {label} ({other.name}): T = {timesteps}")
         report = evaluate_snn(convert(other_qann), loader, timesteps, qann=other_qann, device=dev, dtype=dtype,
                               memory=budget)
-        rows.append(_row(f"QFFS, {label}", "the full method on a QANN of another output width",
+        rows.append(_row(f"QFFS, {label}", "the full method on a QANN of another precision layout",
                          f"{other.name} ({label})", report, timesteps))
     return {"title": f"ablation: {meta['model']} on {data.dataset}, {meta.get('bits')}-bit hidden, "
                      f"{samples} test images, {'float64' if double else 'float32'}",

@@ -47,3 +47,11 @@ def test_full_qffs_is_exact_and_each_ablation_leaves_neurons_off_their_level(abl
     assert stopped["snn_accuracy"][window:] == [stopped["snn_accuracy"][window - 1]] * (16 - window)   # frozen
     analog = rows["QFFS, analog output"]
     assert analog["off_level_fraction"] == 0 and analog["qann"].startswith("q0.pt")
+
+
+def test_rows_of_another_layout_name_what_differs():
+    from qffs.ablate import _output_label
+
+    assert _output_label({"bits": 2, "output_bits": 3}) == "3-bit output"
+    assert _output_label({"bits": 2, "output_bits": 0}, 2) == "analog output"
+    assert _output_label({"bits": 3, "output_bits": 3}, 2) == "3-bit hidden / 3-bit output"
