@@ -1,10 +1,12 @@
-"""Tables and the comparison figure for docs/results.md, from the reports fmnist_results.sh kept.
+"""Tables and the comparison figure for docs/results.md, from the reports a results script kept.
 
-    .venv/bin/python benchmarks/fmnist_summary.py [docs/results/fmnist]
+    .venv/bin/python benchmarks/results_summary.py docs/results/fmnist     # after fmnist_results.sh
+    .venv/bin/python benchmarks/results_summary.py docs/results/cifar10    # after cifar_results.sh
 
-Prints markdown tables (QAT per layout, the latency–accuracy curves side by side, the
-ablations, per-layer spikes) and writes ``curves.png`` (every SNN curve of the directory in one
-plot) beside the reports. Reads only what the CLI wrote; computes nothing new.
+Prints markdown tables (QAT per layout, the latency–accuracy curves side by side, the SPEC §6
+measures, the three readouts with the tie rate per t, per-layer spikes) and writes
+``curves.png`` (every SNN curve of the directory in one plot) beside the reports. Reads only
+what the CLI wrote; computes nothing new.
 """
 
 from __future__ import annotations
@@ -109,8 +111,27 @@ def plot(curves: dict[str, dict], path: Path) -> None:
             ax.plot(r["timesteps"], [100 * a for a in r["snn_accuracy"]], marker="o", ms=3, label=CURVES[key], **style)
     if "snn_2_3_float32" in curves:
         ax.axhline(100 * curves["snn_2_3_float32"]["qann_accuracy"], color="#1f77b4", ls=":", lw=1, label="2/3 QANN")
-    save_accuracy_plot(fig, ax, "vgg_small on Fashion-MNIST (10,000 test images): SNN accuracy per time step", path,
-                       legend_size=7)
+    first = next(iter(curves.values()))
+    model = first["model"].split("(")[0]
+    save_accuracy_plot(fig, ax, f"{model} on {first['dataset']} ({first['samples']:,} test images): SNN accuracy per "
+                       "time step", path, legend_size=7)
+
+
+def readout_table(report: dict) -> list[str]:
+    """The three readouts of one simulation (SPEC §5) and the fraction of tied count predictions, per t."""
+    acc, ties = report["snn_accuracy_by_readout"], report["tied_by_readout"]["count"]
+    rows = ["| t | spike counts | images tied at the output | counts, membrane tie-break | integrated current |",
+            "| --- | --- | --- | --- | --- |"]
+    for t in range(len(acc["count"])):
+        rows.append(f"| {t + 1} | {pct(acc['count'][t])} | {pct(ties[t])} % | {pct(acc['tiebreak'][t])} | "
+                    f"{pct(acc['current'][t])} |")
+    rows.append(f"| reference | QANN {pct(report['qann_accuracy'])} | QANN {pct(report['qann_tied'])} % | | "
+                f"before the output quantizer {pct(report['qann_prequantizer_accuracy'])} |")
+    lossless = report["latency_to_lossless_by_readout"]
+    rows.append("| lossless (≥ QANN − 0.1 pp) at | " + " | | ".join(
+        f"t = {lossless[k]}" if lossless[k] else "not reached" for k in ("count", "tiebreak")) + " | "
+        + (f"t = {lossless['current']}" if lossless["current"] else "not reached") + " |")
+    return rows
 
 
 def main() -> None:
@@ -119,10 +140,16 @@ def main() -> None:
     print("\n".join(qat_table(d)), end="\n\n")
     print("\n".join(curve_table(curves, list(CURVES))), end="\n\n")
     print("\n".join(measures_table(curves, list(CURVES))), end="\n\n")
+    for key in ("snn_2_3_float32", "readouts_2_3_1epoch"):
+        report = curves.get(key) or (json.loads((d / f"{key}.json").read_text()) if (d / f"{key}.json").is_file() else None)
+        if report and "snn_accuracy_by_readout" in report:
+            print(f"Readouts of {key}:\n" + "\n".join(readout_table(report)), end="\n\n")
+            break
     if "snn_2_3_float64" in curves:
         print("\n".join(layer_table(curves["snn_2_3_float64"])), end="\n\n")
-    plot(curves, d / "curves.png")
-    print(f"wrote {d / 'curves.png'}")
+    if curves:
+        plot(curves, d / "curves.png")
+        print(f"wrote {d / 'curves.png'}")
 
 
 if __name__ == "__main__":
