@@ -19,7 +19,9 @@ OTHER_EPOCHS=${OTHER_EPOCHS:-2}  # QAT epochs of the 2/analog and 3/3 networks
 LIMIT=${LIMIT:-}                 # test images for the curves (empty: all 10,000)
 ABLATE_LIMIT=${ABLATE_LIMIT:-2000}
 COMPARE_SAMPLES=${COMPARE_SAMPLES:-500}
-CKPT=models/resnet20_cifar10.pt
+CKPT=${CKPT:-models/resnet20_cifar10.pt}
+QUANT_ARGS=${QUANT_ARGS:-}          # more quantize options (a quick check: --limit 256 --test-limit 256)
+COMPARE_ARGS=${COMPARE_ARGS:-}      # more compare_converters.py options
 export QFFS_PROGRESS=0
 mkdir -p "$RUNS" "$DOCS"
 steps=${*:-quantize evaluate ablate compare}
@@ -38,9 +40,10 @@ keep() {  # keep RUN_DIR NAME: copy a run's report files into docs under NAME
 }
 
 if [[ " $steps " == *" quantize "* ]]; then
-  timed quantize_2_3 "$QFFS" quantize "$CKPT" --out "$RUNS/q2_3/qann.pt" --epochs "$EPOCHS"
-  timed quantize_2_analog "$QFFS" quantize "$CKPT" --out "$RUNS/q2_analog/qann.pt" --epochs "$OTHER_EPOCHS" --output-bits 0
-  timed quantize_3_3 "$QFFS" quantize "$CKPT" --out "$RUNS/q3_3/qann.pt" --epochs "$OTHER_EPOCHS" --bits 3 --output-bits 3
+  # shellcheck disable=SC2086
+  timed quantize_2_3 "$QFFS" quantize "$CKPT" --out "$RUNS/q2_3/qann.pt" --epochs "$EPOCHS" $QUANT_ARGS
+  timed quantize_2_analog "$QFFS" quantize "$CKPT" --out "$RUNS/q2_analog/qann.pt" --epochs "$OTHER_EPOCHS" --output-bits 0 $QUANT_ARGS
+  timed quantize_3_3 "$QFFS" quantize "$CKPT" --out "$RUNS/q3_3/qann.pt" --epochs "$OTHER_EPOCHS" --bits 3 --output-bits 3 $QUANT_ARGS
   for q in q2_3 q2_analog q3_3; do cp "$RUNS/$q/qann.pt.metrics.json" "$DOCS/${q}_qat.json"; done
 fi
 
@@ -69,6 +72,6 @@ fi
 
 if [[ " $steps " == *" compare "* ]]; then
   timed compare "$PY" benchmarks/compare_converters.py --checkpoint "$CKPT" --qann "$RUNS/q2_3/qann.pt" \
-    --samples "$COMPARE_SAMPLES" --timesteps 128 --batch-size 250 --out-dir "$DOCS/converters"
+    --samples "$COMPARE_SAMPLES" --timesteps 128 --batch-size 250 --out-dir "$DOCS/converters" $COMPARE_ARGS
 fi
 echo "reports in $DOCS/"

@@ -38,3 +38,26 @@ def test_model_card_states_the_measured_accuracy_and_command():
     _, ckpt = load_model(CHECKPOINT)
     assert f"{100 * ckpt.meta['metrics']['test_accuracy']:.2f} %" in card
     assert re.search(r"qffs train .*--model vgg_small", card)
+
+
+RESNET20 = MODELS / "resnet20_cifar10.pt"
+RESNET20_CARD = MODELS / "resnet20_cifar10.md"
+
+
+def _card_accuracy(card: str, label: str) -> float:
+    """The percentage the model card's table gives in the row starting with ``label``."""
+    match = re.search(rf"^\| {re.escape(label)}[^|]*\| \*\*([0-9.]+) %\*\*", card, re.MULTILINE)
+    assert match, f"the card has no row '{label}' with a bold percentage"
+    return float(match.group(1))
+
+
+def test_shipped_resnet20_reaches_its_card_accuracy_on_1000_test_images():
+    card = RESNET20_CARD.read_text()
+    model, ckpt = load_model(RESNET20)
+    assert RESNET20.stat().st_size < 5 * 2**20
+    assert ckpt.kind == "fp" and ckpt.meta["dataset"] == "cifar10-jpeg"
+    assert _card_accuracy(card, "test accuracy") == pytest.approx(100 * ckpt.meta["metrics"]["test_accuracy"], abs=0.005)
+    result = evaluate(model, make_loader(load_dataset("cifar10-jpeg", "test", limit=1000), 250))
+    assert result["samples"] == 1000
+    assert 100 * result["accuracy"] == pytest.approx(_card_accuracy(card, "accuracy on 1,000 test images"), abs=1.0)
+    assert re.search(r"qffs train .*--model resnet20 .*--dataset cifar10-jpeg", card)
