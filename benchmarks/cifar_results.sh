@@ -6,7 +6,8 @@
 #   ablate   qffs ablate on the 2/3 QANN with the other layouts as --also rows (float64);
 #   compare  SpikingJelly and sinabs on the same FP checkpoint (needs pip install -e '.[bench]').
 # Run on demand (about 1.5 hours on 2 CPU cores):  bash benchmarks/cifar_results.sh [STEP ...]
-# STEP: quantize evaluate ablate compare (default: all, in that order; each reuses the earlier ones).
+# STEP: main (2/3 network), t4 (why not lossless at t = 4), compare, layouts (2/analog, 3/3),
+# ablate (needs main and layouts); default: all five in that order.
 # Work files go to runs/cifar_results/ (ignored by git); the reports to docs/results/cifar10/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,13 +19,13 @@ EPOCHS=${EPOCHS:-3}              # QAT epochs of the 2/3 network
 OTHER_EPOCHS=${OTHER_EPOCHS:-2}  # QAT epochs of the 2/analog and 3/3 networks
 LIMIT=${LIMIT:-}                 # test images for the curves (empty: all 10,000)
 ABLATE_LIMIT=${ABLATE_LIMIT:-2000}
-COMPARE_SAMPLES=${COMPARE_SAMPLES:-500}
+COMPARE_SAMPLES=${COMPARE_SAMPLES:-250}
 CKPT=${CKPT:-models/resnet20_cifar10.pt}
 QUANT_ARGS=${QUANT_ARGS:-}          # more quantize options (a quick check: --limit 256 --test-limit 256)
 COMPARE_ARGS=${COMPARE_ARGS:-}      # more compare_converters.py options
 export QFFS_PROGRESS=0
 mkdir -p "$RUNS" "$DOCS"
-steps=${*:-quantize evaluate ablate compare}
+steps=${*:-main t4 compare layouts ablate}
 limit=${LIMIT:+--limit $LIMIT}
 
 timed() {  # timed NAME CMD...: run CMD, log its output, record its wall time
@@ -39,16 +40,11 @@ keep() {  # keep RUN_DIR NAME: copy a run's report files into docs under NAME
   for ext in csv json png; do cp "$1/curve.$ext" "$DOCS/$2.$ext"; done
 }
 
-if [[ " $steps " == *" quantize "* ]]; then
+if [[ " $steps " == *" main "* ]]; then
+  # The paper's layout: QAT, then float32 (the default) and float64 (exact), T = 32, every readout.
   # shellcheck disable=SC2086
   timed quantize_2_3 "$QFFS" quantize "$CKPT" --out "$RUNS/q2_3/qann.pt" --epochs "$EPOCHS" $QUANT_ARGS
-  timed quantize_2_analog "$QFFS" quantize "$CKPT" --out "$RUNS/q2_analog/qann.pt" --epochs "$OTHER_EPOCHS" --output-bits 0 $QUANT_ARGS
-  timed quantize_3_3 "$QFFS" quantize "$CKPT" --out "$RUNS/q3_3/qann.pt" --epochs "$OTHER_EPOCHS" --bits 3 --output-bits 3 $QUANT_ARGS
-  for q in q2_3 q2_analog q3_3; do cp "$RUNS/$q/qann.pt.metrics.json" "$DOCS/${q}_qat.json"; done
-fi
-
-if [[ " $steps " == *" evaluate "* ]]; then
-  # The paper's layout in float32 (the default) and float64 (exact), T = 32, every readout.
+  cp "$RUNS/q2_3/qann.pt.metrics.json" "$DOCS/q2_3_qat.json"
   timed convert_2_3 "$QFFS" convert "$RUNS/q2_3/qann.pt" --out "$RUNS/q2_3/snn.pt"
   # shellcheck disable=SC2086
   timed evaluate_2_3_f32 "$QFFS" evaluate "$RUNS/q2_3/snn.pt" --timesteps 32 $limit --out-dir "$RUNS/q2_3/f32"
@@ -56,7 +52,24 @@ if [[ " $steps " == *" evaluate "* ]]; then
   # shellcheck disable=SC2086
   timed evaluate_2_3_f64 "$QFFS" evaluate "$RUNS/q2_3/snn.pt" --timesteps 32 --double $limit --out-dir "$RUNS/q2_3/f64"
   keep "$RUNS/q2_3/f64" snn_2_3_float64
+fi
+
+if [[ " $steps " == *" t4 "* ]]; then
+  # Why the curve is not lossless at t = 4: the QANN's winning output levels (the count readout
+  # needs L steps to show a level L), and every IF layer's distance from its QANN level after 4 steps.
+  "$PY" benchmarks/output_levels.py "$RUNS/q2_3/qann.pt" > "$DOCS/output_levels_2_3.json"
+  timed evaluate_2_3_t4 "$QFFS" evaluate "$RUNS/q2_3/snn.pt" --timesteps 4 --double --limit 1000 --out-dir "$RUNS/q2_3/t4"
+  keep "$RUNS/q2_3/t4" snn_2_3_after_4_steps
+fi
+
+if [[ " $steps " == *" layouts "* ]]; then
+  # 2-bit hidden / analog output and 3/3 bits (T_in = 7), float32.
+  # shellcheck disable=SC2086
+  timed quantize_2_analog "$QFFS" quantize "$CKPT" --out "$RUNS/q2_analog/qann.pt" --epochs "$OTHER_EPOCHS" --output-bits 0 $QUANT_ARGS
+  # shellcheck disable=SC2086
+  timed quantize_3_3 "$QFFS" quantize "$CKPT" --out "$RUNS/q3_3/qann.pt" --epochs "$OTHER_EPOCHS" --bits 3 --output-bits 3 $QUANT_ARGS
   for q in 2_analog 3_3; do
+    cp "$RUNS/q$q/qann.pt.metrics.json" "$DOCS/q${q}_qat.json"
     timed "convert_$q" "$QFFS" convert "$RUNS/q$q/qann.pt" --out "$RUNS/q$q/snn.pt"
     # shellcheck disable=SC2086
     timed "evaluate_$q" "$QFFS" evaluate "$RUNS/q$q/snn.pt" --timesteps 32 $limit --out-dir "$RUNS/q$q/f32"
