@@ -19,7 +19,7 @@ from qffs.cli.app import ARTIFACT_MODEL_OPTION, TEST_DATA_ROOT_OPTION, TEST_DATA
 )
 def ablate(
     qann: Path = typer.Argument(..., help="QANN checkpoint written by qffs quantize."),
-    also: Optional[list[Path]] = typer.Option(None, "--also", help="A QANN of another precision layout of the same network (e.g. --output-bits 0, or --bits 3): adds a full-QFFS row. Repeatable."),
+    also: Optional[list[Path]] = typer.Option(None, "--also", help="A QANN of the same network in another precision layout (other --bits or --output-bits): adds a full-QFFS row. Repeatable."),
     dataset: Optional[str] = TEST_DATASET_OPTION,
     data_root: Optional[str] = TEST_DATA_ROOT_OPTION,
     mean: Optional[str] = MEAN_OPTION,
