@@ -5,9 +5,9 @@
 #            network also in float64 (exactness: every prediction equal to the QANN's);
 #   ablate   qffs ablate on the 2/3 QANN with the other layouts as --also rows (float64);
 #   compare  SpikingJelly and sinabs on the same FP checkpoint (needs pip install -e '.[bench]').
-# Run on demand (about 1.5 hours on 2 CPU cores):  bash benchmarks/cifar_results.sh [STEP ...]
-# STEP: main (2/3 network), t4 (why not lossless at t = 4), compare, layouts (2/analog, 3/3),
-# ablate (needs main and layouts); default: all five in that order.
+# Run on demand (about 75 minutes on 2 CPU cores):  bash benchmarks/cifar_results.sh [STEP ...]
+# STEP: main (2/3 network), t4 (why not lossless at t = 4), layouts (2/analog, 3/3), ablate
+# (needs main and layouts), compare (needs main); default: all five. They always run in this order.
 # Work files go to runs/cifar_results/ (ignored by git); the reports to docs/results/cifar10/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ QUANT_ARGS=${QUANT_ARGS:-}          # more quantize options (a quick check: --li
 COMPARE_ARGS=${COMPARE_ARGS:-}      # more compare_converters.py options
 export QFFS_PROGRESS=0
 mkdir -p "$RUNS" "$DOCS"
-steps=${*:-main t4 compare layouts ablate}
+steps=${*:-main t4 layouts ablate compare}
 limit=${LIMIT:+--limit $LIMIT}
 
 timed() {  # timed NAME CMD...: run CMD, log its output, record its wall time
