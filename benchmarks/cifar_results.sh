@@ -28,17 +28,8 @@ mkdir -p "$RUNS" "$DOCS"
 steps=${*:-main t4 layouts ablate compare}
 limit=${LIMIT:+--limit $LIMIT}
 
-timed() {  # timed NAME CMD...: run CMD, log its output, record its wall time
-  local name=$1; shift
-  echo "\$ $*" | tee "$RUNS/$name.log"
-  local start=$SECONDS
-  "$@" 2>&1 | tee -a "$RUNS/$name.log"
-  echo "{\"command\": \"$*\", \"seconds\": $((SECONDS - start))}" > "$DOCS/$name.time.json"
-}
-
-keep() {  # keep RUN_DIR NAME: copy a run's report files into docs under NAME
-  for ext in csv json png; do cp "$1/curve.$ext" "$DOCS/$2.$ext"; done
-}
+# shellcheck source=benchmarks/results_lib.sh
+source benchmarks/results_lib.sh
 
 if [[ " $steps " == *" main "* ]]; then
   # The paper's layout: QAT, then float32 (the default) and float64 (exact), T = 32, every readout.

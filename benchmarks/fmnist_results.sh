@@ -15,17 +15,8 @@ CKPT=models/fmnist_vgg_small.pt
 export QFFS_PROGRESS=0
 mkdir -p "$RUNS" "$DOCS"
 
-timed() {  # timed NAME CMD...: run CMD, log its output, record its wall time
-  local name=$1; shift
-  echo "\$ $*" | tee "$RUNS/$name.log"
-  local start=$SECONDS
-  "$@" 2>&1 | tee -a "$RUNS/$name.log"
-  echo "{\"command\": \"$*\", \"seconds\": $((SECONDS - start))}" > "$RUNS/$name.time.json"
-}
-
-keep() {  # keep RUN_DIR NAME: copy a run's report files into docs under NAME
-  for ext in csv json png; do cp "$1/curve.$ext" "$DOCS/$2.$ext"; done
-}
+# shellcheck source=benchmarks/results_lib.sh
+source benchmarks/results_lib.sh
 
 # Stage 1: three precision layouts.
 timed quantize_2_3 "$QFFS" quantize "$CKPT" --out "$RUNS/q2_3/qann.pt" --epochs "$EPOCHS"
@@ -67,5 +58,4 @@ done
 timed ablate_2_3 "$QFFS" ablate "$RUNS/q2_3/qann.pt" --also "$RUNS/q2_analog/qann.pt" --timesteps 16 --double \
   --out-dir "$RUNS/ablation"
 for ext in csv json png; do cp "$RUNS/ablation/ablation.$ext" "$DOCS/ablation.$ext"; done
-cp "$RUNS"/*.time.json "$DOCS/" 2>/dev/null || true
 echo "reports in $DOCS/"

@@ -30,11 +30,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=500)
     args = parser.parse_args(argv)
 
+    from qffs.evaluate import _quantizer_levels
     from qffs.quant import quantizers
+    from qffs.quant.graph import OUTPUT_QUANTIZER
     from qffs.recipes import DataOptions, load_qann, test_data_for
 
     qann, meta = load_qann(args.qann)
-    output = dict(quantizers(qann)).get("output_quantizer")
+    output = dict(quantizers(qann)).get(OUTPUT_QUANTIZER)
     if output is None:
         parser.error(f"{args.qann} has an analog output layer: its readout needs no output spikes")
     _, _, loader = test_data_for(args.qann, meta, DataOptions(test_limit=args.limit, batch_size=args.batch_size))
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     levels, tied = [], 0
     with torch.no_grad():
         for x, _ in loader:
-            level = output.level(output_input(qann, output, x))
+            level = _quantizer_levels(qann, x, OUTPUT_QUANTIZER)[2][OUTPUT_QUANTIZER]   # [B, classes]
             top = level.max(1).values
             levels.append(top)
             tied += int(((level == top[:, None]).sum(1) > 1).sum())
@@ -56,17 +58,6 @@ def main(argv: list[str] | None = None) -> dict:
               "command": "python benchmarks/output_levels.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     print(json.dumps(result, indent=2))
     return result
-
-
-def output_input(qann: torch.nn.Module, output: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The output quantizer's input (the QANN's logits before quantization) for ``x``."""
-    seen: list[torch.Tensor] = []
-    hook = output.register_forward_hook(lambda _m, args, _o: seen.append(args[0]))
-    try:
-        qann(x)
-    finally:
-        hook.remove()
-    return seen[0]
 
 
 if __name__ == "__main__":
