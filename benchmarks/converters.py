@@ -122,8 +122,8 @@ def _balanced(gm: fx.GraphModule, data: torch.Tensor, percentile: float) -> fx.G
     neuron instead of folded into the weights: folding needs one scale per tensor, which a
     residual add of two differently scaled branches does not have, while this form needs none.
     """
-    relus = {n.target: n for n in gm.graph.nodes
-             if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.ReLU)}
+    relus = [n.target for n in gm.graph.nodes   # one module per call site (_traced)
+             if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.ReLU)]
     acts: dict[str, torch.Tensor] = {}
     hooks = [gm.get_submodule(name).register_forward_hook(
         lambda _m, _i, out, name=name: acts.__setitem__(name, out.detach().flatten().cpu()))
