@@ -65,7 +65,8 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
     """
     check_readout(readout)
     device = torch.device(device)
-    snn = snn.to(device=device, dtype=dtype).eval()
+    if isinstance(snn, nn.Module):   # (an onnxruntime-backed network, qffs.export.runtime, places itself)
+        snn = snn.to(device=device, dtype=dtype).eval()
     if qann is not None:
         qann = qann.to(device=device, dtype=dtype).eval()
     correct = {name: torch.zeros(timesteps, dtype=torch.float64) for name in READOUTS}

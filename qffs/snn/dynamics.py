@@ -61,6 +61,22 @@ def if_step(membrane: torch.Tensor, count: torch.Tensor, current: torch.Tensor, 
     return IFStep(out, spikes, fire, unfire)
 
 
+def if_transition(membrane: torch.Tensor, count: torch.Tensor, current: torch.Tensor, threshold: torch.Tensor,
+                  z_max: int, negative_spikes: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`if_step` without mutation, counts in the membrane's floating type: (u', Z', z).
+
+    The same operations in the same order, so the same values bit for bit; it is the form a
+    graph exporter traces (ONNX has no in-place update and no int8 arithmetic).
+    """
+    u = membrane + current
+    fire = (u >= threshold) & (count < z_max)
+    spikes = fire.to(u.dtype)
+    if negative_spikes:
+        spikes = spikes - ((u < 0) & (count > 0)).to(u.dtype)
+    out = spikes * threshold
+    return u - out, count + spikes, spikes
+
+
 @dataclass
 class IFTrace:
     """What :func:`if_sequence` produced: outputs, per-step spike tallies, and (if asked) history."""
@@ -114,4 +130,5 @@ def event_max_pool_sequence(events: torch.Tensor, pool: Callable[[torch.Tensor],
     return out
 
 
-__all__ = ["IFStep", "IFTrace", "any_per_row", "count_dtype", "event_max_pool_sequence", "if_sequence", "if_step"]
+__all__ = ["IFStep", "IFTrace", "any_per_row", "count_dtype", "event_max_pool_sequence", "if_sequence", "if_step",
+           "if_transition"]

@@ -119,6 +119,29 @@ def concat_results(parts: list[SimulationResult]) -> SimulationResult:
                             neurons, synapses, {k: cat([p.readouts[k] for p in parts], 1) for k in first.readouts})
 
 
+def settle(active: torch.Tensor, input_window: int, spiking_output: bool, until_quiet: bool
+           ) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(steps run, convergence step [B], quiet observed [B]) from per-step activity ``active`` [t, B]
+    (did any neuron of the sample spike at that step); see :class:`SimulationResult`.
+
+    With ``until_quiet`` the run counts as ending at the first step by which every sample has
+    been quiet (a step t ≥ T_in, 1-based, without a spike).
+    """
+    steps = torch.arange(active.shape[0], device=active.device)
+    quiet_by = (~active & (steps >= input_window - 1).unsqueeze(1)).cummax(0).values   # quiet seen by t
+    steps_run = active.shape[0]
+    if until_quiet:
+        done = quiet_by.all(1).nonzero()
+        if done.numel():
+            steps_run = int(done[0]) + 1
+    active, quiet = active[:steps_run], quiet_by[steps_run - 1]
+    last_spike = torch.where(active, steps.unsqueeze(1)[:steps_run], -1).max(0).values
+    floor = 1 if spiking_output else input_window      # an analog output's current flows until T_in
+    convergence = torch.clamp(last_spike + 1, min=floor)
+    convergence = torch.where(quiet, convergence, torch.full_like(convergence, steps_run))
+    return steps_run, convergence, quiet
+
+
 class SpikingNetwork(nn.Module):
     """A converted QANN: the rewritten fx graph plus the clock that drives it step by step."""
 
@@ -363,23 +386,10 @@ class SpikingNetwork(nn.Module):
     def _result(self, active: torch.Tensor, history: dict[str, torch.Tensor], analog: list[torch.Tensor],
                 timesteps: int, until_quiet: bool) -> SimulationResult:
         """Quiet, convergence and readouts from a run's per-step activity ``active`` [t, B]."""
-        steps = torch.arange(active.shape[0], device=active.device)
-        quiet_by = (~active & (steps >= self.input_window - 1).unsqueeze(1)).cummax(0).values   # quiet seen by t
-        steps_run = active.shape[0]
-        if until_quiet:   # the first step by which every sample has been quiet
-            done = quiet_by.all(1).nonzero()
-            if done.numel():
-                steps_run = int(done[0]) + 1
-        active, quiet = active[:steps_run], quiet_by[steps_run - 1]
-        last_spike = torch.where(active, steps.unsqueeze(1)[:steps_run], -1).max(0).values
-        analog = analog[:steps_run]
         out_neuron = self._output_module()
-        readouts = self._readouts(out_neuron, history, analog, steps_run, timesteps)
-        output = readouts["count"]
-        floor = self.input_window if out_neuron is None else 1
-        convergence = torch.clamp(last_spike + 1, min=floor)
-        convergence = torch.where(quiet, convergence, torch.full_like(convergence, steps_run))
-        return SimulationResult(output, steps_run, self.input_window, convergence, quiet, readouts=readouts)
+        steps_run, convergence, quiet = settle(active, self.input_window, out_neuron is not None, until_quiet)
+        readouts = self._readouts(out_neuron, history, analog[:steps_run], steps_run, timesteps)
+        return SimulationResult(readouts["count"], steps_run, self.input_window, convergence, quiet, readouts=readouts)
 
     def _records(self, result: SimulationResult, monitor: Monitor, record_counts: bool) -> None:
         """Per-layer statistics from the ``monitor`` into ``result`` (and final counts, if asked)."""

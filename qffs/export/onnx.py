@@ -1,0 +1,208 @@
+"""ONNX export: the QANN as a standard QCDQ graph, the SNN unrolled over T steps.
+
+- A QANN's activation quantizers become ``QuantizeLinear → Clip → DequantizeLinear`` (uint8
+  container, zero point 0, scale = s, Clip to [0, Q]: the QCDQ form other QAT exporters write),
+  so any ONNX runtime computes the same levels as ``qann(x)``. An FP model exports as it is.
+- An SNN exports as :class:`~qffs.export.unrolled.UnrolledSNN` traced once: input ``x``, output
+  ``readout`` ``[T, B, ...]`` (the contract of ``snn(x, timesteps=T)``), membranes and counts as
+  tensors between steps, input and bias gating as per-step constants.
+
+The batch dimension is dynamic. Each file carries a ``qffs`` metadata entry (JSON) saying what
+it is; :mod:`qffs.export.runtime` reads it to run an exported SNN with onnxruntime.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qffs.errors import QffsError
+from qffs.io import atomic_path
+from qffs.quant.lsq import STEP_EPS, LSQActivation
+from qffs.snn.network import SpikingNetwork, check_timesteps
+
+#: The opset written: QuantizeLinear/Clip on uint8 need 13, onnxruntime runs up to 23; 18 is the
+#: exporter's native opset, so no version conversion runs.
+OPSET = 18
+METADATA_KEY = "qffs"
+
+
+@torch.library.custom_op("qffs::qcdq", mutates_args=())
+def _qcdq(x: torch.Tensor, scale: torch.Tensor, levels: int) -> torch.Tensor:
+    """LSQ's forward (SPEC §1): s · clamp(round(x / s), 0, Q), as one op the exporter maps to QCDQ."""
+    return torch.round(x / scale).clamp(0, levels) * scale
+
+
+@_qcdq.register_fake
+def _(x: torch.Tensor, scale: torch.Tensor, levels: int) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _qcdq_onnx(x, scale, levels: int):
+    """The ONNX form of :func:`_qcdq`: QuantizeLinear (round half to even, as torch) → Clip → Dequantize."""
+    import onnx
+    from onnxscript import opset18 as op
+
+    zero = op.Constant(value=onnx.helper.make_tensor("zero_point", onnx.TensorProto.UINT8, [], [0]))
+    top = op.Constant(value=onnx.helper.make_tensor("levels", onnx.TensorProto.UINT8, [], [levels]))
+    return op.DequantizeLinear(op.Clip(op.QuantizeLinear(x, scale, zero), zero, top), scale, zero)
+
+
+class QCDQActivation(nn.Module):
+    """An :class:`LSQActivation` frozen for export: its step is a buffer, its forward one QCDQ op."""
+
+    def __init__(self, quantizer: LSQActivation):
+        super().__init__()
+        if quantizer.levels > 255:
+            raise QffsError(f"a {quantizer.bits}-bit quantizer does not fit QuantizeLinear's uint8 (at most 8 bits)")
+        self.levels = quantizer.levels
+        self.register_buffer("scale", quantizer.step.detach().clamp_min(STEP_EPS).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.qffs.qcdq(x, self.scale.to(x.dtype), self.levels)
+
+
+def _replace_quantizers(model: nn.Module) -> nn.Module:
+    """A float32 copy of ``model`` with every LSQ quantizer replaced by :class:`QCDQActivation`."""
+    model = copy.deepcopy(model).float().eval()
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LSQActivation):
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, QCDQActivation(module))
+    return model
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str],
+            metadata: dict[str, Any], opset: int) -> Path:
+    """Trace ``module`` on ``example`` (batch dimension dynamic) and write a checked ONNX file atomically."""
+    import onnx
+
+    batch = torch.export.Dim("batch")
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
+    levels = [log.level for log in quiet]
+    try:
+        for log in quiet:
+            log.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module, (example,), dynamo=True, opset_version=opset, input_names=["x"], output_names=output_names,
+                dynamic_shapes=({0: batch},), custom_translation_table={torch.ops.qffs.qcdq.default: _qcdq_onnx},
+                verbose=False, report=False)
+    except Exception as err:  # the exporter raises many types; the first line names the op
+        raise QffsError(f"ONNX export failed: {_first_line(err)} (a graph that writes its batch size into a "
+                        "reshape cannot have a dynamic batch: use x.flatten(1) or x.view(x.size(0), -1))") from err
+    finally:
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    onnx.checker.check_model(proto)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
+    return path
+
+
+def _example(example: torch.Tensor) -> torch.Tensor:
+    """A float32 batch of two samples like ``example`` (a batch of one would fix the batch size)."""
+    sample = example[:1].detach().float()
+    return torch.cat([sample, sample.flip(0) if sample.dim() else sample]).contiguous() if sample.shape[0] else sample
+
+
+def qann_to_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *, opset: int = OPSET,
+                 metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (a QANN, or an FP network) as ONNX; its quantizers as QCDQ (float32).
+
+    ``example``: an input batch (only its shape is used). onnxruntime's output equals
+    ``model(x)``: the same levels, as QuantizeLinear rounds half to even like torch.
+    """
+    module = _replace_quantizers(model)
+    kind = "qann" if any(isinstance(m, QCDQActivation) for m in module.modules()) else "fp"
+    return _export(module, _example(example), Path(path), ["logits"],
+                   {"kind": kind, "opset": opset, **(metadata or {})}, opset)
+
+
+def _fanouts(snn: SpikingNetwork, example: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Synapses driven by each input element of every weighted layer (one step on one sample)."""
+    snn.simulate(example[:1], 1, record=True)
+    return {name: layer.fanout(torch.zeros(1, *layer._fanout.shape, dtype=example.dtype))
+            for name, layer in snn.named_synapses()}
+
+
+def snn_description(snn: SpikingNetwork, timesteps: int, example: torch.Tensor, diagnostics: bool) -> dict[str, Any]:
+    """What a runner needs to know of an exported SNN besides its tensors (stored as metadata)."""
+    from qffs.export.unrolled import DIAGNOSTIC_OUTPUTS, OUTPUTS
+
+    result = snn.simulate(example[:1], 1, record=True)
+    out = snn.graph.get_submodule(snn.output_neuron) if snn.output_neuron else None
+    return {
+        "kind": "snn", "timesteps": timesteps, "input_window": snn.input_window, "conversion": dict(snn.config),
+        "output_neuron": snn.output_neuron,
+        "output": None if out is None else {"threshold": float(out.threshold), "step_size": float(out.step_size),
+                                             "initial_membrane": float(out.initial_membrane())},
+        "neurons": [{"name": r.name, "neurons": r.neurons} for r in result.neurons],
+        "synapses": [{"name": r.name, "macs": r.macs} for r in result.synapses],
+        "outputs": list(OUTPUTS) + (list(DIAGNOSTIC_OUTPUTS) + [f"counts.{r.name}" for r in result.neurons]
+                                    if diagnostics else []),
+        "diagnostics": diagnostics,
+    }
+
+
+def snn_to_onnx(snn: SpikingNetwork, path: str | Path, example: torch.Tensor, timesteps: int, *,
+                diagnostics: bool = False, opset: int = OPSET, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``snn`` unrolled over ``timesteps`` steps as ONNX (float32).
+
+    Input ``x`` ``[B, ...]``, output ``readout`` ``[T, B, ...]``: the cumulative count readout
+    after each step, as ``snn(x, timesteps=T)``. ``diagnostics`` adds the outputs a report needs
+    (:class:`~qffs.export.unrolled.UnrolledSNN`): what ``qffs evaluate --backend onnxruntime`` uses.
+    """
+    from qffs.export.unrolled import UnrolledSNN
+
+    timesteps = check_timesteps(timesteps, "--timesteps")
+    snn = copy.deepcopy(snn).float().eval()
+    example = _example(example)
+    description = snn_description(snn, timesteps, example, diagnostics)
+    module = UnrolledSNN(snn, timesteps, diagnostics=diagnostics,
+                         fanouts=_fanouts(snn, example) if diagnostics else None)
+    return _export(module, example, Path(path), description["outputs"], {**description, "opset": opset,
+                                                                          **(metadata or {})}, opset)
+
+
+def to_onnx(network: nn.Module, path: str | Path, example: torch.Tensor, *, timesteps: int | None = None,
+            **options: Any) -> Path:
+    """Export a network: an SNN (:func:`snn_to_onnx`, needs ``timesteps``), else a QANN or FP
+    network (:func:`qann_to_onnx`)."""
+    if isinstance(network, SpikingNetwork):
+        if timesteps is None:
+            raise QffsError("exporting an SNN needs the number of time steps to unroll (timesteps=, --timesteps)")
+        return snn_to_onnx(network, path, example, timesteps, **options)
+    if timesteps is not None:
+        raise QffsError("timesteps applies to an SNN; this network is not one (convert it first to export an SNN)")
+    return qann_to_onnx(network, path, example, **options)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``qffs`` metadata of an ONNX file written by this module ({} for another file)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for entry in proto.metadata_props:
+        if entry.key == METADATA_KEY:
+            return json.loads(entry.value)
+    return {}
+
+
+__all__ = ["OPSET", "QCDQActivation", "qann_to_onnx", "read_metadata", "snn_to_onnx", "to_onnx"]
