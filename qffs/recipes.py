@@ -430,24 +430,36 @@ def check_trained_on(path: str | Path, meta: dict[str, Any], dataset: str) -> No
         raise QffsError(f"{path} was trained on {trained_on}, not {dataset}: pass --dataset {trained_on}")
 
 
+#: Runtimes ``qffs evaluate`` can simulate with: qffs' own, or the SNN exported to ONNX.
+BACKENDS = ("torch", "onnxruntime")
+
+
 def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int, *, device: str = "auto",
                         double: bool = False, readout: str = DEFAULT_READOUT, model: str | None = None,
-                        memory: str | int | None = None) -> dict[str, Any]:
+                        memory: str | int | None = None, backend: str = "torch") -> dict[str, Any]:
     """QFFS stage 3 as a job: simulate an SNN artifact on a test set; returns the report dict
     (every readout measured, ``readout`` the headline; ``memory``: the simulation's budget, as
-    for ``--memory``)."""
+    for ``--memory``). ``backend="onnxruntime"`` exports the SNN unrolled over ``timesteps``
+    (float32) and runs that file with onnxruntime instead (:mod:`qffs.export.runtime`)."""
     from qffs.evaluate import evaluate_snn
 
     check_timesteps(timesteps, "--timesteps")
     check_readout(readout)
+    if backend not in BACKENDS:
+        raise QffsError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "onnxruntime" and double:
+        raise QffsError("--backend onnxruntime runs the exported float32 graph; --double needs --backend torch")
     budget = None if memory is None else parse_memory(memory)
     dev = resolve_device(device)
     snn, qann, meta = load_snn(snn_path, model, torch.float64 if double else None)
     data, prep, test_loader = test_data_for(snn_path, meta, data)
     dataset = data.dataset
     started = time.perf_counter()
-    report = evaluate_snn(snn, test_loader, timesteps, qann=qann, device=dev,
-                          dtype=torch.float64 if double else torch.float32, readout=readout, memory=budget)
+    with contextlib.ExitStack() as stack:
+        if backend == "onnxruntime":
+            snn = _onnxruntime_network(snn, test_loader, timesteps, dev, stack)
+        report = evaluate_snn(snn, test_loader, timesteps, qann=qann, device=dev if backend == "torch" else "cpu",
+                              dtype=torch.float64 if double else torch.float32, readout=readout, memory=budget)
     metrics = meta.get("metrics", {})
     report.update({
         "title": f"{meta['model']} on {dataset}: {meta.get('bits')}-bit hidden / "
@@ -458,11 +470,28 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
         "model": meta["model"], "dataset": dataset, "snn_artifact": str(snn_path),
         "bits": meta.get("bits"), "output_bits": meta.get("output_bits"),
         "seconds": round(time.perf_counter() - started, 1),
+        "backend": backend,
         "config": {"timesteps": timesteps, "batch_size": data.batch_size, "test_limit": data.test_limit,
                    "device": device, "double": double, "readout": readout, "memory": budget, "data_root": data.root,
+                   "backend": backend,
                    "preprocessing": prep.as_dict()},
     })
     return report
+
+
+def _onnxruntime_network(snn, loader, timesteps: int, device: torch.device, stack: contextlib.ExitStack):
+    """``snn`` exported (with the report's diagnostic outputs) into a temporary folder that
+    ``stack`` removes, and opened with onnxruntime."""
+    import tempfile
+
+    from qffs.export.onnx import snn_to_onnx
+    from qffs.export.runtime import OnnxSpikingNetwork
+
+    x, _ = next(iter(loader))
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qffs-onnx-")))
+    print(f"exporting the SNN unrolled over {timesteps} steps to ONNX ...", flush=True)
+    path = snn_to_onnx(snn, folder / "snn.onnx", x[:2], timesteps, diagnostics=True)
+    return OnnxSpikingNetwork(path, device)
 
 
 #: QAT learning-rate schedule. The paper decays exponentially over a long run; in a fine-tune of

@@ -41,6 +41,7 @@ def convert(
     epilog=examples(
         "qffs evaluate snn.pt --timesteps 16 --out-dir results/",
         "qffs evaluate snn.pt --dataset fashion-mnist --timesteps 32 --double --limit 1000 --out-dir results/",
+        "qffs evaluate snn.pt --timesteps 8 --backend onnxruntime --out-dir results_ort/",
     ),
 )
 def evaluate(
@@ -59,6 +60,9 @@ def evaluate(
     model: Optional[str] = ARTIFACT_MODEL_OPTION,
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     memory: Optional[str] = MEMORY_OPTION,
+    backend: str = typer.Option("torch", "--backend",
+                                help="torch (qffs' runtime) or onnxruntime (the SNN exported to ONNX, unrolled over "
+                                     "T steps, float32: checks an export and measures its speed)."),
 ) -> None:
     """Simulate an SNN on a test set: accuracy at every time step, spikes, SOPs, energy; CSV/JSON/PNG."""
     from qffs.cli.render import print_report
@@ -72,7 +76,7 @@ def evaluate(
     check_output_dir(out_dir)
     with exclusive(out_dir, "--out-dir"):   # two evaluations never mix their files
         report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double, readout=readout, model=model,
-                                     memory=memory)
+                                     memory=memory, backend=backend)
         paths = write_report(report, out_dir)
     print_report(report)
     typer.echo(f"results: {paths['csv']}, {paths['json']}, {paths['png']}")

@@ -33,7 +33,8 @@ class UnrolledSNN(nn.Module):
     With ``diagnostics`` it also returns, in :data:`DIAGNOSTIC_OUTPUTS` order: the output
     layer's counts and membranes after each step ``[T, B, ...]`` (spiking output only), whether
     any neuron spiked ``[T, B]``, positive and negative spikes per IF layer and sample ``[L, B]``,
-    synaptic operations and input events per weighted layer and sample ``[W, B]``, and then
+    synaptic operations and input events per weighted layer and sample ``[W, B]`` (these four
+    int64: exact totals), and then
     every IF layer's final counts (one output each, :attr:`neuron_names` order).
     ``fanouts`` (weighted layer name → synapses per input element) is needed for the SOPs.
     """
@@ -64,7 +65,7 @@ class UnrolledSNN(nn.Module):
         self._fanout_keys = {}
         for i, name in enumerate(self.synapse_names):
             if name in fanouts:
-                self.register_buffer(f"fanout_{i}", fanouts[name].detach().clone())
+                self.register_buffer(f"fanout_{i}", fanouts[name].detach().round().to(torch.int64))
                 self._fanout_keys[name] = f"fanout_{i}"
 
     def _call_module(self, node: fx.Node, module: nn.Module, args: tuple, kwargs: dict, t: int,
@@ -82,14 +83,14 @@ class UnrolledSNN(nn.Module):
             if self.diagnostics:
                 per_sample = spikes.flatten(1)
                 tally.setdefault("active", []).append(per_sample.ne(0).any(1))
-                tally.setdefault(("pos", node.target), []).append(per_sample.gt(0).to(u.dtype).sum(1))
-                tally.setdefault(("neg", node.target), []).append(per_sample.lt(0).to(u.dtype).sum(1))
+                tally.setdefault(("pos", node.target), []).append(per_sample.gt(0).sum(1))
+                tally.setdefault(("neg", node.target), []).append(per_sample.lt(0).sum(1))
             return spikes * module.threshold.to(current.dtype)
         if isinstance(module, GatedLayer):
             (x,) = args
             if self.diagnostics:
-                fanout = getattr(self, self._fanout_keys[str(node.target)]).to(x.dtype)
-                nonzero = x.ne(0).to(x.dtype)
+                fanout = getattr(self, self._fanout_keys[str(node.target)])   # int64: exact totals
+                nonzero = x.ne(0).to(torch.int64)
                 tally.setdefault(("synops", node.target), []).append((nonzero * fanout).flatten(1).sum(1))
                 tally.setdefault(("events", node.target), []).append(nonzero.flatten(1).sum(1))
             out = module.layer(x)
@@ -167,16 +168,15 @@ class UnrolledSNN(nn.Module):
             readout = torch.cumsum(torch.stack(outputs), 0) / self.input_window
         if not self.diagnostics:
             return (readout,)
-        dtype = readout.dtype
 
         def per_layer(kind: str, names: list[str]) -> torch.Tensor:
             rows = [torch.stack(tally[(kind, name)]).sum(0) for name in names]
-            return torch.stack(rows) if rows else readout.new_zeros((0, x.shape[0]))
+            return torch.stack(rows) if rows else torch.zeros((0, x.shape[0]), dtype=torch.int64)
 
         history = (count_history, torch.stack(membranes)) if out_node is not None else (readout, readout)
         finals = [state[next(n.name for n in self.nodes if n.op == "call_module" and str(n.target) == name)][1]
                   for name in self.neuron_names]
         return (readout, *history, torch.stack(tally["active_by_step"]),
-                per_layer("pos", self.neuron_names).to(dtype), per_layer("neg", self.neuron_names).to(dtype),
-                per_layer("synops", self.synapse_names).to(dtype), per_layer("events", self.synapse_names).to(dtype),
+                per_layer("pos", self.neuron_names), per_layer("neg", self.neuron_names),
+                per_layer("synops", self.synapse_names), per_layer("events", self.synapse_names),
                 *finals)

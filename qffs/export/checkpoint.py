@@ -1,0 +1,110 @@
+"""``qffs export`` as a job: an artifact (FP, QANN or SNN checkpoint) → an ONNX or NIR file, checked.
+
+After writing, the file is read back and compared with the torch network on a fixed random
+batch: onnxruntime's output (QANN: identical levels; SNN: the readout at every step), or for
+NIR the weights and thresholds that :func:`nir.read` returns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qffs.errors import QffsError
+
+FORMATS = ("onnx", "nir")
+#: The SNN's unrolled length when --timesteps is not given: QFFS answers within a handful of steps.
+DEFAULT_TIMESTEPS = 8
+CHECK_BATCH = 4
+
+
+def _input_shape(meta: dict[str, Any], given: tuple[int, ...] | None, path: str | Path) -> tuple[int, ...]:
+    from qffs.recipes import sample_input_shape
+
+    shape = given or sample_input_shape(meta)
+    if shape is None:
+        raise QffsError(f"{path} does not record its input shape: pass --input-shape C,H,W")
+    return tuple(int(d) for d in shape)
+
+
+def load_network(path: str | Path, model: str | None = None) -> tuple[torch.nn.Module, str, dict[str, Any]]:
+    """(network, kind "fp" | "qann" | "snn", metadata) of an artifact, rebuilt in eval mode."""
+    from qffs.io import load_checkpoint, load_model
+    from qffs.recipes import load_qann, load_snn
+
+    kind = load_checkpoint(path).kind
+    if kind == "snn":
+        snn, _, meta = load_snn(path, model)
+        return snn, kind, meta
+    if kind == "qann":
+        qann, meta = load_qann(path, model)
+        return qann, kind, meta
+    net, ckpt = load_model(path, model)
+    return net.eval(), "fp", ckpt.meta
+
+
+def _check_onnx(network: torch.nn.Module, path: Path, example: torch.Tensor, timesteps: int | None) -> dict[str, Any]:
+    """onnxruntime against torch on ``example``: differing values, max |difference|, predictions."""
+    from qffs.export.runtime import session
+    from qffs.metrics import predict
+
+    ort = session(path).run(None, {"x": example.numpy()})[0]
+    with torch.no_grad():
+        ref = network(example, timesteps=timesteps) if timesteps else network(example)
+    got = torch.from_numpy(ort)
+    return {"samples": int(example.shape[0]), "values": int(ref.numel()),
+            "differing_values": int((got != ref).sum()), "max_abs_difference": float((got - ref).abs().max()),
+            "same_predictions": bool((predict(got)[0] == predict(ref)[0]).all())}
+
+
+def _check_out(out: Path, source: Path, suffix: str, to: str) -> Path:
+    """--out: a file name with the format's suffix, in a writable folder, not the input."""
+    from qffs.recipes import check_output_dir
+
+    if out.is_dir():
+        raise QffsError(f"--out {out} is a directory: give a file name, e.g. {out / ('model' + suffix)}")
+    if out.suffix != suffix:
+        raise QffsError(f"--out must end in {suffix} for --to {to}, got {out.name}")
+    if out.resolve() == source.resolve():
+        raise QffsError(f"--out {out} would overwrite the input")
+    check_output_dir(out.parent, f"--out {out}: the folder")
+    return out
+
+
+def export_checkpoint(path: str | Path, out: str | Path, *, to: str = "onnx", timesteps: int | None = None,
+                      model: str | None = None, input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Export the artifact at ``path`` to ``out`` and check the file; returns what was written.
+
+    ONNX: an SNN unrolled over ``timesteps`` (default :data:`DEFAULT_TIMESTEPS`), a QANN in
+    QCDQ form, an FP network as it is. NIR: SNNs only.
+    """
+    if to not in FORMATS:
+        raise QffsError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
+    out = _check_out(Path(out), Path(path), {"onnx": ".onnx", "nir": ".nir"}[to], to)
+    network, kind, meta = load_network(path, model)
+    if kind != "snn" and (to == "nir" or timesteps is not None):
+        what = "NIR describes spiking networks" if to == "nir" else "--timesteps unrolls an SNN"
+        raise QffsError(f"{path} is a {kind} checkpoint and {what}: convert it first (qffs convert)")
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn((CHECK_BATCH, *_input_shape(meta, input_shape, path)), generator=generator)
+    summary: dict[str, Any] = {"source": str(path), "kind": kind, "format": to, "path": str(out)}
+    provenance = {"source": Path(path).name, "model": meta.get("model"), "dataset": meta.get("dataset")}
+    if to == "nir":
+        from qffs.export.nir import check_nir, to_nir
+
+        to_nir(network, out, example, metadata=provenance)
+        summary["check"] = check_nir(network, out)
+    else:
+        from qffs.export.onnx import OPSET, to_onnx
+
+        if kind == "snn":
+            timesteps = DEFAULT_TIMESTEPS if timesteps is None else timesteps
+        to_onnx(network, out, example, timesteps=timesteps, metadata=provenance)
+        summary.update(opset=OPSET, timesteps=timesteps, check=_check_onnx(network, out, example, timesteps))
+    summary["bytes"] = out.stat().st_size
+    return summary
+
+
+__all__ = ["DEFAULT_TIMESTEPS", "FORMATS", "export_checkpoint", "load_network"]

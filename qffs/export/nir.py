@@ -1,0 +1,255 @@
+"""NIR export: the converted SNN as a Neuromorphic Intermediate Representation graph.
+
+NIR states the weights, the IF neurons (r = 1, v_threshold = θ) and the wiring; what it
+cannot state is recorded in the graph's metadata under ``qffs`` (per node under
+``qffs/nodes``), and ``docs/export.md`` says what a consumer must add to reproduce the QFFS
+SNN: the input window (input and biases for t < T_in only), pre-charge u₀ = θ/2, reset by
+subtraction with firing at u ≥ θ, the count bound Z_max, negative spikes, and event max
+pooling — which NIR has no node for: it is written as ``SumPool2d`` with the same window,
+marked ``op: event_max_pool`` in the metadata, and is *not* that op without it.
+
+Each IF node is followed by a ``Scale`` node of θ: a QFFS neuron emits z·θ, NIR's emits z.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from qffs.errors import QffsError, UnsupportedGraphError
+from qffs.io import atomic_path
+from qffs.snn.layers import GatedLayer
+from qffs.snn.network import SpikingNetwork
+from qffs.snn.neuron import IFNeuron
+from qffs.snn.pooling import EventMaxPool
+
+_ALIASES_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+_ALIAS_METHODS = {"contiguous", "clone", "float", "double", "to", "type_as"}
+_FLATTENS = {torch.flatten, "flatten"}
+_ADDS = {operator.add, torch.add, "add"}
+
+
+def _nir():
+    try:
+        import nir
+    except ImportError:
+        raise QffsError("NIR export needs the nir package: pip install 'qffs[nir]'") from None
+    return nir
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float32).cpu().numpy().copy()
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _shapes(snn: SpikingNetwork, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Per fx node name, one sample's output shape (one step on one sample)."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    snn.reset()
+    try:
+        ShapeProp(snn.graph).propagate(example[:1])
+    finally:
+        snn.reset()
+    return {n.name: tuple(n.meta["tensor_meta"].shape[1:]) for n in snn.graph.graph.nodes
+            if isinstance(n.meta.get("tensor_meta"), torch.fx.passes.shape_prop.TensorMetadata)}
+
+
+def _pool_window(module_or_args) -> dict[str, Any]:
+    if isinstance(module_or_args, nn.Module):
+        m = module_or_args
+        return {"kernel_size": _pair(m.kernel_size), "stride": _pair(m.stride or m.kernel_size),
+                "padding": _pair(m.padding)}
+    return module_or_args
+
+
+class _Builder:
+    """Walks the SNN's fx graph once, emitting NIR nodes and edges; aliases map to their source."""
+
+    def __init__(self, snn: SpikingNetwork, shapes: dict[str, tuple[int, ...]]):
+        self.nir = _nir()
+        self.snn, self.gm, self.shapes = snn, snn.graph, shapes
+        self.nodes: dict[str, Any] = {}
+        self.edges: list[tuple[str, str]] = []
+        self.notes: dict[str, dict[str, Any]] = {}
+        self.source: dict[str, list[str]] = {}     # fx node name → the NIR nodes whose outputs it sums
+
+    def refuse(self, node: fx.Node, why: str) -> UnsupportedGraphError:
+        from qffs.ops import describe
+
+        return UnsupportedGraphError(f"cannot export node '{node.name}' ({describe(node, self.gm)}) to NIR: {why}")
+
+    def emit(self, name: str, nir_node: Any, inputs: list[fx.Node], note: dict[str, Any] | None = None) -> None:
+        name = name.replace(".", "_")
+        self.nodes[name] = nir_node
+        for arg in inputs:
+            self.edges += [(src, name) for src in self.source[arg.name]]
+        if note:
+            self.notes[name] = note
+        return name
+
+    def window(self, node: fx.Node, pool) -> dict[str, Any]:
+        if isinstance(pool, nn.Module):
+            if isinstance(pool, (nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)):
+                return self.adaptive(node, pool.output_size)
+            if getattr(pool, "dilation", 1) not in (1, (1, 1)) or getattr(pool, "ceil_mode", False):
+                raise self.refuse(node, "NIR pooling has no dilation or ceil_mode")
+            return _pool_window(pool)
+        fn, args, kwargs = pool.fn, pool.args, pool.kwargs
+        if fn in (F.adaptive_max_pool2d,):
+            return self.adaptive(node, args[0] if args else kwargs["output_size"])
+        kernel = args[0] if args else kwargs["kernel_size"]
+        stride = (args[1] if len(args) > 1 else kwargs.get("stride")) or kernel
+        padding = args[2] if len(args) > 2 else kwargs.get("padding", 0)
+        return {"kernel_size": _pair(kernel), "stride": _pair(stride), "padding": _pair(padding)}
+
+    def adaptive(self, node: fx.Node, size) -> dict[str, Any]:
+        (h, w) = self.shapes[node.args[0].name][-2:]
+        oh, ow = _pair(size)
+        if h % oh or w % ow:
+            raise self.refuse(node, f"adaptive pooling of {h}x{w} to {oh}x{ow} has no fixed window")
+        return {"kernel_size": (h // oh, w // ow), "stride": (h // oh, w // ow), "padding": (0, 0)}
+
+    def module(self, node: fx.Node, m: nn.Module) -> None:
+        nir, (x,) = self.nir, node.args[:1]
+        if isinstance(m, _ALIASES_MODULES):
+            self.source[node.name] = self.source[x.name]
+        elif isinstance(m, GatedLayer):
+            layer, bias = m.layer, m.bias
+            b = _array(bias) if bias is not None else None
+            if isinstance(layer, nn.Linear):
+                out = nir.Affine(weight=_array(layer.weight), bias=b) if b is not None else nir.Linear(weight=_array(layer.weight))
+            elif isinstance(layer, (nn.Conv1d, nn.Conv2d)) and layer.padding_mode == "zeros" and not isinstance(layer.padding, str):
+                cls = nir.Conv2d if isinstance(layer, nn.Conv2d) else nir.Conv1d
+                spatial = self.shapes[x.name][1:]
+                out = cls(input_shape=spatial if isinstance(layer, nn.Conv2d) else spatial[0], weight=_array(layer.weight),
+                          stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                          bias=b if b is not None else np.zeros(layer.out_channels, dtype=np.float32))
+            else:
+                raise self.refuse(node, "only zero-padded Conv1d/Conv2d and Linear layers have NIR nodes")
+            name = self.emit(str(node.target), out, [x], {"op": "weighted", "bias_window": self.snn.input_window})
+            self.source[node.name] = [name]
+        elif isinstance(m, IFNeuron):
+            shape = self.shapes[node.name]
+            theta = float(m.threshold)
+            name = self.emit(str(node.target), nir.IF(r=np.ones(shape, np.float32),
+                                                       v_threshold=np.full(shape, theta, np.float32)), [x],
+                             {"op": "if", "z_max": m.z_max, "negative_spikes": m.negative_spikes,
+                              "initial_membrane": float(m.initial_membrane()), "step_size": float(m.step_size),
+                              "reset": "subtract", "fires_at": "v >= v_threshold", "output": m.is_output})
+            scale = self.emit(str(node.target) + ".out", nir.Scale(scale=np.full(shape, theta, np.float32)), [],
+                              {"op": "spike_value", "value": "z * threshold"})
+            self.edges.append((name, scale))
+            self.source[node.name] = [scale]
+        elif isinstance(m, EventMaxPool):
+            window = self.window(node, m.pool)
+            name = self.emit(str(node.target), nir.SumPool2d(kernel_size=np.array(window["kernel_size"]),
+                                                              stride=np.array(window["stride"]),
+                                                              padding=np.array(window["padding"])), [x],
+                             {"op": "event_max_pool", "semantics": "e_t = maxpool(C_t) - maxpool(C_(t-1)), C the "
+                              "cumulative input; NOT a sum pool", **{k: list(v) for k, v in window.items()}})
+            self.source[node.name] = [name]
+        elif isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+            window = self.window(node, m) if isinstance(m, nn.AdaptiveAvgPool2d) else _pool_window(m)
+            name = self.emit(str(node.target), nir.AvgPool2d(kernel_size=np.array(window["kernel_size"]),
+                                                              stride=np.array(window["stride"]),
+                                                              padding=np.array(window["padding"])), [x])
+            self.source[node.name] = [name]
+        elif isinstance(m, nn.Flatten):
+            self.flatten(node, x, m.start_dim, m.end_dim)
+        else:
+            raise self.refuse(node, "NIR has no equivalent node")
+
+    def flatten(self, node: fx.Node, x: fx.Node, start: int, end: int) -> None:
+        if start != 1:
+            raise self.refuse(node, "only flattening from dim 1 (after the batch) maps to NIR's Flatten")
+        shape = self.shapes[x.name]
+        name = self.emit(node.name, self.nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0,
+                                                     end_dim=end if end < 0 else end - 1), [x])
+        self.source[node.name] = [name]
+
+    def call(self, node: fx.Node) -> None:
+        acts = [a for a in node.args if isinstance(a, fx.Node)]
+        target = node.target
+        if node.op == "call_method" and target in _ALIAS_METHODS:
+            self.source[node.name] = self.source[acts[0].name]
+        elif target in _FLATTENS:
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            self.flatten(node, acts[0], start, end)
+        elif node.op == "call_method" and target in ("view", "reshape") and self.shapes[node.name] == (
+                int(np.prod(self.shapes[acts[0].name])),):
+            self.flatten(node, acts[0], 1, -1)
+        elif target in _ADDS and len(acts) == 2 and len(node.args) == 2 and not node.kwargs:
+            self.source[node.name] = self.source[acts[0].name] + self.source[acts[1].name]   # NIR sums fan-in
+        elif target in (F.avg_pool2d, F.adaptive_avg_pool2d):
+            raise self.refuse(node, "write average pooling as an nn.AvgPool2d module to export it to NIR")
+        else:
+            raise self.refuse(node, "NIR has no equivalent node")
+
+    def build(self, example_shape: tuple[int, ...]):
+        nir = self.nir
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                self.emit("input", nir.Input(input_type={"input": np.array(example_shape)}), [])
+                self.source[node.name] = ["input"]
+            elif node.op == "call_module":
+                self.module(node, self.gm.get_submodule(str(node.target)))
+            elif node.op in ("call_function", "call_method"):
+                self.call(node)
+            elif node.op == "output":
+                out = node.args[0]
+                self.emit("output", nir.Output(output_type={"output": np.array(self.shapes[out.name])}), [out])
+        return self.nodes, self.edges
+
+
+def to_nir(snn: SpikingNetwork, path: str | Path, example: torch.Tensor, *,
+           metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``snn`` as a NIR file (HDF5); ``example`` gives the input shape. Refuses by name what
+    NIR cannot express (concatenation, unfolded BatchNorm, …)."""
+    if not isinstance(snn, SpikingNetwork):
+        raise QffsError("NIR describes spiking networks: convert the network first (qffs.convert)")
+    nir = _nir()
+    snn = copy.deepcopy(snn).float().eval()
+    example = example[:1].float()
+    builder = _Builder(snn, _shapes(snn, example))
+    nodes, edges = builder.build(tuple(example.shape[1:]))
+    info = {"format": "qffs SNN", "input_window": snn.input_window,
+            "input": "presented for t < input_window, zero after", **{k: v for k, v in snn.config.items()
+                                                                     if isinstance(v, (bool, int, float, str))},
+            "readout": "output counts x step_size (cumulative)", "nodes": builder.notes,
+            **{k: v for k, v in (metadata or {}).items() if v is not None}}
+    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata={"qffs": info})
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        nir.write(str(tmp), graph)
+    return path
+
+
+def check_nir(snn: SpikingNetwork, path: str | Path) -> dict[str, Any]:
+    """Read ``path`` back with ``nir.read`` and compare every weight, bias and threshold with ``snn``."""
+    nir = _nir()
+    graph = nir.read(str(path))
+    equal = True
+    for name, layer in snn.named_synapses():
+        node = graph.nodes.get(name.replace(".", "_"))
+        equal &= node is not None and np.array_equal(node.weight, _array(layer.layer.weight))
+        if node is not None and layer.bias is not None:
+            equal &= bool(np.array_equal(node.bias, _array(layer.bias)))
+    for name, neuron in snn.named_neurons():
+        node = graph.nodes.get(name.replace(".", "_"))
+        equal &= node is not None and bool(np.all(node.v_threshold == np.float32(float(neuron.threshold))))
+    return {"nodes": len(graph.nodes), "edges": len(graph.edges), "equal": bool(equal)}
+
+
+__all__ = ["check_nir", "to_nir"]

@@ -1,0 +1,199 @@
+"""Export (issue 13): onnxruntime computes what torch computes, NIR round-trips the parameters.
+
+- QANN → ONNX (QCDQ): onnxruntime's output equals ``qann(x)`` exactly (the same levels), on the
+  shipped network over 1,000 test images and on random graphs with residual adds, concatenation
+  and max pooling; the files pass ``onnx.checker``; the batch size is free.
+- SNN → ONNX unrolled over T: the readout equals ``snn(x, timesteps=T)`` to float32 rounding with
+  the same prediction at every step.
+- ``qffs evaluate --backend onnxruntime`` reports the torch runtime's curve on the same images.
+- SNN → NIR: ``nir.read`` gives back the same weights and thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from qffs.data import load_dataset, make_loader
+from qffs.errors import QffsError, UnsupportedGraphError
+from qffs.export.onnx import qann_to_onnx, read_metadata, snn_to_onnx
+from qffs.export.runtime import OnnxSpikingNetwork, session
+from qffs.io import load_model, save_checkpoint
+from qffs.metrics import predict
+from qffs.quant import calibrate, quantize, quantizers
+from qffs.snn import convert
+from tests.conftest import SHIPPED_FMNIST
+from tests.snn_graphs import Genome, build_qann
+
+SPEC = "vgg_small(num_classes=10, in_channels=1)"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """(QANN, SNN, 1,000 test images) of the shipped network, calibrated on 256 training images."""
+    fp, _ = load_model(SHIPPED_FMNIST)
+    calib = [x for x, _ in make_loader(load_dataset("fashion-mnist", "train", limit=256, augment=False), 128)]
+    qann = quantize(fp.eval(), bits=2, output_bits=3)
+    calibrate(qann, calib)
+    x, _ = next(iter(make_loader(load_dataset("fashion-mnist", "test", limit=1000), 1000)))
+    return qann.eval(), convert(qann.eval()), x
+
+
+def _run(path, x: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(session(path).run(None, {"x": x.numpy()})[0])
+
+
+def test_the_qann_exports_as_qcdq_and_onnxruntime_gives_its_levels_exactly(shipped, tmp_path):
+    qann, _, x = shipped
+    path = qann_to_onnx(qann, tmp_path / "qann.onnx", x)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) <= 21
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") == ops.count("Clip") == ops.count("DequantizeLinear") == len(quantizers(qann))
+    with torch.no_grad():
+        ref = qann(x)
+    got = _run(path, x)
+    assert torch.equal(got, ref)                           # 1,000 images, every logit the same level
+    assert torch.equal(_run(path, x[:7]), ref[:7])         # any batch size
+    assert read_metadata(path)["kind"] == "qann"
+
+
+def test_the_snn_unrolled_over_t_gives_the_runtime_readout_on_1000_images(shipped, tmp_path):
+    _, snn, x = shipped
+    path = snn_to_onnx(snn, tmp_path / "snn.onnx", x, 8)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    got = _run(path, x)
+    ref = snn(x, timesteps=8)
+    assert got.shape == ref.shape == (8, 1000, 10)
+    assert torch.allclose(got, ref, rtol=0, atol=1e-5)
+    assert torch.equal(predict(got)[0], predict(ref)[0])   # the same prediction at every t
+    meta = read_metadata(path)
+    assert meta["timesteps"] == 8 and meta["input_window"] == 3 and meta["outputs"] == ["readout"]
+
+
+def test_a_random_graph_with_residual_concat_and_pooling_exports_exactly(tmp_path):
+    genome = Genome(in_channels=2, size=6, blocks=("conv_bn", "residual", "concat", "maxpool", "affine", "fmaxpool"),
+                    hidden=5, head_bn=True, bits=2, output_bits=3, seed=7)
+    qann, x = build_qann(genome, dtype=torch.float32)
+    x = torch.randn(33, *x.shape[1:]) * 1.5
+    path = qann_to_onnx(qann, tmp_path / "qann.onnx", x)
+    with torch.no_grad():
+        assert torch.equal(_run(path, x), qann(x))
+    snn = convert(qann)
+    path = snn_to_onnx(snn, tmp_path / "snn.onnx", x, 6, diagnostics=True)
+    runner = OnnxSpikingNetwork(path)
+    got = runner.simulate(x, 6, record=True, record_counts=True)
+    ref = snn.simulate(x, 6, record=True, record_counts=True)
+    for name in ref.readouts:
+        assert torch.allclose(got.readouts[name], ref.readouts[name], rtol=0, atol=1e-5), name
+        assert torch.equal(predict(got.readouts[name])[0], predict(ref.readouts[name])[0]), name
+    assert torch.equal(got.convergence_step, ref.convergence_step) and torch.equal(got.converged, ref.converged)
+    for a, b in zip(got.neurons, ref.neurons, strict=True):
+        assert a.name == b.name and torch.equal(a.pos_spikes, b.pos_spikes) and torch.equal(a.neg_spikes, b.neg_spikes)
+        assert torch.equal(a.counts, b.counts)
+    for a, b in zip(got.synapses, ref.synapses, strict=True):
+        assert a.macs == b.macs and torch.equal(a.synops, b.synops.double()) and torch.equal(a.events, b.events.double())
+    # fewer steps than exported: the first rows; more: refused
+    assert torch.allclose(runner(x, 3), snn(x, timesteps=3), rtol=0, atol=1e-5)
+    with pytest.raises(QffsError, match="unrolled over 6 steps"):
+        runner(x, 7)
+
+
+@pytest.fixture(scope="module")
+def artifacts(shipped, tmp_path_factory):
+    """The shipped QANN and SNN as artifact files (what qffs quantize and qffs convert write)."""
+    from qffs.recipes import convert_checkpoint
+
+    qann, _, _ = shipped
+    folder = tmp_path_factory.mktemp("export")
+    save_checkpoint(folder / "qann.pt", qann.state_dict(), kind="qann", model=SPEC, dataset="fashion-mnist",
+                    bits=2, output_bits=3)
+    convert_checkpoint(folder / "qann.pt", folder / "snn.pt")
+    return folder
+
+
+def test_evaluate_with_onnxruntime_reports_the_torch_curve(cli, artifacts, tmp_path):
+    runs = {}
+    for backend in ("torch", "onnxruntime"):
+        result = cli("evaluate", artifacts / "snn.pt", "-T", "6", "--limit", "151", "--batch-size", "64",
+                     "--backend", backend, "--out-dir", tmp_path / backend)
+        assert result.returncode == 0, result.stderr
+        runs[backend] = json.loads((tmp_path / backend / "curve.json").read_text())
+    a, b = runs["torch"], runs["onnxruntime"]
+    assert b["backend"] == "onnxruntime" and b["samples"] == a["samples"] == 151
+    for key in ("snn_accuracy_by_readout", "tied_by_readout", "qann_agreement", "convergence", "layers",
+                "qann_accuracy", "latency_to_lossless_by_readout", "spikes_per_neuron_per_sample"):
+        assert a[key] == b[key], key
+    assert [s["synops_per_sample"] for s in a["synapses"]] == pytest.approx(
+        [s["synops_per_sample"] for s in b["synapses"]], rel=1e-6)
+
+
+def test_qffs_export_writes_and_checks_each_format(cli, artifacts, tmp_path):
+    result = cli("export", artifacts / "snn.pt", "--out", tmp_path / "snn.onnx", "-T", "5")
+    assert result.returncode == 0, result.stderr
+    assert "0 of 200 values differ" in result.stdout and "predictions identical" in result.stdout
+    result = cli("export", artifacts / "qann.pt", "--out", tmp_path / "qann.onnx")
+    assert result.returncode == 0 and "QANN (QCDQ)" in result.stdout and "0 of 40 values differ" in result.stdout
+    result = cli("export", artifacts / "snn.pt", "--to", "nir", "--out", tmp_path / "snn.nir")
+    assert result.returncode == 0, result.stderr
+    assert "weights and thresholds equal" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("qann.pt", "--out", "{tmp}/q.onnx", "-T", "8"), "convert it first"),
+    (("qann.pt", "--to", "nir", "--out", "{tmp}/q.nir"), "convert it first"),
+    (("snn.pt", "--out", "{tmp}/s.pt"), "must end in .onnx"),
+    (("snn.pt", "--to", "tflite", "--out", "{tmp}/s.onnx"), "--to must be one of"),
+    (("snn.pt", "--out", "{tmp}/s.onnx", "-T", "0"), "--timesteps must be"),
+    (("snn.pt", "--out", "{tmp}/s.onnx", "--input-shape", "1,x"), "--input-shape expects"),
+])
+def test_export_mistakes_are_one_line_errors(cli, artifacts, tmp_path, args, message):
+    args = [a.format(tmp=tmp_path) if "{tmp}" in a else (artifacts / a if a.endswith(".pt") and "/" not in a else a)
+            for a in args]
+    result = cli("export", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not list(tmp_path.iterdir())   # nothing written
+
+
+def test_onnxruntime_backend_refuses_double(cli, artifacts, tmp_path):
+    result = cli("evaluate", artifacts / "snn.pt", "--backend", "onnxruntime", "--double", "--out-dir", tmp_path / "r")
+    assert result.returncode == 2 and "--double needs --backend torch" in result.stderr
+
+
+def test_nir_round_trips_weights_thresholds_and_what_nir_cannot_state(shipped, tmp_path):
+    nir = pytest.importorskip("nir")
+    from qffs.export.nir import check_nir, to_nir
+
+    _, snn, x = shipped
+    path = to_nir(snn, tmp_path / "snn.nir", x)
+    graph = nir.read(str(path))
+    assert check_nir(snn, path)["equal"]
+    for name, layer in snn.named_synapses():
+        node = graph.nodes[name.replace(".", "_")]
+        np.testing.assert_array_equal(node.weight, layer.layer.weight.detach().numpy())
+    ifs = [n for n in graph.nodes.values() if isinstance(n, nir.IF)]
+    assert len(ifs) == len(snn.named_neurons()) and all(np.all(n.r == 1) for n in ifs)
+    info = graph.metadata["qffs"]
+    assert int(info["input_window"]) == 3 and bool(info["precharge"]) and bool(info["negative_spikes"])
+    notes = info["nodes"]
+    pools = [k for k, v in notes.items() if v["op"] == "event_max_pool"]
+    assert len(pools) == 2 and all(isinstance(graph.nodes[k], nir.SumPool2d) for k in pools)
+    neuron = notes["output_quantizer"]
+    assert int(neuron["z_max"]) == 7 and float(neuron["initial_membrane"]) == pytest.approx(
+        float(snn.graph.output_quantizer.threshold) / 2)
+
+
+def test_nir_refuses_what_it_cannot_state_by_name(tmp_path):
+    pytest.importorskip("nir")
+    from qffs.export.nir import to_nir
+
+    genome = Genome(in_channels=2, size=4, blocks=("concat",), hidden=5, head_bn=False, bits=2, output_bits=3, seed=1)
+    qann, x = build_qann(genome, dtype=torch.float32)
+    with pytest.raises(UnsupportedGraphError, match="cannot export node .*cat.* to NIR"):
+        to_nir(convert(qann), tmp_path / "x.nir", x)
+    assert not (tmp_path / "x.nir").exists()
