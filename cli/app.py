@@ -80,6 +80,7 @@ app = typer.Typer(
             "qffs convert qann.pt --out snn.pt          # stage 2: IF neurons, thresholds, BN folded",
             "qffs evaluate snn.pt -T 16 --out-dir res/  # stage 3: latency-accuracy curve",
             "qffs run fp.pt --out-dir runs/x            # all three stages",
+            "qffs export snn.pt --out snn.onnx -T 8     # the SNN for onnxruntime (or --to nir)",
         )
         + "\n\nErrors print one line and exit with code 2; add --debug for the traceback."
     ),

@@ -77,7 +77,7 @@ def test_the_snn_unrolled_over_t_gives_the_runtime_readout_on_1000_images(shippe
 
 
 def test_a_random_graph_with_residual_concat_and_pooling_exports_exactly(tmp_path):
-    genome = Genome(in_channels=2, size=6, blocks=("conv_bn", "residual", "concat", "maxpool", "affine", "fmaxpool"),
+    genome = Genome(in_channels=2, size=4, blocks=("residual", "concat", "maxpool", "affine"),
                     hidden=5, head_bn=True, bits=2, output_bits=3, seed=7)
     qann, x = build_qann(genome, dtype=torch.float32)
     x = torch.randn(33, *x.shape[1:]) * 1.5
@@ -85,10 +85,10 @@ def test_a_random_graph_with_residual_concat_and_pooling_exports_exactly(tmp_pat
     with torch.no_grad():
         assert torch.equal(_run(path, x), qann(x))
     snn = convert(qann)
-    path = snn_to_onnx(snn, tmp_path / "snn.onnx", x, 6, diagnostics=True)
+    path = snn_to_onnx(snn, tmp_path / "snn.onnx", x, 5, diagnostics=True)
     runner = OnnxSpikingNetwork(path)
-    got = runner.simulate(x, 6, record=True, record_counts=True)
-    ref = snn.simulate(x, 6, record=True, record_counts=True)
+    got = runner.simulate(x, 5, record=True, record_counts=True)
+    ref = snn.simulate(x, 5, record=True, record_counts=True)
     for name in ref.readouts:
         assert torch.allclose(got.readouts[name], ref.readouts[name], rtol=0, atol=1e-5), name
         assert torch.equal(predict(got.readouts[name])[0], predict(ref.readouts[name])[0]), name
@@ -100,8 +100,8 @@ def test_a_random_graph_with_residual_concat_and_pooling_exports_exactly(tmp_pat
         assert a.macs == b.macs and torch.equal(a.synops, b.synops.double()) and torch.equal(a.events, b.events.double())
     # fewer steps than exported: the first rows; more: refused
     assert torch.allclose(runner(x, 3), snn(x, timesteps=3), rtol=0, atol=1e-5)
-    with pytest.raises(QffsError, match="unrolled over 6 steps"):
-        runner(x, 7)
+    with pytest.raises(QffsError, match="unrolled over 5 steps"):
+        runner(x, 6)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def artifacts(shipped, tmp_path_factory):
 def test_evaluate_with_onnxruntime_reports_the_torch_curve(cli, artifacts, tmp_path):
     runs = {}
     for backend in ("torch", "onnxruntime"):
-        result = cli("evaluate", artifacts / "snn.pt", "-T", "6", "--limit", "151", "--batch-size", "64",
+        result = cli("evaluate", artifacts / "snn.pt", "-T", "4", "--limit", "151", "--batch-size", "64",
                      "--backend", backend, "--out-dir", tmp_path / backend)
         assert result.returncode == 0, result.stderr
         runs[backend] = json.loads((tmp_path / backend / "curve.json").read_text())
@@ -134,9 +134,9 @@ def test_evaluate_with_onnxruntime_reports_the_torch_curve(cli, artifacts, tmp_p
 
 
 def test_qffs_export_writes_and_checks_each_format(cli, artifacts, tmp_path):
-    result = cli("export", artifacts / "snn.pt", "--out", tmp_path / "snn.onnx", "-T", "5")
+    result = cli("export", artifacts / "snn.pt", "--out", tmp_path / "snn.onnx", "-T", "3")
     assert result.returncode == 0, result.stderr
-    assert "0 of 200 values differ" in result.stdout and "predictions identical" in result.stdout
+    assert "0 of 120 values differ" in result.stdout and "predictions identical" in result.stdout
     result = cli("export", artifacts / "qann.pt", "--out", tmp_path / "qann.onnx")
     assert result.returncode == 0 and "QANN (QCDQ)" in result.stdout and "0 of 40 values differ" in result.stdout
     result = cli("export", artifacts / "snn.pt", "--to", "nir", "--out", tmp_path / "snn.nir")

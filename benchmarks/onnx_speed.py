@@ -1,0 +1,113 @@
+"""Exported networks under onnxruntime against qffs' torch runtime, measured in one process.
+
+    python benchmarks/onnx_speed.py --out docs/benchmarks/onnx_speed.json
+    python benchmarks/onnx_speed.py --checkpoint models/resnet20_cifar10.pt --samples 512 \\
+        --out docs/benchmarks/onnx_speed_resnet20.json
+
+On the same images, batches of ``--batch-size``, interleaved over ``--rounds`` rounds (minimum
+taken): the FP network and the QANN in torch and in onnxruntime, the SNN at T in torch (the
+per-step runtime, statistics off) and as the exported graph unrolled over T, with and without
+the diagnostic outputs a report needs (``qffs evaluate --backend onnxruntime`` runs the latter).
+Prints images per second and each time as a multiple of the torch ANN forward; also how long
+each export took. The QANN is calibrated on 4 training batches (2-bit hidden / 3-bit output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=None, help="FP checkpoint (default: the shipped Fashion-MNIST VGG)")
+    parser.add_argument("--samples", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--timesteps", type=int, default=8)
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    import onnxruntime
+
+    from qffs.data import load_dataset, make_loader
+    from qffs.export.onnx import qann_to_onnx, snn_to_onnx
+    from qffs.export.runtime import OnnxSpikingNetwork, session
+    from qffs.io import load_model
+    from qffs.quant import calibrate, quantize
+    from qffs.recipes import SHIPPED_FMNIST
+    from qffs.snn import convert
+
+    torch.manual_seed(0)
+    fp, ckpt = load_model(args.checkpoint or SHIPPED_FMNIST)
+    fp.eval()
+    dataset = ckpt.meta.get("dataset") or "fashion-mnist"
+    train = [x for x, _ in make_loader(load_dataset(dataset, "train", limit=4 * args.batch_size, augment=False),
+                                       args.batch_size)]
+    batches = [x for x, _ in make_loader(load_dataset(dataset, "test", limit=args.samples), args.batch_size)]
+    qann = quantize(fp, bits=2, output_bits=3)
+    calibrate(qann, train)
+    qann.eval()
+    snn = convert(qann)
+    T = args.timesteps
+    folder = Path(tempfile.mkdtemp(prefix="qffs-onnx-bench-"))
+    exports, started = {}, time.perf_counter()
+    for name, write in (("fp", lambda p: qann_to_onnx(fp, p, batches[0])),
+                        ("qann", lambda p: qann_to_onnx(qann, p, batches[0])),
+                        ("snn", lambda p: snn_to_onnx(snn, p, batches[0], T)),
+                        ("snn diagnostics", lambda p: snn_to_onnx(snn, p, batches[0], T, diagnostics=True))):
+        started = time.perf_counter()
+        write(folder / f"{name.replace(' ', '_')}.onnx")
+        exports[name] = time.perf_counter() - started
+    sessions = {name: session(folder / f"{name}.onnx") for name in ("fp", "qann", "snn")}
+    diagnostics = OnnxSpikingNetwork(folder / "snn_diagnostics.onnx")
+
+    def ort(name):
+        s = sessions[name]
+        return lambda x: s.run(None, {"x": x.numpy()})
+
+    runs = {"torch ANN": lambda x: fp(x), "onnxruntime ANN": ort("fp"),
+            "torch QANN": lambda x: qann(x), "onnxruntime QANN": ort("qann"),
+            f"torch SNN T={T}": lambda x: snn.simulate(x, T, record=False),
+            f"onnxruntime SNN T={T}": ort("snn"),
+            f"onnxruntime SNN T={T} + diagnostics": lambda x: diagnostics.run(x)}
+    best = {name: float("inf") for name in runs}
+    with torch.no_grad():
+        for _ in range(args.rounds):
+            for name, fn in runs.items():
+                start = time.perf_counter()
+                for x in batches:
+                    fn(x)
+                best[name] = min(best[name], time.perf_counter() - start)
+    ann = best["torch ANN"]
+    result = {
+        "command": "python benchmarks/onnx_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+                   f"onnxruntime {onnxruntime.__version__}",
+        "network": f"{ckpt.meta.get('model')} on {dataset}",
+        "samples": args.samples, "batch_size": args.batch_size, "rounds": args.rounds, "timesteps": T,
+        "seconds": best, "images_per_second": {k: args.samples / v for k, v in best.items()},
+        "ratio_to_ann": {k: v / ann for k, v in best.items()}, "export_seconds": exports,
+    }
+    print(f"{'run':<38}{'seconds':>9}{'images/s':>10}{'x ANN':>8}")
+    for name, t in best.items():
+        print(f"{name:<38}{t:9.3f}{args.samples / t:10.0f}{t / ann:8.2f}")
+    print("export seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in exports.items()))
+    if args.out:
+        from qffs.io import write_text_atomic
+
+        write_text_atomic(args.out, json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
