@@ -84,7 +84,7 @@ def _first_line(err: BaseException) -> str:
 
 
 def _export(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str],
-            metadata: dict[str, Any], opset: int) -> Path:
+            metadata: dict[str, Any], opset: int, optimize: bool = True) -> Path:
     """Trace ``module`` on ``example`` (batch dimension dynamic) and write a checked ONNX file atomically."""
     import onnx
 
@@ -99,7 +99,7 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, output_names: 
             program = torch.onnx.export(
                 module, (example,), dynamo=True, opset_version=opset, input_names=["x"], output_names=output_names,
                 dynamic_shapes=({0: batch},), custom_translation_table={torch.ops.qffs.qcdq.default: _qcdq_onnx},
-                verbose=False, report=False)
+                optimize=optimize, verbose=False, report=False)
     except Exception as err:  # the exporter raises many types; the first line names the op
         raise QffsError(f"ONNX export failed: {_first_line(err)} (a graph that writes its batch size into a "
                         "reshape cannot have a dynamic batch: use x.flatten(1) or x.view(x.size(0), -1))") from err
@@ -168,6 +168,8 @@ def snn_to_onnx(snn: SpikingNetwork, path: str | Path, example: torch.Tensor, ti
     Input ``x`` ``[B, ...]``, output ``readout`` ``[T, B, ...]``: the cumulative count readout
     after each step, as ``snn(x, timesteps=T)``. ``diagnostics`` adds the outputs a report needs
     (:class:`~qffs.export.unrolled.UnrolledSNN`): what ``qffs evaluate --backend onnxruntime`` uses.
+    Such a graph is written without onnxscript's optimisation passes, which on it cost more
+    time than they save (ResNet-20, T = 8: minutes); onnxruntime optimises it on loading anyway.
     """
     from qffs.export.unrolled import UnrolledSNN
 
@@ -178,7 +180,8 @@ def snn_to_onnx(snn: SpikingNetwork, path: str | Path, example: torch.Tensor, ti
     module = UnrolledSNN(snn, timesteps, diagnostics=diagnostics,
                          fanouts=_fanouts(snn, example) if diagnostics else None)
     return _export(module, example, Path(path), description["outputs"], {**description, "opset": opset,
-                                                                          **(metadata or {})}, opset)
+                                                                          **(metadata or {})}, opset,
+                   optimize=not diagnostics)
 
 
 def to_onnx(network: nn.Module, path: str | Path, example: torch.Tensor, *, timesteps: int | None = None,

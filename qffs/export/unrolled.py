@@ -80,19 +80,18 @@ class UnrolledSNN(nn.Module):
             u, z, spikes = if_transition(u, z, current, module.threshold.to(current.dtype), module.z_max,
                                          module.negative_spikes)
             state[node.name] = (u, z)
-            if self.diagnostics:
-                per_sample = spikes.flatten(1)
-                tally.setdefault("active", []).append(per_sample.ne(0).any(1))
-                tally.setdefault(("pos", node.target), []).append(per_sample.gt(0).sum(1))
-                tally.setdefault(("neg", node.target), []).append(per_sample.lt(0).sum(1))
+            if self.diagnostics:   # running sums per element; one reduction at the end (fewer graph nodes)
+                magnitude = spikes.abs()
+                key = ("spikes", node.name)
+                tally[key] = tally[key] + magnitude if key in tally else magnitude
+                tally.setdefault("active", []).append(magnitude.flatten(1).amax(1) > 0)
             return spikes * module.threshold.to(current.dtype)
         if isinstance(module, GatedLayer):
             (x,) = args
-            if self.diagnostics:
-                fanout = getattr(self, self._fanout_keys[str(node.target)])   # int64: exact totals
-                nonzero = x.ne(0).to(torch.int64)
-                tally.setdefault(("synops", node.target), []).append((nonzero * fanout).flatten(1).sum(1))
-                tally.setdefault(("events", node.target), []).append(nonzero.flatten(1).sum(1))
+            if self.diagnostics:   # steps at which each input element was nonzero
+                nonzero = x.ne(0).to(x.dtype)
+                key = ("inputs", str(node.target))
+                tally[key] = tally[key] + nonzero if key in tally else nonzero
             out = module.layer(x)
             if module.bias is not None and in_window:
                 out = out + module.bias.view((1, -1) + (1,) * (out.dim() - 2))
@@ -169,14 +168,24 @@ class UnrolledSNN(nn.Module):
         if not self.diagnostics:
             return (readout,)
 
-        def per_layer(kind: str, names: list[str]) -> torch.Tensor:
-            rows = [torch.stack(tally[(kind, name)]).sum(0) for name in names]
-            return torch.stack(rows) if rows else torch.zeros((0, x.shape[0]), dtype=torch.int64)
+        def rows(values: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack(values) if values else torch.zeros((0, x.shape[0]), dtype=torch.int64)
 
+        def total(t: torch.Tensor) -> torch.Tensor:   # per sample, exact: int64 before summing
+            return t.round().to(torch.int64).flatten(1).sum(1)
+
+        node_names = {str(n.target): n.name for n in self.nodes if n.op == "call_module"}
+        finals = [state[node_names[name]][1] for name in self.neuron_names]
+        pos, neg = [], []
+        for name, count in zip(self.neuron_names, finals):
+            spikes = tally[("spikes", node_names[name])]   # Σ|z| = pos + neg, Z = pos − neg
+            pos.append(total((spikes + count) / 2))
+            neg.append(total((spikes - count) / 2))
+        synops, events = [], []
+        for name in self.synapse_names:
+            steps = tally[("inputs", name)].round().to(torch.int64)
+            synops.append((steps * getattr(self, self._fanout_keys[name])).flatten(1).sum(1))
+            events.append(steps.flatten(1).sum(1))
         history = (count_history, torch.stack(membranes)) if out_node is not None else (readout, readout)
-        finals = [state[next(n.name for n in self.nodes if n.op == "call_module" and str(n.target) == name)][1]
-                  for name in self.neuron_names]
-        return (readout, *history, torch.stack(tally["active_by_step"]),
-                per_layer("pos", self.neuron_names), per_layer("neg", self.neuron_names),
-                per_layer("synops", self.synapse_names), per_layer("events", self.synapse_names),
-                *finals)
+        return (readout, *history, torch.stack(tally["active_by_step"]), rows(pos), rows(neg), rows(synops),
+                rows(events), *finals)
