@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from qffs.errors import QffsError
+from qffs.snn.network import check_timesteps
 
 FORMATS = ("onnx", "nir")
 #: The SNN's unrolled length when --timesteps is not given: QFFS answers within a handful of steps.
@@ -74,7 +75,8 @@ def _check_out(out: Path, source: Path, suffix: str, to: str) -> Path:
 
 
 def export_checkpoint(path: str | Path, out: str | Path, *, to: str = "onnx", timesteps: int | None = None,
-                      model: str | None = None, input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+                      model: str | None = None, input_shape: tuple[int, ...] | None = None,
+                      log=print) -> dict[str, Any]:
     """Export the artifact at ``path`` to ``out`` and check the file; returns what was written.
 
     ONNX: an SNN unrolled over ``timesteps`` (default :data:`DEFAULT_TIMESTEPS`), a QANN in
@@ -83,6 +85,8 @@ def export_checkpoint(path: str | Path, out: str | Path, *, to: str = "onnx", ti
     if to not in FORMATS:
         raise QffsError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
     out = _check_out(Path(out), Path(path), {"onnx": ".onnx", "nir": ".nir"}[to], to)
+    if timesteps is not None:
+        timesteps = check_timesteps(timesteps, "--timesteps")
     network, kind, meta = load_network(path, model)
     if kind != "snn" and (to == "nir" or timesteps is not None):
         what = "NIR describes spiking networks" if to == "nir" else "--timesteps unrolls an SNN"
@@ -101,6 +105,7 @@ def export_checkpoint(path: str | Path, out: str | Path, *, to: str = "onnx", ti
 
         if kind == "snn":
             timesteps = DEFAULT_TIMESTEPS if timesteps is None else timesteps
+            log(f"tracing the SNN over {timesteps} steps (seconds to minutes: the graph holds every step) ...")
         to_onnx(network, out, example, timesteps=timesteps, metadata=provenance)
         summary.update(opset=OPSET, timesteps=timesteps, check=_check_onnx(network, out, example, timesteps))
     summary["bytes"] = out.stat().st_size
