@@ -19,6 +19,14 @@ from qffs.errors import Interrupted, QffsError
 INTERRUPTED = "interrupted; no output was half-written (files are written whole, at the end of each stage)"
 
 
+def _rank() -> str:
+    """' (rank 1 of 2)' in a torchrun worker other than rank 0, whose errors may be its own; '' otherwise."""
+    import os
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    return f" (rank {rank} of {world})" if world > 1 and rank > 0 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
@@ -49,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except QffsError as exc:
         if debug:
             raise
-        print(f"qffs: error: {printable(str(exc))}", file=sys.stderr)   # paths and names may come from files
-        return 2
+        print(f"qffs: error{_rank()}: {printable(str(exc))}", file=sys.stderr)   # paths and names may come from files
+        return 2   # under torchrun a rank that exits stops the others (torchrun ends the job), no hang
     except (Exception, SystemExit) as exc:  # the user's model code failing, else a bug: one line unless --debug
         if debug:
             raise

@@ -431,15 +431,19 @@ def _imagefolder(tree: Path, limit: int | None, augment: bool, prep: Preprocessi
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
                 drop_last: bool = False) -> DataLoader:
-    """A seeded DataLoader; under an initialised torch.distributed, a DistributedSampler shards the data."""
+    """A seeded DataLoader. Under torchrun (:mod:`qffs.distributed`) each rank gets its shard: a
+    shuffled (training) loader through ``DistributedSampler`` (equal shards, padded by repeats,
+    reshuffled per epoch), an ordered (evaluation) loader through
+    :class:`~qffs.distributed.ShardSampler` (every sample exactly once over all ranks)."""
     if batch_size <= 0:
         raise QffsError(f"batch size must be positive, got {batch_size}")
-    import torch.distributed as dist
+    from qffs import distributed
 
-    if dist.is_available() and dist.is_initialized():
+    if distributed.active():
         from torch.utils.data.distributed import DistributedSampler
 
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=drop_last) if shuffle else \
+            distributed.ShardSampler(len(dataset), distributed.rank(), distributed.world_size())
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                           drop_last=drop_last, pin_memory=torch.cuda.is_available())
     generator = torch.Generator().manual_seed(seed)

@@ -11,11 +11,13 @@ energy estimate.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from qffs import distributed
 from qffs.metrics import predict
 from qffs.progress import track
 from qffs.report import ENERGY_AC_PJ, ENERGY_MAC_PJ, energy_estimate, latency_to_lossless, percentiles
@@ -46,6 +48,41 @@ def _quantizer_levels(qann: nn.Module, x: torch.Tensor, output_name: str | None
     return out, inputs.get("output", out), levels
 
 
+@dataclass
+class _Totals:
+    """One rank's sums over its samples, as one float64 vector to add across ranks (layers and
+    synapses are updated in place; every rank has them in the same order, from the same network)."""
+
+    correct: dict[str, torch.Tensor]
+    tied: dict[str, torch.Tensor]
+    agree: torch.Tensor
+    scalars: list[float]
+    convergence: list[int]
+    timesteps: int
+    layers: dict[str, dict[str, float]]
+    synapses: dict[str, dict[str, float]]
+
+    def all_reduce(self) -> "_Totals":
+        histogram = torch.bincount(torch.tensor(self.convergence, dtype=torch.long), minlength=self.timesteps + 1)
+        parts = [*self.correct.values(), *self.tied.values(), self.agree, torch.tensor(self.scalars, dtype=torch.float64),
+                 histogram.double(),
+                 torch.tensor([[r["pos"], r["neg"], r["mismatch"]] for r in self.layers.values()], dtype=torch.float64),
+                 torch.tensor([[r["synops"], r["events"]] for r in self.synapses.values()], dtype=torch.float64)]
+        sizes = [p.numel() for p in parts]
+        summed = list(distributed.all_reduce_sum(torch.cat([p.flatten() for p in parts])).split(sizes))
+        for table in (self.correct, self.tied):
+            for name in table:
+                table[name] = summed.pop(0)
+        self.agree, self.scalars = summed.pop(0), summed.pop(0).tolist()
+        counts = summed.pop(0).round().long()
+        self.convergence = torch.repeat_interleave(torch.arange(counts.numel()), counts).tolist()
+        for row, (pos, neg, mismatch) in zip(self.layers.values(), summed.pop(0).view(-1, 3).tolist()):
+            row.update(pos=pos, neg=neg, mismatch=mismatch)
+        for row, (synops, events) in zip(self.synapses.values(), summed.pop(0).view(-1, 2).tolist()):
+            row.update(synops=synops, events=events)
+        return self
+
+
 @torch.no_grad()
 def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, readout: str = "count",
@@ -64,6 +101,11 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
     in the conversion's type.
     """
     check_readout(readout)
+    if distributed.active() and len(loader.dataset) < distributed.world_size():
+        from qffs.errors import QffsError
+
+        raise QffsError(f"{len(loader.dataset)} test samples cannot be shared by {distributed.world_size()} processes: "
+                        "run fewer processes or more samples")
     device = torch.device(device)
     if isinstance(snn, nn.Module):   # (an onnxruntime-backed network, qffs.export.runtime, places itself)
         snn = snn.to(device=device, dtype=dtype).eval()
@@ -110,6 +152,13 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
             row = synapses.setdefault(rec.name, {"macs": rec.macs, "synops": 0.0, "events": 0.0})
             row["synops"] += float(rec.synops.sum())
             row["events"] += float(rec.events.sum())
+    if distributed.active():   # every rank simulated its shard: sum the counts (exact, in float64)
+        totals = _Totals(correct, tied, agree, [qann_correct, qann_tied, prequant_correct, samples, unconverged],
+                         convergence, timesteps, layers, synapses).all_reduce()
+        correct, tied, agree, scalars, convergence = totals.correct, totals.tied, totals.agree, totals.scalars, \
+            totals.convergence
+        qann_correct, qann_tied, prequant_correct, samples, unconverged = scalars
+        samples, unconverged = int(samples), int(unconverged)
     n = max(samples, 1)
     curves = {name: (c / n).tolist() for name, c in correct.items()}
     ties = {name: (c / n).tolist() for name, c in tied.items()}
@@ -152,4 +201,5 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
         "input_window": snn.input_window,
         "conversion": dict(snn.config),
         "dtype": str(dtype).replace("torch.", ""),
+        "world_size": distributed.world_size(),
     }

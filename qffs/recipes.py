@@ -24,7 +24,9 @@ from qffs.resume import TrainState, check_resumable, load_state, resume_path, sa
 from qffs.snn.memory import parse_memory
 from qffs.snn.network import check_timesteps
 from qffs.snn.readout import DEFAULT_READOUT, check_readout
-from qffs.train import TrainConfig, config_dict, fit, init_distributed, is_main_process, resolve_device
+from qffs.distributed import (barrier, broadcast_module, init_distributed, is_main_process, main_only,
+                               replicas_identical, world_size)
+from qffs.train import TrainConfig, config_dict, fit, resolve_device
 from qffs.trust import authorized_spec, model_provenance, records_model_file
 
 if TYPE_CHECKING:
@@ -247,6 +249,7 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
     if cfg.epochs < 1:
         raise QffsError(f"--epochs must be >= 1 to train, got {cfg.epochs}")
     out = check_output(out, pretrained)
+    log = main_only(log)
     with exclusive(out, "--out"):   # a second run writing the same --out is refused
         distributed = init_distributed()
         dev = resolve_device(device)
@@ -264,7 +267,8 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
         started = time.perf_counter()
         meta = {**data_meta(data, prep), **model_provenance(spec), "train_config": config_dict(cfg),
                 "batch_size": data.batch_size,
-                "seed": data.seed, "limit": data.limit, "pretrained": pretrained, "distributed": distributed}
+                "seed": data.seed, "limit": data.limit, "pretrained": pretrained, "distributed": distributed,
+                "world_size": world_size()}
         history: list[dict[str, Any]] = list(state.history) if state else []
 
         def write(best_weights: dict[str, torch.Tensor] | None) -> None:
@@ -279,6 +283,7 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
                 {"model": spec, **meta, "metrics": metrics, "history": history}, indent=2))
 
         def on_epoch(record: dict[str, Any], trained: torch.nn.Module) -> None:
+            check_replicas(record, trained)
             history.append(record)
             write(trained.state_dict() if record.get("best") else None)
 
@@ -291,6 +296,17 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
         best = max(history, key=lambda r: r["test_accuracy"]) if history else {}
         return {"model": spec, "checkpoint": str(out), "test_accuracy": best.get("test_accuracy"),
                 "best_epoch": best.get("epoch"), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def check_replicas(record: dict[str, Any], model: torch.nn.Module) -> None:
+    """Under torchrun, after an epoch: every rank must hold the same weights (DDP keeps them so);
+    recorded in the epoch's history entry, and a difference stops the job (on every rank)."""
+    if world_size() == 1:
+        return
+    record["replicas_identical"] = replicas_identical(model)
+    if not record["replicas_identical"]:
+        raise QffsError(f"the {world_size()} processes hold different weights after epoch {record['epoch']}: "
+                        "the data-parallel training went out of step")
 
 
 def _calibration_batches(loader, count: int) -> list[torch.Tensor]:
@@ -450,6 +466,7 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
     if backend == "onnxruntime" and double:
         raise QffsError("--backend onnxruntime runs the exported float32 graph; --double needs --backend torch")
     budget = None if memory is None else parse_memory(memory)
+    init_distributed()   # under torchrun each process simulates its shard of the test set
     dev = resolve_device(device)
     snn, qann, meta = load_snn(snn_path, model, torch.float64 if double else None)
     data, prep, test_loader = test_data_for(snn_path, meta, data)
@@ -489,7 +506,7 @@ def _onnxruntime_network(snn, loader, timesteps: int, device: torch.device, stac
 
     x, _ = next(iter(loader))
     folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qffs-onnx-")))
-    print(f"exporting the SNN unrolled over {timesteps} steps to ONNX ...", flush=True)
+    main_only(print)(f"exporting the SNN unrolled over {timesteps} steps to ONNX ...", flush=True)
     path = snn_to_onnx(snn, folder / "snn.onnx", x[:2], timesteps, diagnostics=True)
     return OnnxSpikingNetwork(path, device)
 
@@ -550,6 +567,7 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     from qffs.quant.lsq import check_bits
 
     cfg.validate()
+    log = main_only(log)
     out = check_output(out, checkpoint)
     check_bits("--bits", bits)
     if output_bits is not None:
@@ -586,6 +604,7 @@ def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions,
         fp = evaluate(fp_model.to(dev), test_loader, dev, description="FP accuracy")
         batches = _calibration_batches(train_loader, options["calibration_batches"])
         calibrate(qann, [b.to(dev) for b in batches], method=options["calibration"])
+        broadcast_module(qann)   # under torchrun: rank 0's step sizes (from its shard's batches) everywhere
         ptq = evaluate(qann, test_loader, dev, description="QANN after calibration")
         input_shape = list(batches[0].shape[1:])
     else:   # measured before the interruption; the weights come from the state
@@ -597,7 +616,7 @@ def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions,
     meta = {**data_meta(data, prep), **model_provenance(spec), "input_shape": input_shape,
             "bits": options["bits"], "output_bits": options["output_bits"], "calibration": options["calibration"],
             "source_checkpoint": options["source_checkpoint"], "train_config": config_dict(cfg),
-            "batch_size": data.batch_size, "seed": data.seed, "limit": data.limit}
+            "batch_size": data.batch_size, "seed": data.seed, "limit": data.limit, "world_size": world_size()}
     history: list[dict[str, Any]] = list(state.history) if state else []
 
     def summary() -> dict[str, Any]:
@@ -619,6 +638,7 @@ def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions,
             {"model": spec, **meta, "metrics": metrics, "step_sizes": steps, "history": history}, indent=2))
 
     def on_epoch(record: dict[str, Any], trained: torch.nn.Module) -> None:
+        check_replicas(record, trained)
         history.append(record)
         write(trained, save=bool(record.get("best")))
 
@@ -674,19 +694,25 @@ def _pipeline(checkpoint: str | Path, out: Path, data: DataOptions, cfg: TrainCo
     from qffs.report import write_report
 
     started = time.perf_counter()
+    log = main_only(log)
     log(f"[1/3] quantize: {bits}-bit hidden, {_bits(output_bits)} output, {cfg.epochs} QAT epoch(s)")
     q = quantize_checkpoint(checkpoint, out / "qann.pt", data, cfg, bits=bits, output_bits=output_bits,
                             calibration=calibration, model=model, device=device, resume=resume, log=log)
     log(f"      FP {100 * q['fp_accuracy']:.2f}%  calibrated {100 * q['calibrated_accuracy']:.2f}%  "
         f"QANN {100 * q['qann_accuracy']:.2f}%  ({q['seconds']:.0f} s)")
     log("[2/3] convert")
-    snn_path, summary = convert_checkpoint(out / "qann.pt", out / "snn.pt", model=model)
-    log(f"      {sum(1 for r in summary if r['kind'].startswith('IF'))} IF layers, "
-        f"{sum(r.get('neurons', 0) for r in summary):,} neurons per sample")
+    barrier()                      # under torchrun, rank 0 wrote qann.pt; it alone writes snn.pt
+    snn_path = out / "snn.pt"
+    if is_main_process():
+        snn_path, summary = convert_checkpoint(out / "qann.pt", snn_path, model=model)
+        log(f"      {sum(1 for r in summary if r['kind'].startswith('IF'))} IF layers, "
+            f"{sum(r.get('neurons', 0) for r in summary):,} neurons per sample")
+    barrier()
     log(f"[3/3] evaluate: T = {timesteps}")
     report = evaluate_checkpoint(snn_path, data, timesteps, device=device, double=double, readout=readout,
                                  model=model, memory=memory)
     report["pipeline_seconds"] = round(time.perf_counter() - started, 1)
     report["quantize"] = q
-    report["files"] = {k: str(v) for k, v in write_report(report, out).items()}
+    if is_main_process():
+        report["files"] = {k: str(v) for k, v in write_report(report, out).items()}
     return report

@@ -57,14 +57,16 @@ def energy_estimate(sops: float, macs: float, e_ac: float = ENERGY_AC_PJ,
             "e_ac_pj": e_ac, "e_mac_pj": e_mac}
 
 
-def environment() -> dict[str, str]:
-    """Versions recorded in every JSON report."""
+def environment() -> dict[str, Any]:
+    """Versions, and the number of processes (torchrun), recorded in every JSON report."""
     import torch
 
     from qffs import __version__
 
+    from qffs.distributed import world_size
+
     return {"qffs": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
+            "platform": platform.platform(), "world_size": world_size()}
 
 
 def _by_readout(report: dict[str, Any], key: str) -> dict[str, list[float]]:

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from qffs.distributed import active, all_reduce_sum, broadcast_module, init_distributed, is_main_process  # noqa: F401
 from qffs.metrics import predict
 from qffs.progress import track
 from qffs.resume import TrainState, rng_state, set_rng_state
@@ -87,6 +87,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (dev.index is not None and dev.index >= count):
             raise QffsError(f"--device {device}: this machine has {count} CUDA device(s); use --device cpu or auto")
+        if dev.index is None and "LOCAL_RANK" in os.environ:   # torchrun: each process its own GPU
+            dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise QffsError(f"--device {device}: MPS is not available on this machine; use --device cpu or auto")
     elif dev.type not in ("cpu", "mps"):
@@ -94,27 +96,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def init_distributed() -> bool:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); idempotent."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
-        return False
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return True
-
-
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _all_reduce(values: list[float], device: torch.device) -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
+def _all_reduce(values: list[float], device: torch.device | None = None) -> list[float]:
+    """Sums over the ranks of a torchrun job (the values themselves alone): exact counts."""
+    return all_reduce_sum(values).tolist()
 
 
 @torch.no_grad()
@@ -210,7 +194,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
     device = torch.device(device)
     model.to(device)
     net: nn.Module = model
-    if dist.is_available() and dist.is_initialized():
+    if active():
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(_param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -261,6 +245,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
             correct += (out.argmax(-1) == y).sum().item()
             seen += y.numel()
         train_time = time.perf_counter() - began
+        broadcast_module(model, buffers_only=True)   # torchrun: rank 0's BatchNorm statistics on every rank
         loss_sum, correct, seen = _all_reduce([loss_sum, correct, seen], device)
         test = evaluate(model, test_loader, device, description="test")
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),

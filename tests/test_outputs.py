@@ -120,14 +120,3 @@ def test_outputs_get_the_usual_permissions_not_private_ones(tmp_path):
     os.umask(mask)
     path = write_text_atomic(tmp_path / "curve.csv", "t,acc\n")
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
-
-
-@pytest.mark.slow
-def test_torchrun_with_two_processes_writes_one_output(tmp_path):
-    """The output lock is rank 0's: the other ranks of one job are not "another run"."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    r = subprocess.run([torchrun, "--nproc-per-node", "2", "-m", "qffs.cli.main", "quantize", str(SHIPPED), "--out",
-                        str(tmp_path / "q.pt"), "--epochs", "1", "--limit", "512", "--test-limit", "256",
-                        "--batch-size", "64"], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.pt", "q.pt.metrics.json"]

@@ -12,7 +12,10 @@ from qffs.cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, MEMORY_OPTION, READOUT_
 
 def _finish(report: dict) -> None:
     from qffs.cli.render import print_report
+    from qffs.distributed import is_main_process
 
+    if not is_main_process():   # under torchrun rank 0 alone prints (and wrote the files)
+        return
     print_report(report)
     files = report["files"]
     typer.echo(f"done in {report['pipeline_seconds']:.0f} s; results in {Path(files['json']).parent}/ "

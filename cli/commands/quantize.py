@@ -63,7 +63,10 @@ def quantize(
         bits=bits, output_bits=output_bits or None, calibration=calibration, model=model, device=device,
         resume=resume, log=typer.echo,
     )
-    typer.echo(
+    from qffs.distributed import main_only
+
+    echo = main_only(typer.echo)   # under torchrun: one summary, from rank 0
+    echo(
         f"FP {100 * result['fp_accuracy']:.2f}%  calibrated {100 * result['calibrated_accuracy']:.2f}%  "
         f"QANN {100 * result['qann_accuracy']:.2f}% (epoch {result['best_epoch']}, {result['seconds']:.0f} s); "
         f"wrote {result['checkpoint']}"

@@ -66,6 +66,7 @@ def evaluate(
 ) -> None:
     """Simulate an SNN on a test set: accuracy at every time step, spikes, SOPs, energy; CSV/JSON/PNG."""
     from qffs.cli.render import print_report
+    from qffs.distributed import is_main_process
     from qffs.io import exclusive
     from qffs.recipes import DataOptions, check_output_dir, evaluate_checkpoint
     from qffs.report import write_report
@@ -77,6 +78,8 @@ def evaluate(
     with exclusive(out_dir, "--out-dir"):   # two evaluations never mix their files
         report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double, readout=readout, model=model,
                                      memory=memory, backend=backend)
+        if not is_main_process():            # under torchrun rank 0 alone writes and prints the whole report
+            return
         paths = write_report(report, out_dir)
     print_report(report)
     typer.echo(f"results: {paths['csv']}, {paths['json']}, {paths['png']}")

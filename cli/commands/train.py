@@ -53,6 +53,9 @@ def train(
                     schedule=schedule, gamma=gamma),
         pretrained=pretrained, device=device, resume=resume, log=typer.echo,
     )
+    from qffs.distributed import main_only
+
+    echo = main_only(typer.echo)   # under torchrun: one summary, from rank 0
     acc = result["test_accuracy"]
-    typer.echo(f"best test accuracy {100 * acc:.2f}% at epoch {result['best_epoch']} "
-               f"({result['seconds']:.0f} s); wrote {result['checkpoint']}")
+    echo(f"best test accuracy {100 * acc:.2f}% at epoch {result['best_epoch']} "
+         f"({result['seconds']:.0f} s); wrote {result['checkpoint']}")

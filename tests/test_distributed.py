@@ -1,0 +1,94 @@
+"""torchrun (issue 14): two processes give the single-process results, train the same weights,
+write one set of files, and stop together on an error.
+
+Each test starts ``torchrun --nproc-per-node 2`` (gloo on CPU) on a small subset.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qffs.distributed import ShardSampler
+from qffs.io import load_model, save_checkpoint
+from tests.test_cli import ENV, QFFS, SHIPPED
+
+pytestmark = pytest.mark.slow
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+SPEC = "vgg_small(num_classes=10, in_channels=1)"
+#: Fields that say how a run was made, not what it measured.
+HOW = ("world_size", "seconds", "environment")
+
+
+def torchrun(*args, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([TORCHRUN, "--nproc-per-node", "2", "--no-python", QFFS, *map(str, args)],
+                          capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout)
+
+
+@pytest.mark.parametrize("length, world", [(51, 2), (7, 3), (2, 2), (5, 1)])
+def test_shards_hold_every_sample_once(length, world):
+    shards = [list(ShardSampler(length, r, world)) for r in range(world)]
+    assert sorted(i for shard in shards for i in shard) == list(range(length))
+    assert all(len(s) == len(ShardSampler(length, r, world)) for r, s in enumerate(shards))
+
+
+@pytest.fixture(scope="module")
+def snn_artifact(tmp_path_factory) -> Path:
+    from qffs.data import load_dataset, make_loader
+    from qffs.quant import calibrate, quantize
+    from qffs.recipes import convert_checkpoint
+
+    folder = tmp_path_factory.mktemp("dist")
+    fp, _ = load_model(SHIPPED)
+    qann = quantize(fp.eval(), bits=2, output_bits=3)
+    calibrate(qann, [x for x, _ in make_loader(load_dataset("fashion-mnist", "train", limit=256, augment=False), 128)])
+    save_checkpoint(folder / "qann.pt", qann.eval().state_dict(), kind="qann", model=SPEC, dataset="fashion-mnist",
+                    bits=2, output_bits=3)
+    convert_checkpoint(folder / "qann.pt", folder / "snn.pt")
+    return folder / "snn.pt"
+
+
+def test_evaluate_on_two_processes_reports_what_one_process_does(cli, snn_artifact, tmp_path):
+    args = ("evaluate", snn_artifact, "-T", "8", "--limit", "51", "--batch-size", "16", "--double")
+    one = cli(*args, "--out-dir", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    two = torchrun(*args, "--out-dir", tmp_path / "two", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("results:") == 1          # rank 0 alone prints the report
+    a = json.loads((tmp_path / "one" / "curve.json").read_text())
+    b = json.loads((tmp_path / "two" / "curve.json").read_text())
+    assert (a["world_size"], b["world_size"], b["environment"]["world_size"]) == (1, 2, 2)
+    assert b["samples"] == 51                            # 26 + 25: none dropped, none repeated
+    assert {k: v for k, v in a.items() if k not in HOW} == {k: v for k, v in b.items() if k not in HOW}
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["curve.csv", "curve.json", "curve.png"]
+
+
+def test_quantize_on_two_processes_trains_one_set_of_weights(tmp_path):
+    from qffs.recipes import load_qann
+
+    r = torchrun("quantize", SHIPPED, "--out", tmp_path / "q.pt", "--epochs", "1", "--limit", "512",
+                 "--test-limit", "128", "--batch-size", "64", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.pt", "q.pt.metrics.json"]   # rank 0 alone writes
+    metrics = json.loads((tmp_path / "q.pt.metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert [e["replicas_identical"] for e in metrics["history"]] == [True]   # both ranks: bit-identical weights
+    qann, meta = load_qann(tmp_path / "q.pt")
+    x = torch.zeros(2, 1, 28, 28)
+    assert qann(x).shape == (2, 10) and meta["world_size"] == 2
+
+
+def test_an_error_stops_both_processes_with_one_line_each(snn_artifact, tmp_path):
+    r = torchrun("evaluate", snn_artifact, "--limit", "1", "--out-dir", tmp_path / "r", cwd=tmp_path, timeout=120)
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if line.startswith("qffs: error")]
+    why = "1 test samples cannot be shared by 2 processes: run fewer processes or more samples"
+    assert sorted(errors) == [f"qffs: error (rank 1 of 2): {why}", f"qffs: error: {why}"]
+    frames = [line for line in r.stderr.splitlines() if line.strip().startswith('File "')]
+    assert not [f for f in frames if "/qffs/" in f]        # torchrun's own report only: no qffs traceback
+    assert not (tmp_path / "r").exists() or not list((tmp_path / "r").iterdir())
