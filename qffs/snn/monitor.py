@@ -35,12 +35,13 @@ class Monitor:
         if self.timesteps is not None:
             per_row = per_row.view(self.timesteps, -1, *per_row.shape[1:]).sum(0)
         total = table.get(module)
-        if total is None:
-            total = table[module] = per_row.new_zeros((self.batch, *per_row.shape[1:]))
+        if total is None:   # float totals in float64: exact sums of integer counts (a float32 sum over
+            dtype = torch.float64 if per_row.is_floating_point() else per_row.dtype   # steps rounds past 2^24)
+            total = table[module] = torch.zeros((self.batch, *per_row.shape[1:]), dtype=dtype, device=per_row.device)
         if self.rows is None:
             total += per_row
         else:
-            total.index_add_(0, self.rows, per_row)
+            total.index_add_(0, self.rows, per_row.to(total.dtype))
 
     def spikes(self, neuron: nn.Module, pos: torch.Tensor, neg: torch.Tensor | None) -> None:
         """An IF layer's positive and negative spikes per row at one call."""
