@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qffs.distributed import active, all_reduce_sum, broadcast_module, init_distributed, is_main_process  # noqa: F401
+from qffs.distributed import active, all_reduce_sum, broadcast_module, is_main_process
 from qffs.metrics import predict
 from qffs.progress import track
 from qffs.resume import TrainState, rng_state, set_rng_state

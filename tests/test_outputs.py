@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from qffs.errors import QffsError
 from qffs.io import atomic_files, atomic_path, exclusive, write_text_atomic
-from tests.test_cli import ENV, QFFS, SHIPPED, _one_line_error
+from tests.test_cli import ENV, QFFS, _one_line_error
 
 
 def test_a_second_run_writing_the_same_output_is_refused_until_the_first_ends(tmp_path):
