@@ -139,6 +139,9 @@ def test_qffs_export_writes_and_checks_each_format(cli, artifacts, tmp_path):
     assert "0 of 120 values differ" in result.stdout and "predictions identical" in result.stdout
     result = cli("export", artifacts / "qann.pt", "--out", tmp_path / "qann.onnx")
     assert result.returncode == 0 and "QANN (QCDQ)" in result.stdout and "0 of 40 values differ" in result.stdout
+    result = cli("export", artifacts / "snn.pt", "--out", tmp_path / "step.onnx", "--single-step", "-T", "3")
+    assert result.returncode == 0, result.stderr
+    assert "streamed over 3 steps" in result.stdout and "0 of 120 values differ" in result.stdout
     result = cli("export", artifacts / "snn.pt", "--to", "nir", "--out", tmp_path / "snn.nir")
     assert result.returncode == 0, result.stderr
     assert "weights and thresholds equal" in result.stdout
@@ -147,6 +150,8 @@ def test_qffs_export_writes_and_checks_each_format(cli, artifacts, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (("qann.pt", "--out", "{tmp}/q.onnx", "-T", "8"), "convert it first"),
     (("qann.pt", "--to", "nir", "--out", "{tmp}/q.nir"), "convert it first"),
+    (("qann.pt", "--out", "{tmp}/q.onnx", "--single-step"), "convert it first"),
+    (("snn.pt", "--to", "nir", "--out", "{tmp}/s.nir", "--single-step"), "is an ONNX form"),
     (("snn.pt", "--out", "{tmp}/s.pt"), "must end in .onnx"),
     (("snn.pt", "--to", "tflite", "--out", "{tmp}/s.onnx"), "--to must be one of"),
     (("snn.pt", "--out", "{tmp}/s.onnx", "-T", "0"), "--timesteps must be"),
@@ -197,3 +202,45 @@ def test_nir_refuses_what_it_cannot_state_by_name(tmp_path):
     with pytest.raises(UnsupportedGraphError, match="cannot export node .*cat.* to NIR"):
         to_nir(convert(qann), tmp_path / "x.nir", x)
     assert not (tmp_path / "x.nir").exists()
+
+
+@pytest.mark.parametrize("output_bits", [3, None])
+def test_the_single_step_graph_streams_the_same_readout(output_bits, tmp_path):
+    from qffs.export.onnx import snn_step_to_onnx
+    from qffs.export.unrolled import SingleStepSNN
+
+    genome = Genome(in_channels=2, size=4, blocks=("residual", "maxpool"), hidden=5, head_bn=False, bits=2,
+                    output_bits=output_bits, seed=3)
+    qann, x = build_qann(genome, dtype=torch.float32)
+    x = torch.randn(9, *x.shape[1:]) * 1.5
+    snn = convert(qann)
+    path = snn_step_to_onnx(snn, tmp_path / "step.onnx", x)
+    meta = read_metadata(path)
+    run = session(path)
+    assert [i.name for i in run.get_inputs()][:2] == ["x", "in_window"]
+    state = [t.numpy() for t in SingleStepSNN(snn).initial_state(x)]
+    assert [s["name"] for s in meta["state"]] == [i.name for i in run.get_inputs()][2:]
+    rows = []
+    for t in range(7):
+        window = np.array(1.0 if t < meta["input_window"] else 0.0, dtype=np.float32)
+        readout, *state = run.run(None, {"x": x.numpy(), "in_window": window,
+                                         **{s["name"]: v for s, v in zip(meta["state"], state)}})
+        rows.append(torch.from_numpy(readout))
+    got, ref = torch.stack(rows), snn(x, timesteps=7)
+    assert torch.allclose(got, ref, rtol=0, atol=1e-5) and torch.equal(predict(got)[0], predict(ref)[0])
+
+
+def test_a_graph_with_a_fixed_batch_size_is_a_one_line_error(tmp_path):
+    class FixedBatch(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(1, 2, 3), torch.nn.Linear(32, 3)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).view(4, -1))   # the batch size written in
+
+    qann = quantize(FixedBatch(), bits=2, output_bits=3)
+    calibrate(qann, [torch.randn(4, 1, 6, 6)])
+    with pytest.raises(QffsError, match=r"ONNX export failed: .*x\.flatten\(1\)"):
+        qann_to_onnx(qann.eval(), tmp_path / "q.onnx", torch.randn(4, 1, 6, 6))
+    assert not list(tmp_path.iterdir())

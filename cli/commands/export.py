@@ -29,6 +29,7 @@ def _shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
     epilog=examples(
         "qffs export snn.pt --to onnx --out snn.onnx --timesteps 8   # the SNN unrolled over 8 steps",
         "qffs export qann.pt --to onnx --out qann.onnx                # QuantizeLinear/Clip/DequantizeLinear",
+        "qffs export snn.pt --to onnx --out step.onnx --single-step   # one step, state in and out (streaming)",
         "qffs export snn.pt --to nir --out snn.nir                    # needs: pip install 'qffs[nir]'",
     ),
 )
@@ -41,19 +42,25 @@ def export(
                                                  "Default: 8."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", metavar="C,H,W",
                                               help="One sample's shape, when the artifact does not record it."),
+    single_step: bool = typer.Option(False, "--single-step",
+                                     help="SNN to ONNX: one step with the state as inputs and outputs (streaming "
+                                          "runtimes), instead of T steps unrolled."),
     model: Optional[str] = ARTIFACT_MODEL_OPTION,
 ) -> None:
     """Write an artifact as ONNX or NIR and check the file against the torch network."""
     from qffs.export.checkpoint import export_checkpoint
 
-    summary = export_checkpoint(artifact, out, to=to, timesteps=timesteps, model=model, input_shape=_shape(input_shape))
-    what = {"snn": f"SNN unrolled over T={summary.get('timesteps')}", "qann": "QANN (QCDQ)", "fp": "FP network"}
+    summary = export_checkpoint(artifact, out, to=to, timesteps=timesteps, model=model, input_shape=_shape(input_shape),
+                                single_step=single_step, log=typer.echo)
+    what = {"snn": "SNN, one step with its state as inputs/outputs" if single_step else
+            f"SNN unrolled over T={summary.get('timesteps')}", "qann": "QANN (QCDQ)", "fp": "FP network"}
     title = what[summary["kind"]] if to == "onnx" else "SNN (NIR graph; see docs/export.md for what a consumer must add)"
     typer.echo(f"wrote {summary['path']}: {title}, {summary['bytes'] / 1e6:.1f} MB"
                + (f", opset {summary['opset']}" if "opset" in summary else ""))
     check = summary["check"]
     if to == "onnx":
-        typer.echo(f"check (onnxruntime vs torch, {check['samples']} random inputs): {check['differing_values']} of "
+        how = f" streamed over {summary['timesteps']} steps" if single_step else ""
+        typer.echo(f"check (onnxruntime{how} vs torch, {check['samples']} random inputs): {check['differing_values']} of "
                    f"{check['values']} values differ, max |difference| {check['max_abs_difference']:.3g}, "
                    f"predictions {'identical' if check['same_predictions'] else 'DIFFER'}")
     else:

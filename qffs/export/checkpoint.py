@@ -74,9 +74,34 @@ def _check_out(out: Path, source: Path, suffix: str, to: str) -> Path:
     return out
 
 
+def _check_stream(snn, path: Path, example: torch.Tensor, timesteps: int) -> dict[str, Any]:
+    """The single-step graph driven by onnxruntime for ``timesteps`` steps against ``snn(x, T)``."""
+    import numpy as np
+
+    from qffs.export.onnx import read_metadata
+    from qffs.export.runtime import session
+    from qffs.export.unrolled import SingleStepSNN
+    from qffs.metrics import predict
+
+    run, meta = session(path), read_metadata(path)
+    state = [t.numpy() for t in SingleStepSNN(snn.float()).initial_state(example)]
+    rows = []
+    for t in range(timesteps):
+        window = np.array(1.0 if t < meta["input_window"] else 0.0, dtype=np.float32)
+        readout, *state = run.run(None, {"x": example.numpy(), "in_window": window,
+                                         **{s["name"]: v for s, v in zip(meta["state"], state)}})
+        rows.append(torch.from_numpy(readout))
+    got = torch.stack(rows)
+    with torch.no_grad():
+        ref = snn(example, timesteps=timesteps)
+    return {"samples": int(example.shape[0]), "values": int(ref.numel()),
+            "differing_values": int((got != ref).sum()), "max_abs_difference": float((got - ref).abs().max()),
+            "same_predictions": bool((predict(got)[0] == predict(ref)[0]).all())}
+
+
 def export_checkpoint(path: str | Path, out: str | Path, *, to: str = "onnx", timesteps: int | None = None,
                       model: str | None = None, input_shape: tuple[int, ...] | None = None,
-                      log=print) -> dict[str, Any]:
+                      single_step: bool = False, log=print) -> dict[str, Any]:
     """Export the artifact at ``path`` to ``out`` and check the file; returns what was written.
 
     ONNX: an SNN unrolled over ``timesteps`` (default :data:`DEFAULT_TIMESTEPS`), a QANN in
@@ -88,9 +113,12 @@ def export_checkpoint(path: str | Path, out: str | Path, *, to: str = "onnx", ti
     if timesteps is not None:
         timesteps = check_timesteps(timesteps, "--timesteps")
     network, kind, meta = load_network(path, model)
-    if kind != "snn" and (to == "nir" or timesteps is not None):
-        what = "NIR describes spiking networks" if to == "nir" else "--timesteps unrolls an SNN"
+    if kind != "snn" and (to == "nir" or timesteps is not None or single_step):
+        what = "NIR describes spiking networks" if to == "nir" else \
+            "--single-step writes an SNN's step" if single_step else "--timesteps unrolls an SNN"
         raise QffsError(f"{path} is a {kind} checkpoint and {what}: convert it first (qffs convert)")
+    if single_step and to != "onnx":
+        raise QffsError("--single-step is an ONNX form (--to onnx)")
     generator = torch.Generator().manual_seed(0)
     example = torch.randn((CHECK_BATCH, *_input_shape(meta, input_shape, path)), generator=generator)
     summary: dict[str, Any] = {"source": str(path), "kind": kind, "format": to, "path": str(out)}
@@ -105,9 +133,17 @@ def export_checkpoint(path: str | Path, out: str | Path, *, to: str = "onnx", ti
 
         if kind == "snn":
             timesteps = DEFAULT_TIMESTEPS if timesteps is None else timesteps
-            log(f"tracing the SNN over {timesteps} steps (seconds to minutes: the graph holds every step) ...")
-        to_onnx(network, out, example, timesteps=timesteps, metadata=provenance)
-        summary.update(opset=OPSET, timesteps=timesteps, check=_check_onnx(network, out, example, timesteps))
+        if single_step:   # checked by streaming --timesteps steps through it
+            from qffs.export.onnx import snn_step_to_onnx
+
+            snn_step_to_onnx(network, out, example, metadata=provenance)
+            summary.update(opset=OPSET, single_step=True, timesteps=timesteps,
+                           check=_check_stream(network, out, example, timesteps))
+        else:
+            if kind == "snn":
+                log(f"tracing the SNN over {timesteps} steps (seconds to minutes: the graph holds every step) ...")
+            to_onnx(network, out, example, timesteps=timesteps, metadata=provenance)
+            summary.update(opset=OPSET, timesteps=timesteps, check=_check_onnx(network, out, example, timesteps))
     summary["bytes"] = out.stat().st_size
     return summary
 

@@ -80,29 +80,40 @@ def _replace_quantizers(model: nn.Module) -> nn.Module:
 
 
 def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    """The first line of the innermost cause (the exporter wraps the error that names the op), no ANSI colours."""
+    import re
+
+    while err.__cause__ is not None:
+        err = err.__cause__
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return re.sub(r"\x1b\[[0-9;]*m", "", line)[:300]
 
 
-def _export(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str],
-            metadata: dict[str, Any], opset: int, optimize: bool = True) -> Path:
-    """Trace ``module`` on ``example`` (batch dimension dynamic) and write a checked ONNX file atomically."""
+def _export(module: nn.Module, example: torch.Tensor | tuple, path: Path, output_names: list[str],
+            metadata: dict[str, Any], opset: int, optimize: bool = True, input_names: list[str] | None = None,
+            dynamic: tuple | None = None) -> Path:
+    """Trace ``module`` on ``example`` (one tensor whose first dimension, the batch, is dynamic; or
+    a tuple of inputs with their ``dynamic`` shapes, torch.export's form) and write a checked ONNX
+    file atomically."""
     import onnx
 
-    batch = torch.export.Dim("batch")
+    inputs = example if isinstance(example, tuple) else (example,)
+    dynamic = dynamic or ({0: torch.export.Dim("batch")},)
     quiet = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
     levels = [log.level for log in quiet]
     try:
         for log in quiet:
-            log.setLevel(logging.ERROR)
+            log.setLevel(logging.CRITICAL)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                module, (example,), dynamo=True, opset_version=opset, input_names=["x"], output_names=output_names,
-                dynamic_shapes=({0: batch},), custom_translation_table={torch.ops.qffs.qcdq.default: _qcdq_onnx},
+                module, inputs, dynamo=True, opset_version=opset, input_names=input_names or ["x"],
+                output_names=output_names, dynamic_shapes=dynamic,
+                custom_translation_table={torch.ops.qffs.qcdq.default: _qcdq_onnx},
                 optimize=optimize, verbose=False, report=False)
     except Exception as err:  # the exporter raises many types; the first line names the op
-        raise QffsError(f"ONNX export failed: {_first_line(err)} (a graph that writes its batch size into a "
-                        "reshape cannot have a dynamic batch: use x.flatten(1) or x.view(x.size(0), -1))") from err
+        raise QffsError(f"ONNX export failed: {_first_line(err)} (if the network writes its batch size into a "
+                        "reshape, use x.flatten(1) or x.view(x.size(0), -1): the exported batch is dynamic)") from err
     finally:
         for log, level in zip(quiet, levels):
             log.setLevel(level)
@@ -184,6 +195,35 @@ def snn_to_onnx(snn: SpikingNetwork, path: str | Path, example: torch.Tensor, ti
                    optimize=not diagnostics)
 
 
+def snn_step_to_onnx(snn: SpikingNetwork, path: str | Path, example: torch.Tensor, *, opset: int = OPSET,
+                     metadata: dict[str, Any] | None = None) -> Path:
+    """Write one step of ``snn`` with its state as inputs and outputs (streaming runtimes; float32).
+
+    Inputs ``x`` ``[B, ...]`` (this step's input), ``in_window`` (a scalar: 1.0 for t < T_in,
+    0.0 after: input and biases flow only then), then the state ``[B, ...]`` named in the
+    metadata's ``state`` list; outputs ``readout`` (the cumulative readout after this step, row
+    t of ``snn(x, timesteps=T)``) and the next state, ``next.<name>``. Before step 0 every
+    membrane is its layer's u₀ (``initial`` in the list) and everything else zero:
+    :meth:`~qffs.export.unrolled.SingleStepSNN.initial_state`.
+    """
+    from qffs.export.unrolled import SingleStepSNN
+
+    snn = copy.deepcopy(snn).float().eval()
+    example = _example(example)
+    module = SingleStepSNN(snn)
+    state = module.initial_state(example)
+    names = module.state_names
+    layers = [{"name": name, "shape": list(t.shape[1:]),
+               "initial": float(t.flatten()[0]) if name.endswith(".membrane") else 0.0} for name, t in zip(names, state)]
+    description = {**snn_description(snn, 1, example, False), "kind": "snn-step", "timesteps": None,
+                   "state": layers, "outputs": ["readout", *(f"next.{n}" for n in names)]}
+    batch = torch.export.Dim("batch")
+    return _export(module, (example, torch.tensor(1.0), *state), Path(path), description["outputs"],
+                   {**description, "opset": opset, **(metadata or {})}, opset,
+                   input_names=["x", "in_window", *names],
+                   dynamic=({0: batch}, None, tuple({0: batch} for _ in state)))   # forward(x, in_window, *state)
+
+
 def to_onnx(network: nn.Module, path: str | Path, example: torch.Tensor, *, timesteps: int | None = None,
             **options: Any) -> Path:
     """Export a network: an SNN (:func:`snn_to_onnx`, needs ``timesteps``), else a QANN or FP
@@ -208,4 +248,4 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return {}
 
 
-__all__ = ["OPSET", "QCDQActivation", "qann_to_onnx", "read_metadata", "snn_to_onnx", "to_onnx"]
+__all__ = ["OPSET", "QCDQActivation", "qann_to_onnx", "read_metadata", "snn_step_to_onnx", "snn_to_onnx", "to_onnx"]

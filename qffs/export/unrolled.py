@@ -26,6 +26,14 @@ OUTPUTS = ("readout",)
 DIAGNOSTIC_OUTPUTS = ("counts", "membranes", "active", "pos_spikes", "neg_spikes", "synops", "events")
 
 
+def _gated(value: torch.Tensor, added: torch.Tensor, in_window) -> torch.Tensor:
+    """``value + added`` while t < T_in, else ``value``: decided at trace time for a bool, by a
+    0/1 tensor in a streaming graph (where the step is an input)."""
+    if isinstance(in_window, bool):
+        return value + added if in_window else value
+    return value + added * in_window
+
+
 class UnrolledSNN(nn.Module):
     """``snn`` over ``timesteps`` steps: ``forward(x)`` returns the cumulative count readout
     ``[T, B, ...]`` (analog output: the integrated current / T_in), as ``snn(x, timesteps=T)``.
@@ -68,9 +76,9 @@ class UnrolledSNN(nn.Module):
                 self.register_buffer(f"fanout_{i}", fanouts[name].detach().round().to(torch.int64))
                 self._fanout_keys[name] = f"fanout_{i}"
 
-    def _call_module(self, node: fx.Node, module: nn.Module, args: tuple, kwargs: dict, t: int,
+    def _call_module(self, node: fx.Node, module: nn.Module, args: tuple, kwargs: dict, in_window,
                      state: dict, tally: dict) -> torch.Tensor:
-        in_window = t < self.input_window
+        """One module call; ``in_window``: True/False (fixed per step), or a 0/1 tensor (streaming)."""
         if isinstance(module, IFNeuron):
             (current,) = args
             if node.name not in state:
@@ -93,14 +101,13 @@ class UnrolledSNN(nn.Module):
                 key = ("inputs", str(node.target))
                 tally[key] = tally[key] + nonzero if key in tally else nonzero
             out = module.layer(x)
-            if module.bias is not None and in_window:
-                out = out + module.bias.view((1, -1) + (1,) * (out.dim() - 2))
-            return out
+            if module.bias is None:
+                return out
+            return _gated(out, module.bias.view((1, -1) + (1,) * (out.dim() - 2)), in_window)
         if isinstance(module, GatedAffine):
             (x,) = args
             shape = (1, -1) + (1,) * (x.dim() - 2)
-            out = x * module.scale.view(shape)
-            return out + module.shift.view(shape) if in_window else out
+            return _gated(x * module.scale.view(shape), module.shift.view(shape), in_window)
         if isinstance(module, EventMaxPool):
             (events,) = args
             cumulative = state[node.name][0] + events if node.name in state else events
@@ -112,21 +119,21 @@ class UnrolledSNN(nn.Module):
             return module.pool(args[0])
         return module(*args, **kwargs)
 
-    def _step(self, x: torch.Tensor, t: int, state: dict, tally: dict) -> torch.Tensor:
-        """One call of the graph at step ``t`` (0-based); returns the graph's output."""
+    def _step(self, x: torch.Tensor, in_window, state: dict, tally: dict) -> torch.Tensor:
+        """One call of the graph (``in_window``: t < T_in, a bool or a 0/1 tensor); returns its output."""
         env: dict[fx.Node, object] = {}
 
         def load(arg):
             return fx.node.map_arg(arg, lambda n: env[n])
 
         for node in self.nodes:
-            if node.op == "placeholder":
-                env[node] = x if t < self.input_window else torch.zeros_like(x)   # input shutoff
+            if node.op == "placeholder":   # input shutoff
+                env[node] = (x if in_window else torch.zeros_like(x)) if isinstance(in_window, bool) else x * in_window
             elif node.op == "get_attr":
                 env[node] = self._attr(str(node.target))
             elif node.op == "call_module":
                 env[node] = self._call_module(node, self.net.get_submodule(str(node.target)), load(node.args),
-                                              load(node.kwargs), t, state, tally)
+                                              load(node.kwargs), in_window, state, tally)
             elif node.op == "call_function":
                 env[node] = node.target(*load(node.args), **load(node.kwargs))
             elif node.op == "call_method":
@@ -148,7 +155,7 @@ class UnrolledSNN(nn.Module):
         counts, membranes, outputs = [], [], []
         out_node = next((n for n in self.nodes if n.op == "call_module" and str(n.target) == self.output_neuron), None)
         for t in range(self.timesteps):
-            out = self._step(x, t, state, tally)
+            out = self._step(x, t < self.input_window, state, tally)
             if out_node is not None:
                 membrane, count = state[out_node.name]
                 counts.append(count)
@@ -189,3 +196,49 @@ class UnrolledSNN(nn.Module):
         history = (count_history, torch.stack(membranes)) if out_node is not None else (readout, readout)
         return (readout, *history, torch.stack(tally["active_by_step"]), rows(pos), rows(neg), rows(synops),
                 rows(events), *finals)
+
+
+class SingleStepSNN(UnrolledSNN):
+    """One step of ``snn`` with the state as inputs and outputs, for streaming runtimes.
+
+    ``forward(x, in_window, *state)`` → ``(readout, *state')``: ``in_window`` is 1.0 while
+    t < T_in (input and biases flow) and 0.0 after; ``readout`` the cumulative readout after
+    this step, as row t of ``snn(x, timesteps=T)``. The state (:attr:`state_names`) is each IF
+    layer's membrane and count, each event max pool's cumulative input and pooled value, and
+    for an analog output its integrated current, in graph order; :meth:`initial_state` gives
+    it for a batch (membranes u₀, the rest zero).
+    """
+
+    def __init__(self, snn: SpikingNetwork):
+        super().__init__(snn, 1)
+        self.state_nodes = [n.name for n in self.nodes if n.op == "call_module" and isinstance(
+            self.net.get_submodule(str(n.target)), (IFNeuron, EventMaxPool))]
+        self.state_names = [f"{name}.{part}" for name in self.state_nodes for part in (
+            ("membrane", "count") if isinstance(self._module(name), IFNeuron) else ("cumulative", "pooled"))]
+        if self.output_neuron is None:
+            self.state_names.append("output.integrated")
+
+    def _module(self, node_name: str) -> nn.Module:
+        node = next(n for n in self.nodes if n.name == node_name)
+        return self.net.get_submodule(str(node.target))
+
+    @torch.no_grad()
+    def initial_state(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The state before step 0 for the batch ``x``: one silent step (no input, no bias) from
+        lazily created state changes nothing (no current, membranes below θ), so it *is* the start."""
+        state: dict = {}
+        out = self._step(x, False, state, {})
+        flat = [t for name in self.state_nodes for t in state[name]]
+        return flat + ([torch.zeros_like(out)] if self.output_neuron is None else [])
+
+    def forward(self, x: torch.Tensor, in_window: torch.Tensor, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        state = {name: (flat[2 * i], flat[2 * i + 1]) for i, name in enumerate(self.state_nodes)}
+        out = self._step(x, in_window.to(x.dtype), state, {})
+        new = [t for name in self.state_nodes for t in state[name]]
+        if self.output_neuron is not None:
+            neuron = self.net.get_submodule(self.output_neuron)
+            count = state[next(n.name for n in self.nodes if str(n.target) == self.output_neuron
+                               and n.op == "call_module")][1]
+            return (count * neuron.step_size.to(count.dtype), *new)
+        integrated = flat[-1] + out
+        return (integrated / self.input_window, *new, integrated)
