@@ -36,7 +36,8 @@ def active() -> bool:
 
 
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    """This process's rank: the group's once joined, torchrun's RANK before (0 alone)."""
+    return dist.get_rank() if active() else int(os.environ.get("RANK", "0"))
 
 
 def world_size() -> int:
@@ -101,8 +102,11 @@ def barrier() -> None:
 
 
 def main_only(log: Callable[..., None]) -> Callable[..., None]:
-    """``log`` on rank 0, silence elsewhere: one copy of each progress line per job."""
-    return log if is_main_process() else (lambda *args, **kwargs: None)
+    """``log`` on rank 0, silence elsewhere: one copy of each progress line per job (decided per call)."""
+    def logged(*args, **kwargs) -> None:
+        if is_main_process():
+            log(*args, **kwargs)
+    return logged
 
 
 class ShardSampler(Sampler[int]):

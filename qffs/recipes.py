@@ -504,10 +504,14 @@ def _onnxruntime_network(snn, loader, timesteps: int, device: torch.device, stac
     from qffs.export.onnx import snn_to_onnx
     from qffs.export.runtime import OnnxSpikingNetwork
 
-    x, _ = next(iter(loader))
+    import onnxruntime
+
+    x = loader.dataset[0][0].unsqueeze(0)   # the whole test set's first sample (a rank's shard may be empty)
+    if device.type == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        device = torch.device("cpu")      # "auto" found a GPU, this onnxruntime cannot use it
     folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qffs-onnx-")))
     main_only(print)(f"exporting the SNN unrolled over {timesteps} steps to ONNX ...", flush=True)
-    path = snn_to_onnx(snn, folder / "snn.onnx", x[:2], timesteps, diagnostics=True)
+    path = snn_to_onnx(snn, folder / "snn.onnx", x, timesteps, diagnostics=True)
     return OnnxSpikingNetwork(path, device)
 
 

@@ -96,7 +96,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def _all_reduce(values: list[float], device: torch.device | None = None) -> list[float]:
+def _all_reduce(values: list[float]) -> list[float]:
     """Sums over the ranks of a torchrun job (the values themselves alone): exact counts."""
     return all_reduce_sum(values).tolist()
 
@@ -117,7 +117,7 @@ def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu",
         ties += tied.sum().item()
         loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum").item()
         count += y.numel()
-    correct, loss_sum, ties, count = _all_reduce([correct, loss_sum, ties, count], device)
+    correct, loss_sum, ties, count = _all_reduce([correct, loss_sum, ties, count])
     model.train(was_training)
     count = max(count, 1.0)
     return {"accuracy": correct / count, "loss": loss_sum / count, "tied": ties / count, "samples": int(count)}
@@ -246,7 +246,7 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
             seen += y.numel()
         train_time = time.perf_counter() - began
         broadcast_module(model, buffers_only=True)   # torchrun: rank 0's BatchNorm statistics on every rank
-        loss_sum, correct, seen = _all_reduce([loss_sum, correct, seen], device)
+        loss_sum, correct, seen = _all_reduce([loss_sum, correct, seen])
         test = evaluate(model, test_loader, device, description="test")
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                   "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_tied": test["tied"],

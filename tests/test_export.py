@@ -244,3 +244,17 @@ def test_a_graph_with_a_fixed_batch_size_is_a_one_line_error(tmp_path):
     with pytest.raises(QffsError, match=r"ONNX export failed: .*x\.flatten\(1\)"):
         qann_to_onnx(qann.eval(), tmp_path / "q.onnx", torch.randn(4, 1, 6, 6))
     assert not list(tmp_path.iterdir())
+
+
+def test_an_analog_output_reports_through_onnxruntime(tmp_path):
+    genome = Genome(in_channels=1, size=4, blocks=("maxpool",), hidden=5, head_bn=False, bits=2, output_bits=None,
+                    seed=5)
+    qann, x = build_qann(genome, dtype=torch.float32)
+    x = torch.randn(12, *x.shape[1:]) * 1.5
+    snn = convert(qann)
+    got = OnnxSpikingNetwork(snn_to_onnx(snn, tmp_path / "a.onnx", x, 4, diagnostics=True)).simulate(x, 4)
+    ref = snn.simulate(x, 4, record=True)
+    for name in ref.readouts:
+        assert torch.allclose(got.readouts[name], ref.readouts[name], rtol=0, atol=1e-5), name
+    assert torch.equal(got.convergence_step, ref.convergence_step)
+    assert [(a.name, a.pos_spikes.tolist()) for a in got.neurons] == [(b.name, b.pos_spikes.tolist()) for b in ref.neurons]

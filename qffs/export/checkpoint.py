@@ -49,13 +49,18 @@ def load_network(path: str | Path, model: str | None = None) -> tuple[torch.nn.M
 def _check_onnx(network: torch.nn.Module, path: Path, example: torch.Tensor, timesteps: int | None) -> dict[str, Any]:
     """onnxruntime against torch on ``example``: differing values, max |difference|, predictions."""
     from qffs.export.runtime import session
-    from qffs.metrics import predict
 
-    ort = session(path).run(None, {"x": example.numpy()})[0]
+    got = torch.from_numpy(session(path).run(None, {"x": example.numpy()})[0])
     with torch.no_grad():
         ref = network(example, timesteps=timesteps) if timesteps else network(example)
-    got = torch.from_numpy(ort)
-    return {"samples": int(example.shape[0]), "values": int(ref.numel()),
+    return _compare(got, ref)
+
+
+def _compare(got: torch.Tensor, ref: torch.Tensor) -> dict[str, Any]:
+    """onnxruntime's output ``got`` against torch's ``ref``: what the export check reports."""
+    from qffs.metrics import predict
+
+    return {"samples": int(ref.shape[-2]), "values": int(ref.numel()),
             "differing_values": int((got != ref).sum()), "max_abs_difference": float((got - ref).abs().max()),
             "same_predictions": bool((predict(got)[0] == predict(ref)[0]).all())}
 
@@ -81,7 +86,6 @@ def _check_stream(snn, path: Path, example: torch.Tensor, timesteps: int) -> dic
     from qffs.export.onnx import read_metadata
     from qffs.export.runtime import session
     from qffs.export.unrolled import SingleStepSNN
-    from qffs.metrics import predict
 
     run, meta = session(path), read_metadata(path)
     state = [t.numpy() for t in SingleStepSNN(snn.float()).initial_state(example)]
@@ -91,12 +95,8 @@ def _check_stream(snn, path: Path, example: torch.Tensor, timesteps: int) -> dic
         readout, *state = run.run(None, {"x": example.numpy(), "in_window": window,
                                          **{s["name"]: v for s, v in zip(meta["state"], state)}})
         rows.append(torch.from_numpy(readout))
-    got = torch.stack(rows)
     with torch.no_grad():
-        ref = snn(example, timesteps=timesteps)
-    return {"samples": int(example.shape[0]), "values": int(ref.numel()),
-            "differing_values": int((got != ref).sum()), "max_abs_difference": float((got - ref).abs().max()),
-            "same_predictions": bool((predict(got)[0] == predict(ref)[0]).all())}
+        return _compare(torch.stack(rows), snn(example, timesteps=timesteps))
 
 
 def export_checkpoint(path: str | Path, out: str | Path, *, to: str = "onnx", timesteps: int | None = None,

@@ -199,7 +199,12 @@ class _Builder:
 
     def build(self, example_shape: tuple[int, ...]):
         nir = self.nir
+        seen: set[str] = set()
         for node in self.gm.graph.nodes:
+            if node.op == "call_module" and not isinstance(self.gm.get_submodule(str(node.target)), _ALIASES_MODULES):
+                if str(node.target) in seen:   # a NIR node is one layer: a second call would merge into it
+                    raise self.refuse(node, f"{node.target} is called from several places")
+                seen.add(str(node.target))
             if node.op == "placeholder":
                 self.emit("input", nir.Input(input_type={"input": np.array(example_shape)}), [])
                 self.source[node.name] = ["input"]

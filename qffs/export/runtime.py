@@ -28,6 +28,7 @@ def session(path: str | Path, device: str | torch.device = "cpu"):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()   # torchrun: 1 per process, as torch's (no oversubscription)
     for key, value in EXACT_SESSION_CONFIG.items():
         options.add_session_config_entry(key, value)
     device = torch.device(device)
@@ -48,6 +49,9 @@ class OnnxSpikingNetwork:
         from qffs.export.onnx import read_metadata
 
         meta = read_metadata(path)
+        if meta.get("kind") == "snn-step":
+            raise QffsError(f"{path} is a single-step SNN (--single-step): drive it step by step with onnxruntime; "
+                            "this runner takes an SNN unrolled over T")
         if meta.get("kind") != "snn":
             raise QffsError(f"{path} is not an SNN exported by qffs (qffs export SNN --to onnx)")
         if not meta.get("diagnostics"):
@@ -79,6 +83,9 @@ class OnnxSpikingNetwork:
         if timesteps > self.timesteps:
             raise QffsError(f"{self.path} is unrolled over {self.timesteps} steps; export it again with "
                             f"--timesteps {timesteps} to run {timesteps}")
+        if record and timesteps != self.timesteps:
+            raise QffsError(f"the spike and SOP totals of {self.path} cover all {self.timesteps} exported steps: "
+                            f"record them with timesteps={self.timesteps}, or pass record=False")
         out = {k: v[:timesteps] if k in ("readout", "counts", "membranes", "active") else v
                for k, v in self.run(x).items()}
         spec = self.meta["output"]

@@ -56,10 +56,10 @@ class UnrolledSNN(nn.Module):
         self.output_neuron = snn.output_neuron
         self.diagnostics = diagnostics
         self.nodes = list(snn.graph.graph.nodes)
-        self.neuron_names = [str(n.target) for n in self.nodes if n.op == "call_module"
-                             and isinstance(self.net.get_submodule(str(n.target)), IFNeuron)]
-        self.synapse_names = [str(n.target) for n in self.nodes if n.op == "call_module"
-                              and isinstance(self.net.get_submodule(str(n.target)), GatedLayer)]
+        # the runtime's order (named_modules), which the records and the metadata use too
+        self.neuron_names = [name for name, _ in snn.named_neurons()]
+        self.synapse_names = [name for name, _ in snn.named_synapses()]
+        sites: dict[str, fx.Node] = {}
         for node in self.nodes:
             if node.op == "call_module":
                 module = self.net.get_submodule(str(node.target))
@@ -67,6 +67,11 @@ class UnrolledSNN(nn.Module):
                         module, (IFNeuron, GatedLayer, GatedAffine, EventMaxPool, NaiveMaxPool)):
                     raise UnsupportedGraphError(f"cannot unroll node '{node.name}': no export form for "
                                                 f"{type(module).__name__}")
+                if isinstance(module, (IFNeuron, GatedLayer)) and str(node.target) in sites:
+                    raise UnsupportedGraphError(f"cannot export node '{node.name}': {node.target} is called from "
+                                                "several places (its state and statistics would be shared)")
+                sites[str(node.target)] = node
+        self.site = {name: sites[name].name for name in self.neuron_names + self.synapse_names}   # module → fx node
         fanouts = fanouts or {}
         if diagnostics and set(self.synapse_names) - set(fanouts):
             raise ValueError("diagnostics need the fan-out of every weighted layer (fanouts=)")
@@ -153,7 +158,7 @@ class UnrolledSNN(nn.Module):
         state: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         tally: dict = {}
         counts, membranes, outputs = [], [], []
-        out_node = next((n for n in self.nodes if n.op == "call_module" and str(n.target) == self.output_neuron), None)
+        out_node = next((n for n in self.nodes if n.name == self.site.get(self.output_neuron)), None)
         for t in range(self.timesteps):
             out = self._step(x, t < self.input_window, state, tally)
             if out_node is not None:
@@ -181,11 +186,10 @@ class UnrolledSNN(nn.Module):
         def total(t: torch.Tensor) -> torch.Tensor:   # per sample, exact: int64 before summing
             return t.round().to(torch.int64).flatten(1).sum(1)
 
-        node_names = {str(n.target): n.name for n in self.nodes if n.op == "call_module"}
-        finals = [state[node_names[name]][1] for name in self.neuron_names]
+        finals = [state[self.site[name]][1] for name in self.neuron_names]
         pos, neg = [], []
         for name, count in zip(self.neuron_names, finals):
-            spikes = tally[("spikes", node_names[name])]   # Σ|z| = pos + neg, Z = pos − neg
+            spikes = tally[("spikes", self.site[name])]   # Σ|z| = pos + neg, Z = pos − neg
             pos.append(total((spikes + count) / 2))
             neg.append(total((spikes - count) / 2))
         synops, events = [], []
@@ -236,9 +240,7 @@ class SingleStepSNN(UnrolledSNN):
         out = self._step(x, in_window.to(x.dtype), state, {})
         new = [t for name in self.state_nodes for t in state[name]]
         if self.output_neuron is not None:
-            neuron = self.net.get_submodule(self.output_neuron)
-            count = state[next(n.name for n in self.nodes if str(n.target) == self.output_neuron
-                               and n.op == "call_module")][1]
-            return (count * neuron.step_size.to(count.dtype), *new)
+            count = state[self.site[self.output_neuron]][1]
+            return (count * self.net.get_submodule(self.output_neuron).step_size.to(count.dtype), *new)
         integrated = flat[-1] + out
         return (integrated / self.input_window, *new, integrated)
