@@ -39,7 +39,7 @@ class UnrolledSNN(nn.Module):
     ``[T, B, ...]`` (analog output: the integrated current / T_in), as ``snn(x, timesteps=T)``.
 
     With ``diagnostics`` it also returns, in :data:`DIAGNOSTIC_OUTPUTS` order: the output
-    layer's counts and membranes after each step ``[T, B, ...]`` (spiking output only), whether
+    layer's counts and membranes after each step ``[T, B, ...]`` (``[T, B, 0]`` for an analog output), whether
     any neuron spiked ``[T, B]``, positive and negative spikes per IF layer and sample ``[L, B]``,
     synaptic operations and input events per weighted layer and sample ``[W, B]`` (these four
     int64: exact totals), and then
@@ -197,7 +197,9 @@ class UnrolledSNN(nn.Module):
             steps = tally[("inputs", name)].round().to(torch.int64)
             synops.append((steps * getattr(self, self._fanout_keys[name])).flatten(1).sum(1))
             events.append(steps.flatten(1).sum(1))
-        history = (count_history, torch.stack(membranes)) if out_node is not None else (readout, readout)
+        # an analog output has no counts or membranes: two empty [T, B, 0] outputs keep the output list fixed
+        history = (count_history, torch.stack(membranes)) if out_node is not None else \
+            (readout[..., :0] + 0, readout[..., :0] * 1)
         return (readout, *history, torch.stack(tally["active_by_step"]), rows(pos), rows(neg), rows(synops),
                 rows(events), *finals)
 
