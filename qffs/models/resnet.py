@@ -8,8 +8,12 @@ so those ``.th`` files load directly.
 from __future__ import annotations
 
 import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
+
+if TYPE_CHECKING:
+    from torchvision.models.resnet import ResNet
 
 
 def resnet18(num_classes: int = 10, in_channels: int = 3) -> ResNet:
@@ -18,6 +22,8 @@ def resnet18(num_classes: int = 10, in_channels: int = 3) -> ResNet:
     Its BasicBlock calls one ``self.relu`` twice; ``qffs.quantize`` gives each call site its own
     quantizer.
     """
+    from torchvision.models.resnet import BasicBlock, ResNet   # here: torchvision costs a second to import
+
     model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
