@@ -39,25 +39,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     import onnxruntime
 
-    from qffs.data import load_dataset, make_loader
+    from workload import load_workload
+
     from qffs.export.onnx import qann_to_onnx, snn_to_onnx
     from qffs.export.runtime import OnnxSpikingNetwork, session
-    from qffs.io import load_model
-    from qffs.quant import calibrate, quantize
-    from qffs.recipes import SHIPPED_FMNIST
-    from qffs.snn import convert
 
-    torch.manual_seed(0)
-    fp, ckpt = load_model(args.checkpoint or SHIPPED_FMNIST)
-    fp.eval()
-    dataset = ckpt.meta.get("dataset") or "fashion-mnist"
-    train = [x for x, _ in make_loader(load_dataset(dataset, "train", limit=4 * args.batch_size, augment=False),
-                                       args.batch_size)]
-    batches = [x for x, _ in make_loader(load_dataset(dataset, "test", limit=args.samples), args.batch_size)]
-    qann = quantize(fp, bits=2, output_bits=3)
-    calibrate(qann, train)
-    qann.eval()
-    snn = convert(qann)
+    work = load_workload(args.checkpoint, args.samples, args.batch_size)
+    fp, batches, qann, snn = work.fp, work.batches, work.qann, work.snn
     T = args.timesteps
     folder = Path(tempfile.mkdtemp(prefix="qffs-onnx-bench-"))
     exports, started = {}, time.perf_counter()
@@ -93,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python benchmarks/onnx_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
                    f"onnxruntime {onnxruntime.__version__}",
-        "network": f"{ckpt.meta.get('model')} on {dataset}",
+        "network": work.network,
         "samples": args.samples, "batch_size": args.batch_size, "rounds": args.rounds, "timesteps": T,
         "seconds": best, "images_per_second": {k: args.samples / v for k, v in best.items()},
         "ratio_to_ann": {k: v / ann for k, v in best.items()}, "export_seconds": exports,

@@ -28,14 +28,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _qann(fp, loader_batches):
-    from qffs.quant import calibrate, quantize
-
-    qann = quantize(fp, bits=2, output_bits=3)
-    calibrate(qann, loader_batches[:4])
-    return qann.eval()
-
-
 def _comparisons(fp, calibration) -> tuple[dict, dict]:
     """The other converters on the same FP network: (name → run(x, T), name → why it cannot take it)."""
     try:
@@ -72,20 +64,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
-    from qffs.data import load_dataset, make_loader
-    from qffs.io import load_model
-    from qffs.recipes import SHIPPED_FMNIST
-    from qffs.snn import convert
+    from workload import load_workload
 
-    torch.manual_seed(0)
-    fp, ckpt = load_model(args.checkpoint or SHIPPED_FMNIST)
-    fp.eval()
-    dataset = ckpt.meta.get("dataset") or "fashion-mnist"
-    train = [x for x, _ in make_loader(load_dataset(dataset, "train", limit=4 * args.batch_size, augment=False),
-                                       args.batch_size)]
-    batches = [x for x, _ in make_loader(load_dataset(dataset, "test", limit=args.samples), args.batch_size)]
-    qann = _qann(fp, train)
-    snn = convert(qann)
+    work = load_workload(args.checkpoint, args.samples, args.batch_size)
+    fp, train, batches, qann, snn = work.fp, work.train, work.batches, work.qann, work.snn
     steps = [int(t) for t in args.timesteps.split(",")]
 
     runs = {"ann": lambda x: fp(x), "qann": lambda x: qann(x)}
@@ -119,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "samples": args.samples, "batch_size": args.batch_size, "rounds": args.rounds,
         "seconds": best,
-        "network": f"{ckpt.meta.get('model')} on {dataset}",
+        "network": work.network,
         "ratio_to_ann": {name: t / ann for name, t in best.items()},
         "dense_floor": {str(T): f for T, f in floor.items()},
         "not_converted": refused,

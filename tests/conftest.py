@@ -15,6 +15,20 @@ SHIPPED_FMNIST = REPO / "models" / "fmnist_vgg_small.pt"
 os.environ.setdefault("QFFS_PROGRESS", "0")
 
 
+def calibrated_shipped_qann(train_images: int) -> torch.nn.Module:
+    """The shipped network's 2/3-bit QANN, step sizes calibrated on the first ``train_images``
+    Fashion-MNIST training images (batches of 128), in eval mode."""
+    from qffs.data import load_dataset, make_loader
+    from qffs.io import load_model
+    from qffs.quant import calibrate, quantize
+
+    fp, _ = load_model(SHIPPED_FMNIST)
+    qann = quantize(fp.eval(), bits=2, output_bits=3)
+    calibrate(qann, [x for x, _ in make_loader(load_dataset("fashion-mnist", "train", limit=train_images,
+                                                                augment=False), 128)])
+    return qann.eval()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

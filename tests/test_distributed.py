@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from qffs.distributed import ShardSampler
-from qffs.io import load_model, save_checkpoint
+from qffs.io import save_checkpoint
+from tests.conftest import calibrated_shipped_qann
 from tests.test_cli import ENV, QFFS, SHIPPED
 
 pytestmark = pytest.mark.slow
@@ -39,15 +40,10 @@ def test_shards_hold_every_sample_once(length, world):
 
 @pytest.fixture(scope="module")
 def snn_artifact(tmp_path_factory) -> Path:
-    from qffs.data import load_dataset, make_loader
-    from qffs.quant import calibrate, quantize
     from qffs.recipes import convert_checkpoint
 
     folder = tmp_path_factory.mktemp("dist")
-    fp, _ = load_model(SHIPPED)
-    qann = quantize(fp.eval(), bits=2, output_bits=3)
-    calibrate(qann, [x for x, _ in make_loader(load_dataset("fashion-mnist", "train", limit=256, augment=False), 128)])
-    save_checkpoint(folder / "qann.pt", qann.eval().state_dict(), kind="qann", model=SPEC, dataset="fashion-mnist",
+    save_checkpoint(folder / "qann.pt", calibrated_shipped_qann(256).state_dict(), kind="qann", model=SPEC, dataset="fashion-mnist",
                     bits=2, output_bits=3)
     convert_checkpoint(folder / "qann.pt", folder / "snn.pt")
     return folder / "snn.pt"

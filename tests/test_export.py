@@ -22,11 +22,11 @@ from qffs.data import load_dataset, make_loader
 from qffs.errors import QffsError, UnsupportedGraphError
 from qffs.export.onnx import qann_to_onnx, read_metadata, snn_to_onnx
 from qffs.export.runtime import OnnxSpikingNetwork, session
-from qffs.io import load_model, save_checkpoint
+from qffs.io import save_checkpoint
 from qffs.metrics import predict
 from qffs.quant import calibrate, quantize, quantizers
 from qffs.snn import convert
-from tests.conftest import SHIPPED_FMNIST
+from tests.conftest import calibrated_shipped_qann
 from tests.snn_graphs import Genome, build_qann
 
 SPEC = "vgg_small(num_classes=10, in_channels=1)"
@@ -35,12 +35,9 @@ SPEC = "vgg_small(num_classes=10, in_channels=1)"
 @pytest.fixture(scope="module")
 def shipped():
     """(QANN, SNN, 1,000 test images) of the shipped network, calibrated on 256 training images."""
-    fp, _ = load_model(SHIPPED_FMNIST)
-    calib = [x for x, _ in make_loader(load_dataset("fashion-mnist", "train", limit=256, augment=False), 128)]
-    qann = quantize(fp.eval(), bits=2, output_bits=3)
-    calibrate(qann, calib)
+    qann = calibrated_shipped_qann(256)
     x, _ = next(iter(make_loader(load_dataset("fashion-mnist", "test", limit=1000), 1000)))
-    return qann.eval(), convert(qann.eval()), x
+    return qann, convert(qann), x
 
 
 def _run(path, x: torch.Tensor) -> torch.Tensor:

@@ -10,21 +10,16 @@ import torch
 
 from qffs.data import load_dataset, make_loader
 from qffs.errors import QffsError
-from qffs.io import load_model
 from qffs.metrics import predict
 from qffs.quant import calibrate, quantize
 from qffs.snn import convert
-from tests.conftest import SHIPPED_FMNIST
+from tests.conftest import calibrated_shipped_qann
 
 
 @pytest.fixture(scope="module")
 def shipped():
-    fp, _ = load_model(SHIPPED_FMNIST)
-    calib = [x for x, _ in make_loader(load_dataset("fashion-mnist", "train", limit=512, augment=False), 128)]
-    qann = quantize(fp.eval(), bits=2, output_bits=3)
-    calibrate(qann, calib)
     x, _ = next(iter(make_loader(load_dataset("fashion-mnist", "test", limit=128), 128)))
-    return qann.eval(), x
+    return calibrated_shipped_qann(512), x
 
 
 def test_both_modes_give_identical_curves_in_float64(shipped):

@@ -1,0 +1,39 @@
+"""The workload the speed benchmarks share: an FP checkpoint, its calibrated 2/3-bit QANN and SNN,
+and batches of test images (default: the shipped Fashion-MNIST VGG)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Workload:
+    fp: nn.Module
+    network: str                  # "spec on dataset", for the results
+    train: list[torch.Tensor]     # 4 training batches: calibration (and the other converters' normalisation)
+    batches: list[torch.Tensor]   # the timed test batches
+    qann: nn.Module
+    snn: nn.Module
+
+
+def load_workload(checkpoint: str | None, samples: int, batch_size: int) -> Workload:
+    """Seeded; the QANN's step sizes calibrated on 4 training batches of ``batch_size``."""
+    from qffs.data import load_dataset, make_loader
+    from qffs.io import load_model
+    from qffs.quant import calibrate, quantize
+    from qffs.recipes import SHIPPED_FMNIST
+    from qffs.snn import convert
+
+    torch.manual_seed(0)
+    fp, ckpt = load_model(checkpoint or SHIPPED_FMNIST)
+    fp.eval()
+    dataset = ckpt.meta.get("dataset") or "fashion-mnist"
+    train = [x for x, _ in make_loader(load_dataset(dataset, "train", limit=4 * batch_size, augment=False), batch_size)]
+    batches = [x for x, _ in make_loader(load_dataset(dataset, "test", limit=samples), batch_size)]
+    qann = quantize(fp, bits=2, output_bits=3)
+    calibrate(qann, train)
+    qann.eval()
+    return Workload(fp, f"{ckpt.meta.get('model')} on {dataset}", train, batches, qann, convert(qann))
