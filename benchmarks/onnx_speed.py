@@ -15,7 +15,6 @@ each export took. The QANN is calibrated on 4 training batches (2-bit hidden / 3
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -28,18 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from workload import add_arguments, finish, interleaved_minimum, load_workload
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=None, help="FP checkpoint (default: the shipped Fashion-MNIST VGG)")
-    parser.add_argument("--samples", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_arguments(parser)
     parser.add_argument("--timesteps", type=int, default=8)
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
     import onnxruntime
-
-    from workload import load_workload
 
     from qffs.export.onnx import qann_to_onnx, snn_to_onnx
     from qffs.export.runtime import OnnxSpikingNetwork, session
@@ -48,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     fp, batches, qann, snn = work.fp, work.batches, work.qann, work.snn
     T = args.timesteps
     folder = Path(tempfile.mkdtemp(prefix="qffs-onnx-bench-"))
-    exports, started = {}, time.perf_counter()
+    exports = {}
     for name, write in (("fp", lambda p: qann_to_onnx(fp, p, batches[0])),
                         ("qann", lambda p: qann_to_onnx(qann, p, batches[0])),
                         ("snn", lambda p: snn_to_onnx(snn, p, batches[0], T)),
@@ -68,14 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"torch SNN T={T}": lambda x: snn.simulate(x, T, record=False),
             f"onnxruntime SNN T={T}": ort("snn"),
             f"onnxruntime SNN T={T} + diagnostics": lambda x: diagnostics.run(x)}
-    best = {name: float("inf") for name in runs}
-    with torch.no_grad():
-        for _ in range(args.rounds):
-            for name, fn in runs.items():
-                start = time.perf_counter()
-                for x in batches:
-                    fn(x)
-                best[name] = min(best[name], time.perf_counter() - start)
+    best = interleaved_minimum(runs, batches, args.rounds)
     ann = best["torch ANN"]
     result = {
         "command": "python benchmarks/onnx_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -90,11 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, t in best.items():
         print(f"{name:<38}{t:9.3f}{args.samples / t:10.0f}{t / ann:8.2f}")
     print("export seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in exports.items()))
-    if args.out:
-        from qffs.io import write_text_atomic
-
-        write_text_atomic(args.out, json.dumps(result, indent=2))
-    return result
+    return finish(result, args.out)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,8 @@ converters on the same FP network and images too (:mod:`converters`), each over 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -45,26 +43,15 @@ def _comparisons(fp, calibration) -> tuple[dict, dict]:
     return runs, refused
 
 
-def _time(fn, batches) -> float:
-    start = time.perf_counter()
-    for x in batches:
-        fn(x)
-    return time.perf_counter() - start
-
-
 def main(argv: list[str] | None = None) -> dict:
+    from workload import add_arguments, finish, interleaved_minimum, load_workload
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=None, help="FP checkpoint (default: the shipped Fashion-MNIST VGG)")
-    parser.add_argument("--samples", type=int, default=1024)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_arguments(parser)
     parser.add_argument("--timesteps", default="4,8,16,32")
     parser.add_argument("--compare", action="store_true",
                         help="also time SpikingJelly's and sinabs' converters (pip install -e '.[bench]')")
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
-
-    from workload import load_workload
 
     work = load_workload(args.checkpoint, args.samples, args.batch_size)
     fp, train, batches, qann, snn = work.fp, work.train, work.batches, work.qann, work.snn
@@ -80,11 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, run in converted.items():
             for T in steps:
                 runs[f"{name} T={T}"] = lambda x, T=T, run=run: run(x, T)
-    best = {name: float("inf") for name in runs}
-    with torch.no_grad():
-        for _ in range(args.rounds):
-            for name, fn in runs.items():
-                best[name] = min(best[name], _time(fn, batches))
+    best = interleaved_minimum(runs, batches, args.rounds)
     floor = {}
     with torch.no_grad():
         for T in steps:
@@ -110,11 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, t in best.items():
         print(f"{name:<20}{t:9.3f}{t / ann:8.2f}")
     print("dense floor (x ANN MACs): " + ", ".join(f"T={T}: {f:.2f}" for T, f in floor.items()))
-    if args.out:
-        from qffs.io import write_text_atomic
-
-        write_text_atomic(args.out, json.dumps(result, indent=2))
-    return result
+    return finish(result, args.out)
 
 
 if __name__ == "__main__":
