@@ -21,7 +21,7 @@ from qffs.quant.lsq import LSQActivation
 from qffs.snn.layers import GatedAffine, GatedLayer
 from qffs.snn.network import SpikingNetwork
 from qffs.snn.neuron import IFNeuron
-from qffs.snn.pooling import EventMaxPool, NaiveMaxPool
+from qffs.snn.pooling import BoundPool, EventMaxPool, NaiveMaxPool
 from qffs.snn.state import Stateful
 
 MAX_POOL_MODES = ("event", "naive")
@@ -90,21 +90,11 @@ def _fresh_name(base: str, taken: set[str]) -> str:
     return name
 
 
-class _BoundPool:
-    """A functional max pool with its constant arguments bound: ``pool(c) = fn(c, *args, **kwargs)``."""
-
-    def __init__(self, fn, args: tuple, kwargs: dict):
-        self.fn, self.args, self.kwargs = fn, args, kwargs
-
-    def __call__(self, cumulative: torch.Tensor) -> torch.Tensor:
-        return self.fn(cumulative, *self.args, **self.kwargs)
-
-
 def _pool_callable(node: fx.Node, gm: fx.GraphModule):
     if node.op == "call_module":
         return gm.get_submodule(str(node.target)), repr(gm.get_submodule(str(node.target)))
     args, kwargs, fn = tuple(node.args[1:]), dict(node.kwargs), node.target
-    return _BoundPool(fn, args, kwargs), f"{getattr(fn, '__name__', fn)}{args}"
+    return BoundPool(fn, args, kwargs), f"{getattr(fn, '__name__', fn)}{args}"
 
 
 def convert(qann: nn.Module, *, input_window: int | None = None, precharge: bool = True,

@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import torch
 
+from qffs.snn import native
+
 
 def count_dtype(z_max: int) -> torch.dtype:
     """The smallest integer type that holds counts 0…``z_max``: counts are compared and updated
@@ -25,6 +27,8 @@ def count_dtype(z_max: int) -> torch.dtype:
 def any_per_row(x: torch.Tensor) -> torch.Tensor:
     """Per row (first dim): is any element nonzero? Two max-reductions beat ``any`` (which converts
     to bool first) severalfold on CPU; integer spikes are read as bytes (−1 is 255)."""
+    if native.usable(x):
+        return native.any_per_row(x)
     x = x.flatten(1)
     if x.dtype == torch.int8:
         return x.view(torch.uint8).amax(1) > 0

@@ -16,6 +16,7 @@ import numbers
 import torch
 from torch import fx, nn
 
+from qffs.snn.allocator import keep_freed_memory
 from qffs.snn.layers import GatedAffine, GatedLayer
 from qffs.snn.memory import default_budget, samples_at_once
 from qffs.snn.monitor import Monitor
@@ -255,6 +256,8 @@ class SpikingNetwork(nn.Module):
             from qffs.errors import QffsError
 
             raise QffsError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if x.device.type == "cpu":
+            keep_freed_memory()       # every step allocates the same large tensors: reuse them (allocator.py)
         free = self.batch_free(x)
         if not free:   # a fixed batch size: every sample every step, per step (and never in chunks)
             mode = "step"

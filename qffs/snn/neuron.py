@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from qffs.snn import native
 from qffs.snn.dynamics import any_per_row, count_dtype, if_sequence, if_step
 from qffs.snn.state import Stateful
 
@@ -64,6 +65,13 @@ class IFNeuron(Stateful):
             return self._forward_sequence(current)
         if self.membrane is None or self.membrane.shape != current.shape or self.membrane.dtype != current.dtype:
             self._init_state(current)
+        if self.count.dtype == torch.int8 and native.usable(current, self.membrane):   # one fused pass
+            out, pos, neg = native.if_step(self.membrane, self.count, current, self.threshold.item(), self.z_max,
+                                           self.negative_spikes)
+            if self.monitor is not None:
+                self.monitor.spikes(self, pos, neg if self.negative_spikes else None)
+            self.active = (pos + neg) > 0
+            return out
         step = if_step(self.membrane, self.count, current, self.threshold.to(current.dtype), self.z_max,
                        self.negative_spikes)
         if self.monitor is not None:

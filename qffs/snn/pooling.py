@@ -11,9 +11,46 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from qffs.snn import native
 from qffs.snn.dynamics import event_max_pool_sequence
 from qffs.snn.state import Stateful
+
+
+class BoundPool:
+    """A functional max pool with its constant arguments bound: ``pool(c) = fn(c, *args, **kwargs)``."""
+
+    def __init__(self, fn, args: tuple, kwargs: dict):
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+
+    def __call__(self, cumulative: torch.Tensor) -> torch.Tensor:
+        return self.fn(cumulative, *self.args, **self.kwargs)
+
+
+_MAX_POOL2D_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+
+
+def max_pool2d_window(pool: Callable) -> native.PoolWindow | None:
+    """The window of a plain 2-D max pool (``nn.MaxPool2d`` or a bound ``F.max_pool2d``) that the
+    fused kernel computes; None for anything else (adaptive, 1-D, ``ceil_mode``, indices)."""
+    if isinstance(pool, nn.MaxPool2d):
+        options = {name: getattr(pool, name) for name in _MAX_POOL2D_ARGS}
+    elif isinstance(pool, BoundPool) and pool.fn in (F.max_pool2d, torch.max_pool2d):
+        options = dict(zip(_MAX_POOL2D_ARGS, pool.args)) | pool.kwargs
+    else:
+        return None
+    if options.get("ceil_mode") or options.get("return_indices"):
+        return None
+
+    def pair(value) -> tuple[int, int]:
+        return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
+
+    kernel = pair(options["kernel_size"])
+    stride = options.get("stride")
+    return native.PoolWindow(kernel, pair(stride) if stride not in (None, [], ()) else kernel,
+                             pair(options.get("padding", 0)), pair(options.get("dilation", 1)))
 
 
 class EventMaxPool(Stateful):
@@ -23,6 +60,7 @@ class EventMaxPool(Stateful):
         super().__init__()
         self.pool = pool
         self.description = description
+        self.window = max_pool2d_window(pool)      # for the fused kernel (None: PyTorch only)
         self.reset()
 
     def reset(self) -> None:
@@ -43,6 +81,10 @@ class EventMaxPool(Stateful):
         if self.cumulative is None or self.cumulative.shape != events.shape:
             self.cumulative = torch.zeros_like(events)
             self.pooled = None
+        if self.window is not None and events.dim() == 4 and native.usable(events, self.cumulative):
+            if self.pooled is None:                        # M_{-1} = 0: out = M − 0 = M exactly
+                self.pooled = events.new_zeros((*events.shape[:2], *self.window.output_size(*events.shape[2:])))
+            return native.event_pool_step(self.cumulative, events, self.pooled, self.window)
         self.cumulative.add_(events)                       # the state is ours: update in place
         pooled = self.pool(self.cumulative)
         out = pooled if self.pooled is None else pooled - self.pooled

@@ -1,0 +1,45 @@
+"""Keep freed memory for reuse: a simulation on the CPU allocates and frees the same large tensors every step.
+
+glibc's malloc serves each block above its mmap threshold (128 KiB at first, sliding up to
+32 MiB) with a fresh ``mmap`` and returns it on free, so every step's membranes, currents and
+spikes are new pages that the kernel must fault in and zero: on the shipped network at T = 8
+that was 728,000 page faults per 1,024 images and about a third of the simulation's time,
+more than the IF updates themselves. Serving large blocks from the heap and keeping up to
+:data:`RETAIN` bytes of freed memory removes the faults (docs/benchmarks/README.md); the peak
+memory is unchanged, as the same blocks are reused. This is what jemalloc or tcmalloc, which
+PyTorch's performance guide recommends preloading, do by default.
+
+:func:`keep_freed_memory` applies it once per process, when the first simulation runs on the
+CPU; ``QFFS_MALLOC=0`` leaves malloc as it is. Elsewhere than glibc it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+
+#: Freed memory at the top of the heap that malloc keeps instead of returning it to the system.
+RETAIN = 1 << 30
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4     # glibc <malloc.h>
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Serve large blocks from the heap and keep up to :data:`RETAIN` freed bytes (glibc only,
+    once per process); False where nothing was changed."""
+    if os.environ.get("QFFS_MALLOC", "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version                 # glibc's: mallopt's options below are glibc's
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, RETAIN))
+
+
+__all__ = ["RETAIN", "keep_freed_memory"]

@@ -1,0 +1,182 @@
+"""The fused CPU kernels (qffs/snn/native.c) against the PyTorch definitions, bit for bit, and their fallbacks.
+
+The property tests of invariant E compare the per-step runtime (these kernels) with the
+layer-by-layer one (the PyTorch definitions) on random graphs; here each kernel is checked
+alone, on edge values and at sizes split across threads.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qffs.snn import convert, native
+from qffs.snn.allocator import keep_freed_memory
+from qffs.snn.dynamics import if_step
+from qffs.snn.pooling import BoundPool, EventMaxPool, max_pool2d_window
+from tests.conftest import calibrated_shipped_qann
+
+pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler: the PyTorch path is tested elsewhere")
+
+
+def _edge_currents(shape, dtype, threshold: float, generator: torch.Generator) -> torch.Tensor:
+    """Random currents, a quarter of them exactly 0 and some landing the membrane exactly on θ or on 0."""
+    current = torch.randn(shape, dtype=dtype, generator=generator) * threshold
+    current[torch.rand(shape, generator=generator) < 0.25] = 0.0
+    current.view(-1)[::97] = threshold / 2         # θ/2 + θ/2 = θ exactly from the pre-charge
+    current.view(-1)[1::89] = -threshold / 2       # θ/2 − θ/2 = 0 exactly
+    current.view(-1)[2::83] = -0.0
+    return current
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("negative_spikes", [True, False])
+@pytest.mark.parametrize("rows", [3, 300])           # 300 x 500 elements: split across threads
+def test_if_step_equals_the_pytorch_definition_bit_for_bit(dtype, negative_spikes, rows):
+    g = torch.Generator().manual_seed(rows)
+    shape, theta, z_max = (rows, 20, 25), 0.7, 3
+    threshold = torch.tensor(theta, dtype=dtype)
+    u_ref = torch.full(shape, theta / 2, dtype=dtype)
+    z_ref = torch.zeros(shape, dtype=torch.int8)
+    u, z = u_ref.clone(), z_ref.clone()
+    for _ in range(12):
+        current = _edge_currents(shape, dtype, theta, g)
+        ref = if_step(u_ref, z_ref, current, threshold, z_max, negative_spikes)
+        out, pos, neg = native.if_step(u, z, current, theta, z_max, negative_spikes)
+        assert torch.equal(out, ref.output) and torch.equal(u, u_ref) and torch.equal(z, z_ref)
+        assert torch.equal(pos, ref.fire.flatten(1).sum(1, dtype=torch.int32))
+        expected_neg = ref.unfire.flatten(1).sum(1, dtype=torch.int32) if negative_spikes else torch.zeros_like(neg)
+        assert torch.equal(neg, expected_neg)
+    assert int(z_ref.max()) == z_max and (not negative_spikes or int(neg.sum()) >= 0)
+
+
+WINDOWS = [nn.MaxPool2d(2), nn.MaxPool2d(3, stride=1, padding=1), nn.MaxPool2d(3, stride=2, padding=1),
+           nn.MaxPool2d(2, dilation=2), nn.MaxPool2d((2, 3), stride=(1, 2)),
+           BoundPool(F.max_pool2d, (2,), {}), BoundPool(F.max_pool2d, (3, 2, 1), {})]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("pool", WINDOWS, ids=lambda p: repr(p) if isinstance(p, nn.Module) else f"F{p.args}")
+@pytest.mark.parametrize("size", [(4, 3, 7, 9), (64, 16, 12, 12)])
+def test_event_max_pooling_equals_the_pytorch_path(dtype, pool, size):
+    g = torch.Generator().manual_seed(0)
+    fused, plain = EventMaxPool(pool), EventMaxPool(pool)
+    assert fused.window is not None
+    plain.window = None                                    # the PyTorch path
+    for step in range(6):
+        events = torch.randint(-1, 2, size, generator=g).to(dtype) * 0.5
+        if step == 3:
+            events[0, 0, 1, 1] = float("nan")              # NaN wins, as in max_pool2d
+        assert torch.equal(fused(events).nan_to_num(7.0), plain(events).nan_to_num(7.0))
+    assert torch.equal(fused.cumulative.nan_to_num(7.0), plain.cumulative.nan_to_num(7.0))
+
+
+def test_only_plain_2d_max_pools_take_the_fused_kernel():
+    assert max_pool2d_window(nn.MaxPool2d(2)) == native.PoolWindow((2, 2), (2, 2), (0, 0), (1, 1))
+    assert max_pool2d_window(BoundPool(F.max_pool2d, (3,), {"stride": 1, "padding": 1})).stride == (1, 1)
+    for other in (nn.MaxPool2d(2, ceil_mode=True), nn.AdaptiveMaxPool2d(2), nn.MaxPool1d(2),
+                  BoundPool(F.adaptive_max_pool2d, (2,), {}), BoundPool(F.max_pool2d, (2,), {"ceil_mode": True})):
+        assert max_pool2d_window(other) is None, other
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_any_per_row_finds_the_last_element_and_nan_and_ignores_negative_zero(dtype):
+    x = torch.zeros(6, 200, dtype=dtype)
+    x[1, -1] = 1e-30
+    x[2, 0] = -3.0
+    x[3, 100] = float("nan")
+    x[4] = -0.0
+    assert native.any_per_row(x).tolist() == [False, True, True, True, False, False]
+
+
+def test_the_shipped_network_runs_identically_with_and_without_the_kernels(shipped, monkeypatch):
+    """float32, 64 test images: every readout, count and statistic equal between the two paths."""
+    qann, x = shipped
+    snn = convert(qann)
+    fused = snn.simulate(x, 10, record_counts=True)
+    monkeypatch.setenv("QFFS_NATIVE", "0")
+    native.library.cache_clear()
+    try:
+        assert not native.usable(x)
+        plain = snn.simulate(x, 10, record_counts=True)
+    finally:
+        monkeypatch.delenv("QFFS_NATIVE")
+        native.library.cache_clear()
+    for name in fused.readouts:
+        assert torch.equal(fused.readouts[name], plain.readouts[name]), name
+    assert torch.equal(fused.convergence_step, plain.convergence_step)
+    for a, b in zip(fused.neurons, plain.neurons, strict=True):
+        assert torch.equal(a.counts, b.counts) and torch.equal(a.pos_spikes, b.pos_spikes), a.name
+        assert torch.equal(a.neg_spikes, b.neg_spikes), a.name
+    for a, b in zip(fused.synapses, plain.synapses, strict=True):
+        assert torch.equal(a.synops, b.synops) and torch.equal(a.active_slices, b.active_slices), a.name
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from qffs.data import load_dataset
+
+    images = torch.stack([load_dataset("fashion-mnist", "test", limit=64)[i][0] for i in range(64)])
+    return calibrated_shipped_qann(256), images
+
+
+def test_a_failing_compiler_warns_once_and_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("QFFS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "false")
+    native.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="fused CPU kernels are unavailable"):
+            assert native.library() is None
+        assert not native.usable(torch.zeros(2, 3))
+        assert list(tmp_path.iterdir()) == []              # nothing half-written left behind
+    finally:
+        monkeypatch.undo()
+        native.library.cache_clear()
+
+
+def test_the_library_is_built_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("QFFS_CACHE_DIR", str(tmp_path))
+    native.library.cache_clear()
+    try:
+        assert native.library() is not None
+        (built,) = tmp_path.iterdir()
+        stamp = built.stat().st_mtime_ns
+        native.library.cache_clear()
+        assert native.library() is not None and built.stat().st_mtime_ns == stamp
+    finally:
+        monkeypatch.undo()
+        native.library.cache_clear()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_keeping_freed_memory_removes_the_page_faults_of_reallocation():
+    """A 64 MB tensor allocated and freed 10 times: fresh pages each time by default, reused after."""
+    script = textwrap.dedent("""
+        import resource, torch
+        from qffs.snn.allocator import keep_freed_memory
+
+        def faults():
+            start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(10):
+                torch.empty(1 << 24).fill_(1.0)
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+
+        before = faults()
+        assert keep_freed_memory()
+        faults()
+        print(before, faults())
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    before, after = map(int, run.stdout.split())
+    assert before > 10 * 10_000 and after < before / 20, (before, after)   # 16,384 pages per tensor
+
+
+def test_qffs_malloc_0_leaves_malloc_alone(monkeypatch):
+    monkeypatch.setenv("QFFS_MALLOC", "0")
+    assert keep_freed_memory.__wrapped__() is False
