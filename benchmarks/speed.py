@@ -6,8 +6,9 @@
 
 Measures, interleaved over ``--rounds`` rounds (minimum taken, as these machines are shared and
 noisy): the ANN forward, the QANN forward, the per-step runtime (the default: quiet samples
-dropped, rows without input skipped) and the layer-by-layer runtime at T = 4/8/16/32, all on
-the same images in batches of ``--batch-size``. Also reports
+dropped, rows without input skipped, fused CPU kernels) and the layer-by-layer runtime at
+T = 4/8/16/32, and the per-step runtime at T = 8 on PyTorch operations alone (``QFFS_NATIVE=0``:
+what runs without a C compiler), all on the same images in batches of ``--batch-size``. Also reports
 the run's *dense floor*: Σ_layers (active (step, sample) slices × MACs per slice) / ANN MACs,
 the arithmetic the spikes require if every active slice is a dense product. With the bench extra
 installed (``pip install -e '.[bench]'``), ``--compare`` times SpikingJelly's and sinabs'
@@ -17,6 +18,7 @@ converters on the same FP network and images too (:mod:`converters`), each over 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from pathlib import Path
@@ -57,10 +59,27 @@ def main(argv: list[str] | None = None) -> dict:
     fp, train, batches, qann, snn = work.fp, work.train, work.batches, work.qann, work.snn
     steps = [int(t) for t in args.timesteps.split(",")]
 
+    from qffs.snn import native
+    from qffs.snn.allocator import keep_freed_memory
+
+    kept = keep_freed_memory()          # as a simulation would on its first call: every run alike
+
+    def without_kernels(x, T):
+        """The per-step runtime on PyTorch operations alone (what runs without a C compiler)."""
+        os.environ["QFFS_NATIVE"] = "0"
+        native.library.cache_clear()
+        try:
+            return snn.simulate(x, T, record=False, mode="step")
+        finally:
+            del os.environ["QFFS_NATIVE"]
+            native.library.cache_clear()
+
     runs = {"ann": lambda x: fp(x), "qann": lambda x: qann(x)}
     for T in steps:
         runs[f"step T={T}"] = lambda x, T=T: snn.simulate(x, T, record=False, mode="step")
         runs[f"layer T={T}"] = lambda x, T=T: snn.simulate(x, T, record=False, mode="layer")
+    if 8 in steps:
+        runs["step T=8, PyTorch ops"] = lambda x: without_kernels(x, 8)
     refused: dict = {}
     if args.compare:
         converted, refused = _comparisons(fp, train)
@@ -88,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_to_ann": {name: t / ann for name, t in best.items()},
         "dense_floor": {str(T): f for T, f in floor.items()},
         "not_converted": refused,
+        "fused_kernels": native.library() is not None,
+        "malloc_keeps_freed_memory": kept,
     }
     print(f"{'run':<20}{'seconds':>9}{'x ANN':>8}")
     for name, t in best.items():

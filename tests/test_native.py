@@ -180,3 +180,18 @@ def test_keeping_freed_memory_removes_the_page_faults_of_reallocation():
 def test_qffs_malloc_0_leaves_malloc_alone(monkeypatch):
     monkeypatch.setenv("QFFS_MALLOC", "0")
     assert keep_freed_memory.__wrapped__() is False
+
+
+def test_an_unwritable_cache_falls_back_to_a_private_temporary_folder(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("QFFS_CACHE_DIR", str(blocked / "cache"))
+    monkeypatch.setattr(native.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    native.library.cache_clear()
+    try:
+        assert native.library() is not None
+        assert list((tmp_path / "tmp").glob("qffs-*/qffs_native_*"))
+    finally:
+        monkeypatch.undo()
+        native.library.cache_clear()

@@ -97,7 +97,8 @@ def check_timesteps(value: object, option: str = "timesteps") -> int:
 
 #: Runtimes: "step" (the whole graph once per step: the reference, and the default) and "layer"
 #: (each layer over all T steps at once). They give identical spike counts; "layer" is the
-#: sequence form later stages build on, and is not yet faster on CPU (benchmarks/speed.py).
+#: sequence form (export, fine-tuning) and is slower on CPU, where "step" drops quiet samples
+#: and runs fused kernels (benchmarks/speed.py).
 MODES = ("step", "layer")
 
 
