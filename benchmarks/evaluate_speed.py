@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("the two reports' accuracy curves differ")
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
+    if subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                      text=True).stdout.strip():
+        commit += "+uncommitted"              # the measured tree is not that commit
     result = {
         "command": "python benchmarks/evaluate_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

@@ -56,4 +56,8 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_demo_from_elsewhere(t
     assert (work / "runs" / "demo" / "curve.png").is_file() and (work / "runs" / "demo" / "snn.pt").is_file()
     assert "done in" in r.stdout
     # the kernels' C source ships in the wheel: built into the user's cache, no fallback warning
-    assert list((tmp_path / ".cache" / "qffs").glob("qffs_native_*")) and "kernels are unavailable" not in r.stderr
+    # (where this machine has a C compiler; without one the fallback is the expected path)
+    from qffs.snn import native
+
+    if native.library() is not None:
+        assert list((tmp_path / ".cache" / "qffs").glob("qffs_native_*")) and "kernels are unavailable" not in r.stderr

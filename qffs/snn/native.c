@@ -23,9 +23,7 @@
 
 /* One IF step for rows [r0, r1) of `cols` neurons each (SPEC §3):
  *   u += I; +1 if u >= theta and Z < z_max; -1 if u < 0 and Z > 0 (when `negative`);
- *   u -= z*theta; Z += z; out = z*theta. pos/neg: spikes of each sign per row.
- * quiet[r] (in and out): row r did not spike at the previous step (1 before the first). Such
- * a row with no current cannot spike now either, and its state stays as it is: it is skipped. */
+ *   u -= z*theta; Z += z; out = z*theta. pos/neg: spikes of each sign per row. */
 #define IF_STEP(NAME, REAL)                                                                      \
     CLONES void NAME(REAL *restrict membrane, int8_t *restrict count, const REAL *restrict current,       \
               REAL *restrict out, int32_t *restrict pos, int32_t *restrict neg,                    \

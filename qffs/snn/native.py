@@ -8,14 +8,15 @@ results are bit-identical (tests/test_native.py; the property tests compare this
 layer-by-layer one, which uses the PyTorch definitions).
 
 The source is compiled with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``) into
-``$QFFS_CACHE_DIR`` (default ``~/.cache/qffs``; a private temporary folder where that cannot be
-written), once per source version, in about a second.
+``$QFFS_CACHE_DIR`` (default ``$XDG_CACHE_HOME/qffs`` or ``~/.cache/qffs``; a private temporary
+folder, per process, where that cannot be written), once per source version, in about a second.
 Where there is no compiler, on CUDA, for tensors the kernels do not take, or with
 ``QFFS_NATIVE=0``, the runtime uses the PyTorch definitions: the same results, slower.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import hashlib
@@ -59,22 +60,23 @@ def _compiler() -> str | None:
 
 def _build(compiler: str) -> Path:
     """Compile the source into the cache (atomically: a half-written library is never loaded),
-    with OpenMP where the compiler has it."""
+    with OpenMP where the compiler has it. Where the cache cannot be written (a read-only or
+    missing home), into a fresh private temporary folder, removed at exit: never into a shared
+    folder whose files someone else could have placed."""
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join((compiler, *FLAGS, platform.machine())).encode()).hexdigest()[:16]
     name = f"qffs_native_{key}{'.dll' if os.name == 'nt' else '.so'}"
-    target = cache_dir() / name
-    if target.exists():
-        return target
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(dir=target.parent, prefix=target.stem, suffix=".part")
-    except OSError:                               # a read-only home: a private temporary folder instead
-        target = Path(tempfile.gettempdir()) / f"qffs-{getattr(os, 'getuid', lambda: 0)()}" / name
+        target = cache_dir() / name
         if target.exists():
             return target
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         fd, partial = tempfile.mkstemp(dir=target.parent, prefix=target.stem, suffix=".part")
+    except (OSError, RuntimeError):               # RuntimeError: Path.home() without a home
+        private = tempfile.mkdtemp(prefix="qffs-native-")
+        atexit.register(shutil.rmtree, private, ignore_errors=True)
+        target = Path(private) / name
+        fd, partial = tempfile.mkstemp(dir=private, prefix=target.stem, suffix=".part")
     os.close(fd)
     try:
         for extra in (OPENMP, ()):
@@ -101,7 +103,7 @@ def library() -> ctypes.CDLL | None:
         if compiler is None:
             raise OSError("no C compiler found (set CC)")
         lib = ctypes.CDLL(str(_build(compiler)))
-    except (OSError, subprocess.SubprocessError) as error:
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         warnings.warn(f"qffs: the fused CPU kernels are unavailable ({error}); the spiking runtime uses PyTorch "
                       f"operations instead (same results, 1.5 to 2 times slower)", RuntimeWarning, stacklevel=2)
         return None
@@ -114,10 +116,11 @@ def library() -> ctypes.CDLL | None:
 
 
 def usable(*tensors: torch.Tensor) -> bool:
-    """Whether the kernels take these tensors: on the CPU, contiguous, of one float type (float32/64), kernels loaded."""
-    first = tensors[0]
-    return (first.device.type == "cpu" and first.dtype in _FLOATS
-            and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+    """Whether the kernels take these tensors: on the CPU, contiguous, all of one float type
+    (float32 or float64), and the kernels loaded. (They read raw memory: anything else would be
+    read wrongly, so it takes the PyTorch path.)"""
+    dtype = tensors[0].dtype
+    return (dtype in _FLOATS and all(t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in tensors)
             and library() is not None)
 
 

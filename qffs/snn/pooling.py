@@ -45,12 +45,16 @@ def max_pool2d_window(pool: Callable) -> native.PoolWindow | None:
         return None
 
     def pair(value) -> tuple[int, int]:
-        return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
+        values = (value,) if isinstance(value, int) else tuple(value)
+        return tuple(int(v) for v in values * (2 if len(values) == 1 else 1))   # type: ignore[return-value]
 
     kernel = pair(options["kernel_size"])
     stride = options.get("stride")
-    return native.PoolWindow(kernel, pair(stride) if stride not in (None, [], ()) else kernel,
-                             pair(options.get("padding", 0)), pair(options.get("dilation", 1)))
+    window = native.PoolWindow(kernel, pair(stride) if stride not in (None, [], ()) else kernel,
+                               pair(options.get("padding", 0)), pair(options.get("dilation", 1)))
+    if any(p > k // 2 for p, k in zip(window.padding, window.kernel)):
+        return None                                   # max_pool2d refuses it: let it say so
+    return window
 
 
 class EventMaxPool(Stateful):
@@ -78,16 +82,18 @@ class EventMaxPool(Stateful):
             T = self.timesteps
             out = event_max_pool_sequence(events.view(T, events.shape[0] // T, *events.shape[1:]), self.pool)
             return out.flatten(0, 1)
-        if self.cumulative is None or self.cumulative.shape != events.shape:
+        if self.cumulative is None or self.cumulative.shape != events.shape or self.cumulative.dtype != events.dtype:
             self.cumulative = torch.zeros_like(events)
             self.pooled = None
-        if self.window is not None and events.dim() == 4 and native.usable(events, self.cumulative):
+        if (self.window is not None and events.dim() == 4 and min(self.window.output_size(*events.shape[2:])) > 0
+                and native.usable(events, self.cumulative)):
             if self.pooled is None:                        # M_{-1} = 0: out = M − 0 = M exactly
                 self.pooled = events.new_zeros((*events.shape[:2], *self.window.output_size(*events.shape[2:])))
-            return native.event_pool_step(self.cumulative, events, self.pooled, self.window)
+            if native.usable(self.pooled):
+                return native.event_pool_step(self.cumulative, events, self.pooled, self.window)
         self.cumulative.add_(events)                       # the state is ours: update in place
         pooled = self.pool(self.cumulative)
-        out = pooled if self.pooled is None else pooled - self.pooled
+        out = pooled.clone() if self.pooled is None else pooled - self.pooled   # out is not the state
         self.pooled = pooled
         return out
 
