@@ -201,6 +201,28 @@ def test_nir_refuses_what_it_cannot_state_by_name(tmp_path):
     assert not (tmp_path / "x.nir").exists()
 
 
+class _CeilPool(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu, self.fc = torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.max_pool2d(self.relu(self.conv(x)), 2, ceil_mode=True).flatten(1))
+
+
+def test_nir_refuses_a_functional_max_pool_with_ceil_mode(tmp_path):
+    """NIR's pools have no ceil_mode: a window it would state wrongly is refused, not exported."""
+    pytest.importorskip("nir")
+    from qffs.export.nir import to_nir
+    from qffs.quant import calibrate, quantize
+
+    x = torch.randn(2, 1, 5, 5)
+    qann = quantize(_CeilPool().eval(), bits=2, output_bits=3).eval()
+    calibrate(qann, [x], method="lsq")
+    with pytest.raises(UnsupportedGraphError, match="ceil_mode"):
+        to_nir(convert(qann), tmp_path / "x.nir", x)
+
+
 @pytest.mark.parametrize("output_bits", [3, None])
 def test_the_single_step_graph_streams_the_same_readout(output_bits, tmp_path):
     from qffs.export.onnx import snn_step_to_onnx

@@ -28,7 +28,7 @@ from qffs.io import atomic_path
 from qffs.snn.layers import GatedLayer
 from qffs.snn.network import SpikingNetwork
 from qffs.snn.neuron import IFNeuron
-from qffs.snn.pooling import EventMaxPool
+from qffs.snn.pooling import BoundPool, EventMaxPool, max_pool2d_window
 
 _ALIASES_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 _ALIAS_METHODS = {"contiguous", "clone", "float", "double", "to", "type_as"}
@@ -99,19 +99,15 @@ class _Builder:
         return name
 
     def window(self, node: fx.Node, pool) -> dict[str, Any]:
-        if isinstance(pool, nn.Module):
-            if isinstance(pool, (nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)):
-                return self.adaptive(node, pool.output_size)
-            if getattr(pool, "dilation", 1) not in (1, (1, 1)) or getattr(pool, "ceil_mode", False):
-                raise self.refuse(node, "NIR pooling has no dilation or ceil_mode")
-            return _pool_window(pool)
-        fn, args, kwargs = pool.fn, pool.args, pool.kwargs
-        if fn in (F.adaptive_max_pool2d,):
-            return self.adaptive(node, args[0] if args else kwargs["output_size"])
-        kernel = args[0] if args else kwargs["kernel_size"]
-        stride = (args[1] if len(args) > 1 else kwargs.get("stride")) or kernel
-        padding = args[2] if len(args) > 2 else kwargs.get("padding", 0)
-        return {"kernel_size": _pair(kernel), "stride": _pair(stride), "padding": _pair(padding)}
+        """An event max pool's window: adaptive ones from the input size, the others as the runtime reads them."""
+        if isinstance(pool, (nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)):
+            return self.adaptive(node, pool.output_size)
+        if isinstance(pool, BoundPool) and pool.fn is F.adaptive_max_pool2d:
+            return self.adaptive(node, pool.args[0] if pool.args else pool.kwargs["output_size"])
+        window = max_pool2d_window(pool)
+        if window is None or window.dilation != (1, 1):
+            raise self.refuse(node, "NIR pooling is 2-D, without dilation or ceil_mode")
+        return {"kernel_size": window.kernel, "stride": window.stride, "padding": window.padding}
 
     def adaptive(self, node: fx.Node, size) -> dict[str, Any]:
         (h, w) = self.shapes[node.args[0].name][-2:]
