@@ -21,16 +21,16 @@
 #define CLONES
 #endif
 
-/* One IF step for rows [r0, r1) of `cols` neurons each (SPEC §3):
+/* One IF step for `rows` rows of `cols` neurons each (split across OpenMP threads) (SPEC §3):
  *   u += I; +1 if u >= theta and Z < z_max; -1 if u < 0 and Z > 0 (when `negative`);
  *   u -= z*theta; Z += z; out = z*theta. pos/neg: spikes of each sign per row. */
 #define IF_STEP(NAME, REAL)                                                                      \
     CLONES void NAME(REAL *restrict membrane, int8_t *restrict count, const REAL *restrict current,       \
               REAL *restrict out, int32_t *restrict pos, int32_t *restrict neg,                    \
-              int64_t r0, int64_t r1, int64_t cols, REAL threshold,                                \
+              int64_t rows, int64_t cols, REAL threshold,                                          \
               int32_t z_max, int32_t negative) {                                                 \
-        _Pragma("omp parallel for schedule(static) if ((r1 - r0) * cols > GRAIN)")              \
-        for (int64_t r = r0; r < r1; ++r) {                                                      \
+        _Pragma("omp parallel for schedule(static) if (rows * cols > GRAIN)")                    \
+        for (int64_t r = 0; r < rows; ++r) {                                                      \
             REAL *u = membrane + r * cols;                                                       \
             int8_t *z = count + r * cols;                                                        \
             const REAL *in = current + r * cols;                                                 \
@@ -59,18 +59,18 @@ IF_STEP(qffs_if_step_f64, double)
 /* torch's max: NaN wins. */
 #define MAX_NAN(a, b) (((b) > (a) || isnan(b)) ? (b) : (a))
 
-/* One event max pooling step for planes [p0, p1) of H x W (SPEC §4): cumulative += events;
+/* One event max pooling step for `planes` planes of H x W (SPEC §4): cumulative += events;
  * m = maxpool(cumulative) (torch's max_pool2d: windows clipped to the input, NaN wins);
  * out = m - pooled; pooled = m. The common 2x2, stride 2 window has its own loop. */
 #define EVENT_POOL(NAME, REAL)                                                                   \
     CLONES void NAME(REAL *restrict cumulative, const REAL *restrict events, REAL *restrict pooled,      \
-              REAL *restrict out, int64_t p0, int64_t p1, int64_t H, int64_t W, int64_t OH,        \
+              REAL *restrict out, int64_t planes, int64_t H, int64_t W, int64_t OH,        \
               int64_t OW, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,  \
               int64_t dh, int64_t dw) {                                                          \
         int halves = kh == 2 && kw == 2 && sh == 2 && sw == 2 && ph == 0 && pw == 0 && dh == 1 && dw == 1 \
                      && W <= 4096;                                                               \
-        _Pragma("omp parallel for schedule(static) if ((p1 - p0) * H * W > GRAIN)")             \
-        for (int64_t p = p0; p < p1; ++p) {                                                      \
+        _Pragma("omp parallel for schedule(static) if (planes * H * W > GRAIN)")                 \
+        for (int64_t p = 0; p < planes; ++p) {                                                      \
             REAL pairs[4096];                                                                    \
             REAL *c = cumulative + p * H * W;                                                    \
             const REAL *e = events + p * H * W;                                                  \
@@ -117,11 +117,11 @@ IF_STEP(qffs_if_step_f64, double)
 EVENT_POOL(qffs_event_pool_f32, float)
 EVENT_POOL(qffs_event_pool_f64, double)
 
-/* Per row [r0, r1) of `cols` values: is any nonzero (NaN counts)? Stops at the first one. */
+/* Per row of `rows` x `cols` values: is any nonzero (NaN counts)? Stops at the first one. */
 #define ANY_ROWS(NAME, REAL)                                                                     \
-    CLONES void NAME(const REAL *restrict x, uint8_t *restrict any, int64_t r0, int64_t r1, int64_t cols) { \
-        _Pragma("omp parallel for schedule(static) if ((r1 - r0) * cols > GRAIN)")              \
-        for (int64_t r = r0; r < r1; ++r) {                                                      \
+    CLONES void NAME(const REAL *restrict x, uint8_t *restrict any, int64_t rows, int64_t cols) { \
+        _Pragma("omp parallel for schedule(static) if (rows * cols > GRAIN)")                    \
+        for (int64_t r = 0; r < rows; ++r) {                                                      \
             const REAL *v = x + r * cols;                                                        \
             uint8_t found = 0;                                                                   \
             for (int64_t j = 0; j < cols && !found; j += 64) {                                   \

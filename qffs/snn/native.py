@@ -109,9 +109,9 @@ def library() -> ctypes.CDLL | None:
         return None
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
     for suffix, real in _FLOATS.values():
-        getattr(lib, f"qffs_if_step_{suffix}").argtypes = [ptr] * 6 + [i64] * 3 + [real, i32, i32]
-        getattr(lib, f"qffs_event_pool_{suffix}").argtypes = [ptr] * 4 + [i64] * 14
-        getattr(lib, f"qffs_any_rows_{suffix}").argtypes = [ptr] * 2 + [i64] * 3
+        getattr(lib, f"qffs_if_step_{suffix}").argtypes = [ptr] * 6 + [i64] * 2 + [real, i32, i32]
+        getattr(lib, f"qffs_event_pool_{suffix}").argtypes = [ptr] * 4 + [i64] * 13
+        getattr(lib, f"qffs_any_rows_{suffix}").argtypes = [ptr] * 2 + [i64] * 2
     return lib
 
 
@@ -139,7 +139,7 @@ def if_step(membrane: torch.Tensor, count: torch.Tensor, current: torch.Tensor, 
     neg = torch.empty(rows, dtype=torch.int32)
     if rows:
         _call("if_step", membrane.dtype, membrane.data_ptr(), count.data_ptr(), current.data_ptr(), out.data_ptr(),
-              pos.data_ptr(), neg.data_ptr(), 0, rows, per_row, _FLOATS[membrane.dtype][1](threshold),
+              pos.data_ptr(), neg.data_ptr(), rows, per_row, _FLOATS[membrane.dtype][1](threshold),
               z_max, int(negative_spikes))
     return out, pos, neg
 
@@ -150,7 +150,7 @@ def any_per_row(x: torch.Tensor) -> torch.Tensor:
     per_row = x[0].numel() if rows else 0
     found = torch.empty(rows, dtype=torch.bool)
     if rows:
-        _call("any_rows", x.dtype, x.data_ptr(), found.data_ptr(), 0, rows, per_row)
+        _call("any_rows", x.dtype, x.data_ptr(), found.data_ptr(), rows, per_row)
     return found
 
 
@@ -178,7 +178,7 @@ def event_pool_step(cumulative: torch.Tensor, events: torch.Tensor, pooled: torc
     out = torch.empty_like(pooled)
     if planes:
         _call("event_pool", cumulative.dtype, cumulative.data_ptr(), events.data_ptr(), pooled.data_ptr(),
-              out.data_ptr(), 0, planes, height, width, *pooled.shape[2:], *window.kernel, *window.stride,
+              out.data_ptr(), planes, height, width, *pooled.shape[2:], *window.kernel, *window.stride,
               *window.padding, *window.dilation)
     return out
 

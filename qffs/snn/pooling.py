@@ -85,10 +85,10 @@ class EventMaxPool(Stateful):
         if self.cumulative is None or self.cumulative.shape != events.shape or self.cumulative.dtype != events.dtype:
             self.cumulative = torch.zeros_like(events)
             self.pooled = None
-        if (self.window is not None and events.dim() == 4 and min(self.window.output_size(*events.shape[2:])) > 0
-                and native.usable(events, self.cumulative)):
+        size = self.window.output_size(*events.shape[2:]) if self.window is not None and events.dim() == 4 else (0,)
+        if min(size) > 0 and native.usable(events, self.cumulative):
             if self.pooled is None:                        # M_{-1} = 0: out = M − 0 = M exactly
-                self.pooled = events.new_zeros((*events.shape[:2], *self.window.output_size(*events.shape[2:])))
+                self.pooled = events.new_zeros((*events.shape[:2], *size))
             if native.usable(self.pooled):
                 return native.event_pool_step(self.cumulative, events, self.pooled, self.window)
         self.cumulative.add_(events)                       # the state is ours: update in place
