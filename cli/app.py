@@ -20,6 +20,16 @@ IMAGE_SIZE_OPTION = typer.Option(
     help="ImageFolder input size in pixels. Default: recorded in the checkpoint, else the tree's own image size "
          "up to 64 px (CIFAR-style), else 224.")
 
+#: The validation split of training jobs (qffs.split): where the best epoch is chosen.
+VAL_SIZE_OPTION = typer.Option(
+    None, "--val-size", metavar="N",
+    help="Training images held out (seeded, deterministic) to choose the best epoch on; the test set is then "
+         "evaluated once, on the kept weights. Default: 5,000 for CIFAR-10 and (Fashion-)MNIST, 10% of an "
+         "ImageFolder tree or of a --limit pool. 0 needs --select-on-test.")
+VAL_SEED_OPTION = typer.Option(0, "--val-seed", help="Seed of the validation hold-out (independent of --seed).")
+SELECT_ON_TEST_OPTION = typer.Option(
+    False, "--select-on-test",
+    help="With --val-size 0: choose the best epoch on the test set (optimistic; every report says so).")
 
 #: --model for commands that rebuild an artifact: only needed (and only used) for model files.
 ARTIFACT_MODEL_OPTION = typer.Option(

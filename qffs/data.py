@@ -25,6 +25,7 @@ exactly its own, given once and recorded in every artifact qffs writes.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import io
@@ -407,6 +408,20 @@ def load_dataset(name: str, split: str = "test", *, root: str | Path | None = No
                         flip=flip and augment)
 
 
+def load_training_pool(name: str, *, root: str | Path | None = None, limit: int | None = None,
+                       preprocessing: Preprocessing | None = None) -> tuple[Dataset, Dataset]:
+    """The training split twice over the same samples in the same order: (augmented, plain).
+
+    Training draws from the first; the validation split (:mod:`qffs.split`) is evaluated on the
+    second, without augmentation, as the test set is."""
+    augmented = load_dataset(name, "train", root=root, limit=limit, augment=True, preprocessing=preprocessing)
+    if isinstance(augmented, TensorImages):   # the same uint8 tensors, no second decode
+        plain = copy.copy(augmented)
+        plain.crop_padding, plain.flip = 0, False
+        return augmented, plain
+    return augmented, load_dataset(name, "train", root=root, limit=limit, augment=False, preprocessing=preprocessing)
+
+
 def _imagefolder(tree: Path, limit: int | None, augment: bool, prep: Preprocessing) -> Dataset:
     from torchvision import datasets, transforms
 
@@ -452,4 +467,4 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, see
 
 
 __all__ = ["DATASETS", "DatasetInfo", "Preprocessing", "TensorImages", "cifar10_jpeg_path", "dataset_info",
-           "load_dataset", "make_loader", "read_idx", "resolve_preprocessing"]
+           "load_dataset", "load_training_pool", "make_loader", "read_idx", "resolve_preprocessing"]

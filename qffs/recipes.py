@@ -26,7 +26,7 @@ from qffs.snn.network import check_timesteps
 from qffs.snn.readout import DEFAULT_READOUT, check_readout
 from qffs.distributed import (barrier, broadcast_module, init_distributed, is_main_process, main_only,
                                replicas_identical, world_size)
-from qffs.train import TrainConfig, config_dict, fit, resolve_device
+from qffs.train import TrainConfig, config_dict, evaluate, fit, resolve_device
 from qffs.trust import authorized_spec, model_provenance, records_model_file
 
 if TYPE_CHECKING:
@@ -51,12 +51,18 @@ class DataOptions:
     mean: tuple[float, ...] | None = None   # per-channel normalisation; None: recorded, else the dataset's
     std: tuple[float, ...] | None = None
     image_size: int | None = None           # ImageFolder input size; None: recorded, else the tree's
+    val_size: int | None = None             # validation hold-out of the training split; None: qffs.split's default
+    val_seed: int = 0                       # the hold-out's own seed (not the training seed)
+    select_on_test: bool = False            # val_size 0: the best epoch is chosen on the test set, and says so
 
     def __post_init__(self) -> None:
         """Counts are checked when the options are made, before any work (one place for all jobs)."""
+        from qffs.split import check_val_size
+
+        check_val_size(self.val_size, self.select_on_test)
         for name, value, low, optional in (("--batch-size", self.batch_size, 1, False), ("--workers", self.workers, 0, False),
                                            ("--seed", self.seed, 0, False), ("--limit", self.limit, 1, True),
-                                           ("--test-limit", self.test_limit, 1, True),
+                                           ("--test-limit", self.test_limit, 1, True), ("--val-seed", self.val_seed, 0, False),
                                            ("--image-size", self.image_size, 1, True)):
             if value is None and optional:
                 continue
@@ -114,23 +120,64 @@ def model_spec_for(model: str, data: DataOptions, prep: Preprocessing) -> str:
 EVAL_BATCH_MIN = 256
 
 
-def make_loaders(opts: DataOptions, prep: Preprocessing | None = None, *, train: bool = True):
-    """(train loader or None, test loader) for ``opts``, normalised by ``prep`` (default: the options').
-
-    Training jobs test in batches of ``max(batch_size, EVAL_BATCH_MIN)``; a test-only job
-    (``train=False``: the SNN evaluation, where the batch bounds the simulation's memory) in
-    exactly ``batch_size``."""
+def make_test_loader(opts: DataOptions, prep: Preprocessing | None = None):
+    """The test loader of a test-only job (the SNN evaluation), in batches of exactly ``batch_size``:
+    there the batch bounds the simulation's memory. Training jobs use :func:`training_data`."""
     from qffs.data import load_dataset, make_loader
 
     prep = prep or opts.preprocessing()
-    test_batch = max(opts.batch_size, EVAL_BATCH_MIN) if train else opts.batch_size
+    return make_loader(load_dataset(opts.dataset, "test", root=opts.root, limit=opts.test_limit, preprocessing=prep),
+                       opts.batch_size, shuffle=False, num_workers=opts.workers)
+
+
+@dataclass
+class TrainingData:
+    """A training job's loaders: ``train`` (shuffled, augmented), ``validation`` (where the best epoch
+    is chosen: the held-out part of the training split, or the test set under ``--select-on-test``)
+    and ``test`` (evaluated once, on the kept weights). ``split`` records the hold-out (None: none)."""
+
+    train: Any
+    validation: Any
+    test: Any
+    split: dict[str, Any] | None
+
+    @property
+    def selected_on(self) -> str:
+        return "validation" if self.split is not None else "test"
+
+    def record(self) -> dict[str, Any]:
+        """What an artifact records: where its epoch was chosen, and the split's size, seed and hash."""
+        return {"selected_on": self.selected_on, "validation": self.split}
+
+
+def training_data(opts: DataOptions, prep: Preprocessing | None = None) -> TrainingData:
+    """The loaders of a training job (:class:`TrainingData`), evaluating in batches of at least
+    ``EVAL_BATCH_MIN``; the validation split is drawn from the training pool by :mod:`qffs.split`."""
+    from torch.utils.data import Subset
+
+    from qffs.data import load_dataset, load_training_pool, make_loader
+    from qffs.split import default_size, validation_split
+
+    prep = prep or opts.preprocessing()
+    eval_batch = max(opts.batch_size, EVAL_BATCH_MIN)
     test = make_loader(load_dataset(opts.dataset, "test", root=opts.root, limit=opts.test_limit, preprocessing=prep),
-                       test_batch, shuffle=False, num_workers=opts.workers)
-    if not train:
-        return None, test
-    ds = load_dataset(opts.dataset, "train", root=opts.root, limit=opts.limit, preprocessing=prep)
-    return make_loader(ds, opts.batch_size, shuffle=True, seed=opts.seed, num_workers=opts.workers,
-                       drop_last=len(ds) > opts.batch_size), test
+                       eval_batch, shuffle=False, num_workers=opts.workers)
+    augmented, plain = load_training_pool(opts.dataset, root=opts.root, limit=opts.limit, preprocessing=prep)
+    if opts.select_on_test:
+        train_ds, validation, record = augmented, test, None
+    else:
+        pool = len(augmented)
+        if pool < 2:
+            raise QffsError(f"the training split has {pool} sample(s): a validation split needs at least 2")
+        size = opts.val_size if opts.val_size is not None else default_size(opts.dataset, pool, opts.limit is not None)
+        split = validation_split(pool, size, opts.val_seed)
+        train_ds = Subset(augmented, split.train.tolist())
+        validation = make_loader(Subset(plain, split.validation.tolist()), eval_batch, shuffle=False,
+                                 num_workers=opts.workers)
+        record = split.record()
+    train = make_loader(train_ds, opts.batch_size, shuffle=True, seed=opts.seed, num_workers=opts.workers,
+                        drop_last=len(train_ds) > opts.batch_size)
+    return TrainingData(train=train, validation=validation, test=test, split=record)
 
 
 def metrics_path(checkpoint: str | Path) -> Path:
@@ -233,6 +280,7 @@ def _job(data: DataOptions, prep: Preprocessing, spec: str, cfg: TrainConfig, **
     (the data root may move; the data, its order and the recipe may not)."""
     return {"model": spec, "dataset": data.dataset, "preprocessing": prep.as_dict(), "batch_size": data.batch_size,
             "seed": data.seed, "limit": data.limit, "test_limit": data.test_limit, "train_config": config_dict(cfg),
+            "val_size": data.val_size, "val_seed": data.val_seed, "select_on_test": data.select_on_test,
             "workers": data.workers, "processes": int(os.environ.get("WORLD_SIZE", "1")), **options}
 
 
@@ -270,13 +318,17 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
                 "seed": data.seed, "limit": data.limit, "pretrained": pretrained, "distributed": distributed,
                 "world_size": world_size()}
         history: list[dict[str, Any]] = list(state.history) if state else []
+        loaders = training_data(data, prep)
+        meta["selection"] = loaders.record()
+        test_result: dict[str, float] = {}
 
         def write(best_weights: dict[str, torch.Tensor] | None) -> None:
             if not is_main_process():
                 return
-            best = max(history, key=lambda r: r["test_accuracy"])
-            metrics = {"test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
-                       "seconds": round(time.perf_counter() - started, 1)}
+            best = max(history, key=lambda r: r["val_accuracy"])
+            metrics = {"val_accuracy": best["val_accuracy"], "test_accuracy": test_result.get("accuracy"),
+                       "test_samples": test_result.get("samples"), "best_epoch": best["epoch"],
+                       "selected_on": loaders.selected_on, "seconds": round(time.perf_counter() - started, 1)}
             if best_weights is not None:
                 save_checkpoint(partial, best_weights, kind="fp", model=spec, metrics=metrics, **meta)
             write_text_atomic(metrics_path(partial), json.dumps(
@@ -290,12 +342,15 @@ def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *
         if state is not None and state.history:   # the best so far, as the state has it (a kill may have
             write(state.best_state)                # come between writing the partial file and the state)
         with staged_output(out, resuming=state is not None):
-            train_loader, test_loader = make_loaders(data, prep)
-            fit(net, train_loader, test_loader, cfg, device=dev, on_epoch=on_epoch, log=log, start=state,
-                on_state=_state_writer(out, job, {}))
-        best = max(history, key=lambda r: r["test_accuracy"]) if history else {}
-        return {"model": spec, "checkpoint": str(out), "test_accuracy": best.get("test_accuracy"),
-                "best_epoch": best.get("epoch"), "seconds": round(time.perf_counter() - started, 1)}
+            _, best_state = fit(net, loaders.train, loaders.validation, cfg, device=dev, on_epoch=on_epoch, log=log,
+                                start=state, on_state=_state_writer(out, job, {}))
+            net.load_state_dict(best_state)   # the kept epoch, now evaluated once on the test set
+            test_result.update(evaluate(net, loaders.test, dev, description="test (kept epoch)"))
+            write(best_state)
+        best = max(history, key=lambda r: r["val_accuracy"]) if history else {}
+        return {"model": spec, "checkpoint": str(out), "val_accuracy": best.get("val_accuracy"),
+                "test_accuracy": test_result["accuracy"], "best_epoch": best.get("epoch"),
+                "selected_on": loaders.selected_on, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def check_replicas(record: dict[str, Any], model: torch.nn.Module) -> None:
@@ -435,7 +490,7 @@ def test_data_for(path: str | Path, meta: dict[str, Any], data: DataOptions):
     data = with_recorded(data, meta)
     check_trained_on(path, meta, data.dataset)
     prep = data.preprocessing(recorded=recorded_preprocessing(meta, data.dataset))
-    _, test_loader = make_loaders(data, prep, train=False)
+    test_loader = make_test_loader(data, prep)
     return data, prep, test_loader
 
 
@@ -478,9 +533,12 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
         report = evaluate_snn(snn, test_loader, timesteps, qann=qann, device=dev if backend == "torch" else "cpu",
                               dtype=torch.float64 if double else torch.float32, readout=readout, memory=budget)
     metrics = meta.get("metrics", {})
+    selected_on = qann_selected_on(metrics)
     report.update({
         "title": f"{meta['model']} on {dataset}: {meta.get('bits')}-bit hidden / "
-                 f"{_bits(meta.get('output_bits'))} output, T_in={snn.input_window}",
+                 f"{_bits(meta.get('output_bits'))} output, T_in={snn.input_window}"
+                 + ("; QANN epoch chosen on the test set" if selected_on == "test" else ""),
+        "qann_selected_on": selected_on,
         "fp_accuracy": metrics.get("fp_accuracy"),
         "fp_samples": metrics.get("test_samples"),
         "qann_accuracy_trained": metrics.get("qann_accuracy"),
@@ -494,6 +552,14 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
                    "preprocessing": prep.as_dict()},
     })
     return report
+
+
+def qann_selected_on(metrics: dict[str, Any]) -> str | None:
+    """Where a QANN's kept epoch was chosen: "validation", "test", or None (calibration only). QANNs
+    written before the validation split record nothing and were chosen on the test set."""
+    if metrics.get("selected_on") in ("validation", "test"):
+        return metrics["selected_on"]
+    return "test" if metrics.get("best_epoch") else None
 
 
 def _onnxruntime_network(snn, loader, timesteps: int, device: torch.device, stack: contextlib.ExitStack):
@@ -601,34 +667,38 @@ def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions,
     """The part of :func:`quantize_checkpoint` that reads data: measure, calibrate, QAT, writing
     the best QANN so far to ``partial``. Resuming, the measurements come from ``state``."""
     from qffs.quant import calibrate, quantizers
-    from qffs.train import evaluate
 
-    train_loader, test_loader = make_loaders(data, prep)
+    loaders = training_data(data, prep)
     if state is None:
-        fp = evaluate(fp_model.to(dev), test_loader, dev, description="FP accuracy")
-        batches = _calibration_batches(train_loader, options["calibration_batches"])
+        fp = evaluate(fp_model.to(dev), loaders.test, dev, description="FP accuracy (test)")
+        fp_val = evaluate(fp_model, loaders.validation, dev, description="FP accuracy (validation)")
+        batches = _calibration_batches(loaders.train, options["calibration_batches"])
         calibrate(qann, [b.to(dev) for b in batches], method=options["calibration"])
         broadcast_module(qann)   # under torchrun: rank 0's step sizes (from its shard's batches) everywhere
-        ptq = evaluate(qann, test_loader, dev, description="QANN after calibration")
+        ptq = evaluate(qann, loaders.validation, dev, description="QANN after calibration (validation)")
         input_shape = list(batches[0].shape[1:])
     else:   # measured before the interruption; the weights come from the state
         try:
-            fp, ptq, input_shape = state.extra["fp"], state.extra["ptq"], state.extra["input_shape"]
+            fp, fp_val, ptq, input_shape = (state.extra["fp"], state.extra["fp_val"], state.extra["ptq"],
+                                            state.extra["input_shape"])
         except KeyError:
             raise QffsError(f"{resume_path(out)} is an incomplete resume state; delete it to start over") from None
         fp_model.to(dev)
     meta = {**data_meta(data, prep), **model_provenance(spec), "input_shape": input_shape,
             "bits": options["bits"], "output_bits": options["output_bits"], "calibration": options["calibration"],
             "source_checkpoint": options["source_checkpoint"], "train_config": config_dict(cfg),
-            "batch_size": data.batch_size, "seed": data.seed, "limit": data.limit, "world_size": world_size()}
+            "batch_size": data.batch_size, "seed": data.seed, "limit": data.limit, "world_size": world_size(),
+            "selection": loaders.record()}
     history: list[dict[str, Any]] = list(state.history) if state else []
+    test_result: dict[str, float] = {}
 
     def summary() -> dict[str, Any]:
-        start = {"test_accuracy": ptq["accuracy"], "epoch": 0}   # an epoch must beat it to be kept (ties: earlier)
-        best = max([start, *history], key=lambda r: r["test_accuracy"])
-        return {"fp_accuracy": fp["accuracy"], "test_samples": fp["samples"], "calibrated_accuracy": ptq["accuracy"],
-                "qann_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
-                "seconds": round(time.perf_counter() - started, 1)}
+        start = {"val_accuracy": ptq["accuracy"], "epoch": 0}   # an epoch must beat it to be kept (ties: earlier)
+        best = max([start, *history], key=lambda r: r["val_accuracy"])
+        return {"fp_accuracy": fp["accuracy"], "test_samples": fp["samples"], "fp_val_accuracy": fp_val["accuracy"],
+                "calibrated_val_accuracy": ptq["accuracy"], "qann_val_accuracy": best["val_accuracy"],
+                "qann_accuracy": test_result.get("accuracy"), "best_epoch": best["epoch"],
+                "selected_on": loaders.selected_on, "seconds": round(time.perf_counter() - started, 1)}
 
     def write(trained: torch.nn.Module, save: bool) -> None:
         if not is_main_process():
@@ -650,9 +720,13 @@ def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions,
         qann.load_state_dict(state.best_state)   # writing the partial file and the state)
     write(qann, save=True)   # the calibrated QANN (or, resuming, the best so far) first
     if cfg.epochs > 0:
-        fit(qann, train_loader, test_loader, cfg, device=dev, on_epoch=on_epoch, log=log, start=state,
-            teacher=fp_model if cfg.distill > 0 else None, baseline=ptq["accuracy"],
-            on_state=_state_writer(out, job, {"fp": fp, "ptq": ptq, "input_shape": input_shape}))
+        _, best_state = fit(qann, loaders.train, loaders.validation, cfg, device=dev, on_epoch=on_epoch, log=log,
+                            start=state, teacher=fp_model if cfg.distill > 0 else None, baseline=ptq["accuracy"],
+                            on_state=_state_writer(out, job, {"fp": fp, "fp_val": fp_val, "ptq": ptq,
+                                                              "input_shape": input_shape}))
+        qann.load_state_dict(best_state)
+    test_result.update(evaluate(qann, loaders.test, dev, description="QANN (kept epoch, test)"))
+    write(qann, save=True)
     return {"model": spec, "checkpoint": str(out), **summary()}
 
 
@@ -702,8 +776,9 @@ def _pipeline(checkpoint: str | Path, out: Path, data: DataOptions, cfg: TrainCo
     log(f"[1/3] quantize: {bits}-bit hidden, {_bits(output_bits)} output, {cfg.epochs} QAT epoch(s)")
     q = quantize_checkpoint(checkpoint, out / "qann.pt", data, cfg, bits=bits, output_bits=output_bits,
                             calibration=calibration, model=model, device=device, resume=resume, log=log)
-    log(f"      FP {100 * q['fp_accuracy']:.2f}%  calibrated {100 * q['calibrated_accuracy']:.2f}%  "
-        f"QANN {100 * q['qann_accuracy']:.2f}%  ({q['seconds']:.0f} s)")
+    chosen = "epoch chosen on the TEST set" if q["selected_on"] == "test" else f"validation {100 * q['qann_val_accuracy']:.2f}%"
+    log(f"      FP {100 * q['fp_accuracy']:.2f}%  QANN {100 * q['qann_accuracy']:.2f}% on the test set "
+        f"(epoch {q['best_epoch']}, {chosen})  ({q['seconds']:.0f} s)")
     log("[2/3] convert")
     barrier()                      # under torchrun, rank 0 wrote qann.pt; it alone writes snn.pt
     snn_path = out / "snn.pt"

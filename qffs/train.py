@@ -162,17 +162,20 @@ def _lr_factor(cfg: TrainConfig, progress: float, epoch: int) -> float:
     return 1.0
 
 
-def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
+def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
         device: torch.device | str = "cpu", teacher: nn.Module | None = None,
         on_epoch: Callable[[dict[str, Any], nn.Module], None] | None = None,
         log: Callable[[str], None] = print,
         baseline: float = -1.0, start: TrainState | None = None,
         on_state: Callable[[TrainState], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
-    """Train ``model`` in place; return (per-epoch history, best state dict by test accuracy).
+    """Train ``model`` in place; return (per-epoch history, best state dict by validation accuracy).
 
-    An epoch is "best" (``record["best"]``) only if it beats ``baseline`` and every earlier
-    epoch: QAT passes the calibrated QANN's accuracy, so an epoch worse than the starting point
-    is never kept. If none beats it, the returned state is the starting one.
+    After every epoch the model is evaluated on ``val_loader`` (the held-out part of the training
+    split, :mod:`qffs.split`; never the test set unless the caller chose so and says so). An epoch
+    is "best" (``record["best"]``) only if its validation accuracy beats ``baseline`` and every
+    earlier epoch: QAT passes the calibrated QANN's, so an epoch worse than the starting point is
+    never kept. If none beats it, the returned state is the starting one. The test set is the
+    caller's, evaluated once on the returned state.
 
     ``on_epoch(record, model)`` is called on every rank after each evaluation (rank 0 decides
     what to write). The cosine schedule decays per iteration to zero at the last step.
@@ -247,17 +250,18 @@ def fit(model: nn.Module, train_loader, test_loader, cfg: TrainConfig, *,
         train_time = time.perf_counter() - began
         broadcast_module(model, buffers_only=True)   # torchrun: rank 0's BatchNorm statistics on every rank
         loss_sum, correct, seen = _all_reduce([loss_sum, correct, seen])
-        test = evaluate(model, test_loader, device, description="test")
+        val = evaluate(model, val_loader, device, description="validation")
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                  "test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_tied": test["tied"],
+                  "val_accuracy": val["accuracy"], "val_loss": val["loss"], "val_tied": val["tied"],
+                  "val_samples": val["samples"],
                   "lr": lr, "epoch_seconds": round(train_time, 2)}
         history.append(record)
-        if test["accuracy"] > best_acc:
-            best_acc, best_state = test["accuracy"], copy.deepcopy(model.state_dict())
+        if val["accuracy"] > best_acc:
+            best_acc, best_state = val["accuracy"], copy.deepcopy(model.state_dict())
             record["best"] = True
         if is_main_process():
             log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f}  "
-                f"train {100 * record['train_accuracy']:.2f}%  test {100 * test['accuracy']:.2f}%  "
+                f"train {100 * record['train_accuracy']:.2f}%  validation {100 * val['accuracy']:.2f}%  "
                 f"({train_time:.0f}s)" + ("  *best" if record.get("best") else ""))
         if on_epoch is not None:
             on_epoch(record, model)

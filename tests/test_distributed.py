@@ -16,6 +16,7 @@ import torch
 
 from qffs.distributed import ShardSampler
 from qffs.io import save_checkpoint
+from qffs.split import validation_split
 from tests.conftest import calibrated_shipped_qann
 from tests.test_cli import ENV, QFFS, SHIPPED
 
@@ -74,6 +75,9 @@ def test_quantize_on_two_processes_trains_one_set_of_weights(tmp_path):
     metrics = json.loads((tmp_path / "q.pt.metrics.json").read_text())
     assert metrics["world_size"] == 2
     assert [e["replicas_identical"] for e in metrics["history"]] == [True]   # both ranks: bit-identical weights
+    # the validation split is the single-process one, and its shards hold each held-out image once
+    assert metrics["selection"]["validation"] == validation_split(512, 51, 0).record()
+    assert metrics["history"][0]["val_samples"] == 51
     qann, meta = load_qann(tmp_path / "q.pt")
     x = torch.zeros(2, 1, 28, 28)
     assert qann(x).shape == (2, 10) and meta["world_size"] == 2

@@ -26,7 +26,7 @@ def test_fit_learns_and_returns_best_state():
     before = evaluate(model, test)["accuracy"]
     history, best = fit(model, train, test, TrainConfig(epochs=3, lr=0.1), log=lambda _: None)
     assert len(history) == 3 and history[-1]["lr"] < 0.1  # cosine decays
-    best_acc = max(r["test_accuracy"] for r in history)
+    best_acc = max(r["val_accuracy"] for r in history)
     assert best_acc > 0.95 > before
     model.load_state_dict(best)
     assert evaluate(model, test)["accuracy"] == pytest.approx(best_acc)

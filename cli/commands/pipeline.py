@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from qffs.cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, MEMORY_OPTION, READOUT_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
+from qffs.cli.app import IMAGE_SIZE_OPTION, SELECT_ON_TEST_OPTION, VAL_SEED_OPTION, VAL_SIZE_OPTION, MEAN_OPTION, MEMORY_OPTION, READOUT_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
 
 
 def _finish(report: dict) -> None:
@@ -47,6 +47,9 @@ def run(
     timesteps: int = typer.Option(16, "--timesteps", "-T", help="Simulated time steps."),
     limit: Optional[int] = typer.Option(None, help="Only the first N training samples."),
     test_limit: Optional[int] = typer.Option(None, help="Only the first N test samples."),
+    val_size: Optional[int] = VAL_SIZE_OPTION,
+    val_seed: int = VAL_SEED_OPTION,
+    select_on_test: bool = SELECT_ON_TEST_OPTION,
     double: bool = typer.Option(False, "--double", help="Simulate in float64."),
     readout: str = READOUT_OPTION,
     memory: Optional[str] = MEMORY_OPTION,
@@ -59,7 +62,8 @@ def run(
 
     report = run_pipeline(
         checkpoint, out_dir, DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
-                                         batch_size=batch_size, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size),
+                                         batch_size=batch_size, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size,
+                    val_size=val_size, val_seed=val_seed, select_on_test=select_on_test),
         qat_config(epochs, lr), timesteps=timesteps,
         bits=bits, output_bits=output_bits or None, model=model, device=device, double=double, readout=readout,
         memory=memory, resume=resume, log=typer.echo)

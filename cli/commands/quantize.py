@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from qffs.cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
+from qffs.cli.app import IMAGE_SIZE_OPTION, SELECT_ON_TEST_OPTION, VAL_SEED_OPTION, VAL_SIZE_OPTION, MEAN_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
 
 
 @app.command(
@@ -46,6 +46,9 @@ def quantize(
     calibration: str = typer.Option("mse", help="Step-size initialisation: mse or lsq (2*mean|x|/sqrt(Q))."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
     test_limit: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
+    val_size: Optional[int] = VAL_SIZE_OPTION,
+    val_seed: int = VAL_SEED_OPTION,
+    select_on_test: bool = SELECT_ON_TEST_OPTION,
     seed: int = typer.Option(0, help="Random seed."),
     workers: int = typer.Option(0, help="DataLoader worker processes."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -57,7 +60,8 @@ def quantize(
     result = quantize_checkpoint(
         checkpoint, out,
         DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
-                    batch_size=batch_size, workers=workers, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size),
+                    batch_size=batch_size, workers=workers, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size,
+                    val_size=val_size, val_seed=val_seed, select_on_test=select_on_test),
         qat_config(epochs, lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule, gamma=gamma,
                    distill=distill, temperature=temperature, label_smoothing=label_smoothing, freeze_bn=freeze_bn),
         bits=bits, output_bits=output_bits or None, calibration=calibration, model=model, device=device,
@@ -66,8 +70,13 @@ def quantize(
     from qffs.distributed import main_only
 
     echo = main_only(typer.echo)   # under torchrun: one summary, from rank 0
-    echo(
-        f"FP {100 * result['fp_accuracy']:.2f}%  calibrated {100 * result['calibrated_accuracy']:.2f}%  "
-        f"QANN {100 * result['qann_accuracy']:.2f}% (epoch {result['best_epoch']}, {result['seconds']:.0f} s); "
-        f"wrote {result['checkpoint']}"
-    )
+    echo(quantize_summary(result))
+
+
+def quantize_summary(result: dict) -> str:
+    """One line: FP and QANN test accuracy, where the kept epoch was chosen, and its validation accuracy."""
+    chosen = ("chosen on the TEST set" if result["selected_on"] == "test"
+              else f"validation {100 * result['qann_val_accuracy']:.2f}%")
+    return (f"FP {100 * result['fp_accuracy']:.2f}%  QANN {100 * result['qann_accuracy']:.2f}% on the test set "
+            f"(epoch {result['best_epoch']}, {chosen}; calibrated {100 * result['calibrated_val_accuracy']:.2f}% "
+            f"validation; {result['seconds']:.0f} s); wrote {result['checkpoint']}")

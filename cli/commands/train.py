@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from qffs.cli.app import IMAGE_SIZE_OPTION, MEAN_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
+from qffs.cli.app import IMAGE_SIZE_OPTION, SELECT_ON_TEST_OPTION, VAL_SEED_OPTION, VAL_SIZE_OPTION, MEAN_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
 
 
 @app.command(
@@ -36,6 +36,9 @@ def train(
     pretrained: Optional[str] = typer.Option(None, help="Start from this checkpoint (fine-tuning)."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training samples (quick runs)."),
     test_limit: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
+    val_size: Optional[int] = VAL_SIZE_OPTION,
+    val_seed: int = VAL_SEED_OPTION,
+    select_on_test: bool = SELECT_ON_TEST_OPTION,
     seed: int = typer.Option(0, help="Random seed (initialisation, shuffling, augmentation)."),
     workers: int = typer.Option(0, help="DataLoader worker processes."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -48,7 +51,8 @@ def train(
     result = train_fp(
         model, out,
         DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
-                    batch_size=batch_size, workers=workers, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size),
+                    batch_size=batch_size, workers=workers, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size,
+                    val_size=val_size, val_seed=val_seed, select_on_test=select_on_test),
         TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                     schedule=schedule, gamma=gamma),
         pretrained=pretrained, device=device, resume=resume, log=typer.echo,
@@ -56,6 +60,7 @@ def train(
     from qffs.distributed import main_only
 
     echo = main_only(typer.echo)   # under torchrun: one summary, from rank 0
-    acc = result["test_accuracy"]
-    echo(f"best test accuracy {100 * acc:.2f}% at epoch {result['best_epoch']} "
-         f"({result['seconds']:.0f} s); wrote {result['checkpoint']}")
+    chosen = ("chosen on the TEST set" if result["selected_on"] == "test"
+              else f"chosen on validation, {100 * result['val_accuracy']:.2f}%")
+    echo(f"test accuracy {100 * result['test_accuracy']:.2f}% at epoch {result['best_epoch']} ({chosen}; "
+         f"{result['seconds']:.0f} s); wrote {result['checkpoint']}")
