@@ -620,15 +620,19 @@ def _load_fp(checkpoint: str | Path, model: str | None, data: DataOptions):
 
 def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptions, cfg: TrainConfig, *,
                         bits: int = 2, output_bits: int | None = 3, calibration: str = "mse",
-                        calibration_batches: int = 4, model: str | None = None,
-                        device: str = "auto", resume: bool = False, log=print) -> dict[str, Any]:
+                        calibration_batches: int = 4, model: str | None = None, bit_schedule: str | None = None,
+                        bn_reestimate: bool = True, device: str = "auto", resume: bool = False,
+                        log=print) -> dict[str, Any]:
     """QFFS stage 1: fine-tune a pretrained checkpoint into a ``bits``/``output_bits`` QANN.
 
     Steps: load the FP model, measure its accuracy; ``quantize`` it (every ReLU → LSQ
     quantizer, logits → output quantizer); initialise step sizes on a few training batches;
     QAT for ``cfg.epochs`` (step sizes without weight decay unless ``cfg.no_decay_names`` is
     emptied; with ``cfg.distill > 0`` the FP model is the distillation teacher); keep the best
-    epoch. Writes ``out`` (kind "qann": spec, bits, step sizes, state dict, metrics,
+    epoch. ``bit_schedule`` ("4,3,2"): train the hidden quantizers at falling widths, ending at
+    ``bits`` (:mod:`qffs.quant.schedule`). ``bn_reestimate``: after QAT, recompute BatchNorm's
+    running statistics over training batches with the quantizers in place, kept only if the
+    validation accuracy improves. Writes ``out`` (kind "qann": spec, bits, step sizes, state dict, metrics,
     provenance) and ``.metrics.json`` beside it, by way of ``NAME.partial.pt`` and a resume
     state written after every epoch; ``resume`` continues an interrupted run of the same job.
     """
@@ -643,6 +647,11 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     if output_bits is not None:
         check_bits("--output-bits", output_bits)
     check_method(calibration)
+    from qffs.quant.schedule import parse_bit_schedule, stage_epochs
+
+    schedule = parse_bit_schedule(bit_schedule, bits)
+    if schedule is not None:
+        stage_epochs(cfg.epochs, len(schedule))
     with exclusive(out, "--out"):   # a second run writing the same --out is refused
         init_distributed()
         dev = resolve_device(device)
@@ -652,7 +661,8 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
         fp_model, _, data, prep, spec = _load_fp(checkpoint, model, data)
         qann = quantize(fp_model, bits=bits, output_bits=output_bits).to(dev)
         options = {"bits": bits, "output_bits": output_bits, "calibration": calibration,
-                   "calibration_batches": calibration_batches}
+                   "calibration_batches": calibration_batches, "bit_schedule": list(schedule) if schedule else None,
+                   "bn_reestimate": bn_reestimate}
         job = _job(data, prep, spec, cfg, kind="qann", source=str(Path(checkpoint).resolve()), **options)
         state = _resume_from(out, resume, job, log)
         started = time.perf_counter()
@@ -668,7 +678,13 @@ def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions,
     the best QANN so far to ``partial``. Resuming, the measurements come from ``state``."""
     from qffs.quant import calibrate, quantizers
 
+    from qffs.quant.schedule import first_final_epoch, hidden_bits, reestimate_batchnorm, set_hidden_bits, stage_bits
+
     loaders = training_data(data, prep)
+    schedule = tuple(options["bit_schedule"]) if options["bit_schedule"] else None
+    if schedule is not None:   # the width the run is at: its first stage's, or that of the last finished epoch
+        done = state.epoch if state is not None else 0
+        set_hidden_bits(qann, stage_bits(schedule, cfg.epochs, max(done - 1, 0)), keep_range=False)
     if state is None:
         fp = evaluate(fp_model.to(dev), loaders.test, dev, description="FP accuracy (test)")
         fp_val = evaluate(fp_model, loaders.validation, dev, description="FP accuracy (validation)")
@@ -686,19 +702,22 @@ def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions,
         fp_model.to(dev)
     meta = {**data_meta(data, prep), **model_provenance(spec), "input_shape": input_shape,
             "bits": options["bits"], "output_bits": options["output_bits"], "calibration": options["calibration"],
-            "source_checkpoint": options["source_checkpoint"], "train_config": config_dict(cfg),
-            "batch_size": data.batch_size, "seed": data.seed, "limit": data.limit, "world_size": world_size(),
-            "selection": loaders.record()}
+            "bit_schedule": options["bit_schedule"], "source_checkpoint": options["source_checkpoint"],
+            "train_config": config_dict(cfg), "batch_size": data.batch_size, "seed": data.seed, "limit": data.limit,
+            "world_size": world_size(), "selection": loaders.record()}
     history: list[dict[str, Any]] = list(state.history) if state else []
     test_result: dict[str, float] = {}
+    batchnorm: dict[str, Any] = {}
 
     def summary() -> dict[str, Any]:
-        start = {"val_accuracy": ptq["accuracy"], "epoch": 0}   # an epoch must beat it to be kept (ties: earlier)
-        best = max([start, *history], key=lambda r: r["val_accuracy"])
+        kept = [r for r in history if r.get("best")]   # fit flags each new best; the last one is kept
+        best = kept[-1] if kept else {"val_accuracy": ptq["accuracy"], "epoch": 0}
         return {"fp_accuracy": fp["accuracy"], "test_samples": fp["samples"], "fp_val_accuracy": fp_val["accuracy"],
-                "calibrated_val_accuracy": ptq["accuracy"], "qann_val_accuracy": best["val_accuracy"],
+                "calibrated_val_accuracy": ptq["accuracy"], "calibrated_bits": schedule[0] if schedule else options["bits"],
+                "qann_val_accuracy": batchnorm.get("val_accuracy", best["val_accuracy"]),
                 "qann_accuracy": test_result.get("accuracy"), "best_epoch": best["epoch"],
-                "selected_on": loaders.selected_on, "seconds": round(time.perf_counter() - started, 1)}
+                "selected_on": loaders.selected_on, **({"batchnorm_reestimated": batchnorm} if batchnorm else {}),
+                "seconds": round(time.perf_counter() - started, 1)}
 
     def write(trained: torch.nn.Module, save: bool) -> None:
         if not is_main_process():
@@ -713,21 +732,68 @@ def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions,
 
     def on_epoch(record: dict[str, Any], trained: torch.nn.Module) -> None:
         check_replicas(record, trained)
+        record["bits"] = hidden_bits(trained)
         history.append(record)
         write(trained, save=bool(record.get("best")))
+
+    def next_stage(epoch: int) -> None:   # a bit schedule's change of width, before the epoch trains
+        width = stage_bits(schedule, cfg.epochs, epoch)
+        if width != hidden_bits(qann):
+            old = hidden_bits(qann)
+            set_hidden_bits(qann, width)
+            calibrate(qann, [b.to(dev) for b in _calibration_batches(loaders.train, options["calibration_batches"])],
+                      method=options["calibration"], only_hidden=True)
+            used = reestimate_batchnorm(qann, _calibration_batches(loaders.train, BATCHNORM_BATCHES))
+            broadcast_module(qann)   # torchrun: rank 0's steps and statistics everywhere
+            log(f"bit schedule: hidden {old} -> {width} bits from epoch {epoch + 1} (steps re-calibrated, "
+                f"BatchNorm re-estimated on {used:,} images)")
 
     if state is not None:   # the best so far as the state has it (a kill may have come between
         qann.load_state_dict(state.best_state)   # writing the partial file and the state)
     write(qann, save=True)   # the calibrated QANN (or, resuming, the best so far) first
     if cfg.epochs > 0:
         _, best_state = fit(qann, loaders.train, loaders.validation, cfg, device=dev, on_epoch=on_epoch, log=log,
-                            start=state, teacher=fp_model if cfg.distill > 0 else None, baseline=ptq["accuracy"],
+                            start=state, teacher=fp_model if cfg.distill > 0 else None,
+                            baseline=ptq["accuracy"] if schedule is None else -1.0,
                             on_state=_state_writer(out, job, {"fp": fp, "fp_val": fp_val, "ptq": ptq,
-                                                              "input_shape": input_shape}))
+                                                              "input_shape": input_shape}),
+                            on_epoch_start=None if schedule is None else next_stage,
+                            keep_from=0 if schedule is None else first_final_epoch(schedule, cfg.epochs))
+        if schedule is not None:
+            set_hidden_bits(qann, options["bits"], keep_range=False)   # the kept epoch is a final-width one
         qann.load_state_dict(best_state)
+        if options["bn_reestimate"]:
+            batchnorm.update(_reestimate_if_better(qann, loaders, summary()["qann_val_accuracy"], dev, log))
     test_result.update(evaluate(qann, loaders.test, dev, description="QANN (kept epoch, test)"))
     write(qann, save=True)
     return {"model": spec, "checkpoint": str(out), **summary()}
+
+
+#: Training batches over which BatchNorm statistics are re-estimated (bit-schedule changes, after QAT).
+BATCHNORM_BATCHES = 50
+
+
+def _reestimate_if_better(qann: torch.nn.Module, loaders: TrainingData, kept_val: float, dev: torch.device,
+                          log) -> dict[str, Any]:
+    """BatchNorm statistics recomputed over training batches with the quantizers in place; kept only
+    if the validation accuracy rises (else the trained statistics are put back). Returns what happened."""
+    import copy
+
+    from qffs.quant.schedule import reestimate_batchnorm
+
+    before = copy.deepcopy(qann.state_dict())
+    used = reestimate_batchnorm(qann, _calibration_batches(loaders.train, BATCHNORM_BATCHES))
+    if used == 0:
+        return {}
+    broadcast_module(qann, buffers_only=True)
+    after = evaluate(qann, loaders.validation, dev, description="QANN, BatchNorm re-estimated (validation)")["accuracy"]
+    kept = after > kept_val
+    if not kept:
+        qann.load_state_dict(before)
+    log(f"BatchNorm re-estimated on {used:,} training images: validation {100 * kept_val:.2f}% -> "
+        f"{100 * after:.2f}% ({'kept' if kept else 'not kept'})")
+    return {"images": used, "val_accuracy_before": kept_val, "val_accuracy_after": after, "kept": kept,
+            **({"val_accuracy": after} if kept else {})}
 
 
 def shipped_model(name: str) -> Path:

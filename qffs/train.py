@@ -167,7 +167,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
         on_epoch: Callable[[dict[str, Any], nn.Module], None] | None = None,
         log: Callable[[str], None] = print,
         baseline: float = -1.0, start: TrainState | None = None,
-        on_state: Callable[[TrainState], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+        on_state: Callable[[TrainState], None] | None = None,
+        on_epoch_start: Callable[[int], None] | None = None, keep_from: int = 0) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
     """Train ``model`` in place; return (per-epoch history, best state dict by validation accuracy).
 
     After every epoch the model is evaluated on ``val_loader`` (the held-out part of the training
@@ -175,7 +176,9 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
     is "best" (``record["best"]``) only if its validation accuracy beats ``baseline`` and every
     earlier epoch: QAT passes the calibrated QANN's, so an epoch worse than the starting point is
     never kept. If none beats it, the returned state is the starting one. The test set is the
-    caller's, evaluated once on the returned state.
+    caller's, evaluated once on the returned state. Epochs before the 0-based ``keep_from`` are
+    never kept, and ``on_epoch_start(epoch)`` runs before each epoch (also the first one resumed):
+    a bit schedule (:mod:`qffs.quant.schedule`) changes widths there and keeps only final-width epochs.
 
     ``on_epoch(record, model)`` is called on every rank after each evaluation (rank 0 decides
     what to write). The cosine schedule decays per iteration to zero at the last step.
@@ -218,6 +221,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
     for epoch in range(first, cfg.epochs):
         if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
         net.train()
         if cfg.freeze_bn:
             freeze_batchnorm(model)
@@ -256,7 +261,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
                   "val_samples": val["samples"],
                   "lr": lr, "epoch_seconds": round(train_time, 2)}
         history.append(record)
-        if val["accuracy"] > best_acc:
+        if epoch >= keep_from and val["accuracy"] > best_acc:
             best_acc, best_state = val["accuracy"], copy.deepcopy(model.state_dict())
             record["best"] = True
         if is_main_process():

@@ -43,6 +43,9 @@ def quantize(
     label_smoothing: float = typer.Option(0.0, help="Label smoothing of the cross-entropy (0: off)."),
     distill: float = typer.Option(0.0, help="Weight of knowledge distillation from the FP model (0: off, 0.5: half CE, half soft targets)."),
     temperature: float = typer.Option(1.0, help="Softmax temperature of the distillation term."),
+    bit_schedule: Optional[str] = typer.Option(None, "--bit-schedule", metavar="B1,B2,..",
+                                               help="Progressive precision, e.g. 4,3,2 (ending at --bits): the epochs are split across the widths, each change keeps every clipping range s*Q and re-estimates BatchNorm; only final-width epochs are kept."),
+    bn_reestimate: bool = typer.Option(True, "--bn-reestimate/--no-bn-reestimate", help="After QAT, recompute BatchNorm statistics over training batches with the quantizers in place; kept only if the validation accuracy rises."),
     calibration: str = typer.Option("mse", help="Step-size initialisation: mse or lsq (2*mean|x|/sqrt(Q))."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
     test_limit: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
@@ -65,6 +68,7 @@ def quantize(
         qat_config(epochs, lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule, gamma=gamma,
                    distill=distill, temperature=temperature, label_smoothing=label_smoothing, freeze_bn=freeze_bn),
         bits=bits, output_bits=output_bits or None, calibration=calibration, model=model, device=device,
+        bit_schedule=bit_schedule, bn_reestimate=bn_reestimate,
         resume=resume, log=typer.echo,
     )
     from qffs.distributed import main_only
@@ -78,5 +82,5 @@ def quantize_summary(result: dict) -> str:
     chosen = ("chosen on the TEST set" if result["selected_on"] == "test"
               else f"validation {100 * result['qann_val_accuracy']:.2f}%")
     return (f"FP {100 * result['fp_accuracy']:.2f}%  QANN {100 * result['qann_accuracy']:.2f}% on the test set "
-            f"(epoch {result['best_epoch']}, {chosen}; calibrated {100 * result['calibrated_val_accuracy']:.2f}% "
-            f"validation; {result['seconds']:.0f} s); wrote {result['checkpoint']}")
+            f"(epoch {result['best_epoch']}, {chosen}; calibrated at {result['calibrated_bits']} bits "
+            f"{100 * result['calibrated_val_accuracy']:.2f}% validation; {result['seconds']:.0f} s); wrote {result['checkpoint']}")

@@ -155,6 +155,7 @@ def calibrate(
     *,
     sequential: bool = True,
     max_samples: int = MAX_SAMPLES,
+    only_hidden: bool = False,
 ) -> dict[str, float]:
     """Initialise every :class:`LSQActivation` step of ``qann`` from calibration batches.
 
@@ -163,9 +164,11 @@ def calibrate(
     ``"mse"`` (default: lowest quantization error, clearly better accuracy at 2 bits) or
     ``"lsq"`` (LSQ's rule on the first batch). Runs in eval mode under ``no_grad`` and
     restores every module's train/eval mode. Returns {quantizer name: step}, in graph order.
+    ``only_hidden``: leave the output quantizer's step as it is (a bit schedule changes only the
+    hidden width).
     """
     check_method(method)
-    named = quantizers(qann)
+    named = [(n, q) for n, q in quantizers(qann) if not (only_hidden and q.is_output)]
     if not named:
         return {}
     data = [_as_input(batch, _device(qann)) for batch in batches]
