@@ -621,8 +621,8 @@ def _load_fp(checkpoint: str | Path, model: str | None, data: DataOptions):
 def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptions, cfg: TrainConfig, *,
                         bits: int = 2, output_bits: int | None = 3, calibration: str = "mse",
                         calibration_batches: int = 4, model: str | None = None, bit_schedule: str | None = None,
-                        bn_reestimate: bool = True, device: str = "auto", resume: bool = False,
-                        log=print) -> dict[str, Any]:
+                        bn_reestimate: bool = True, recipe: str | None = None, device: str = "auto",
+                        resume: bool = False, log=print) -> dict[str, Any]:
     """QFFS stage 1: fine-tune a pretrained checkpoint into a ``bits``/``output_bits`` QANN.
 
     Steps: load the FP model, measure its accuracy; ``quantize`` it (every ReLU → LSQ
@@ -662,7 +662,7 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
         qann = quantize(fp_model, bits=bits, output_bits=output_bits).to(dev)
         options = {"bits": bits, "output_bits": output_bits, "calibration": calibration,
                    "calibration_batches": calibration_batches, "bit_schedule": list(schedule) if schedule else None,
-                   "bn_reestimate": bn_reestimate}
+                   "bn_reestimate": bn_reestimate, "recipe": recipe}
         job = _job(data, prep, spec, cfg, kind="qann", source=str(Path(checkpoint).resolve()), **options)
         state = _resume_from(out, resume, job, log)
         started = time.perf_counter()
@@ -702,7 +702,7 @@ def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions,
         fp_model.to(dev)
     meta = {**data_meta(data, prep), **model_provenance(spec), "input_shape": input_shape,
             "bits": options["bits"], "output_bits": options["output_bits"], "calibration": options["calibration"],
-            "bit_schedule": options["bit_schedule"], "source_checkpoint": options["source_checkpoint"],
+            "bit_schedule": options["bit_schedule"], "bn_reestimate": options["bn_reestimate"], "recipe": options["recipe"], "source_checkpoint": options["source_checkpoint"],
             "train_config": config_dict(cfg), "batch_size": data.batch_size, "seed": data.seed, "limit": data.limit,
             "world_size": world_size(), "selection": loaders.record()}
     history: list[dict[str, Any]] = list(state.history) if state else []
@@ -796,6 +796,38 @@ def _reestimate_if_better(qann: torch.nn.Module, loaders: TrainingData, kept_val
             **({"val_accuracy": after} if kept else {})}
 
 
+def describe_recipe(meta: dict[str, Any]) -> str | None:
+    """One line on how a trained artifact was made: epochs, optimiser, schedule, distillation, bit
+    schedule, BatchNorm re-estimation, and where its epoch was chosen (None: nothing recorded)."""
+    cfg = meta.get("train_config")
+    if not isinstance(cfg, dict):
+        return None
+    kind = "QAT" if meta.get("kind") in ("qann", "snn") else "training"
+    named = f"{meta['recipe']} — " if meta.get("recipe") else ""
+    parts = [f"{named}{kind} {cfg.get('epochs')} epoch(s), SGD lr {cfg.get('lr')} {cfg.get('schedule')}, momentum "
+             f"{cfg.get('momentum')}, weight decay {cfg.get('weight_decay')}, batch {meta.get('batch_size')}"]
+    if cfg.get("distill"):
+        parts.append(f"distillation from the FP network {cfg['distill']} (temperature {cfg.get('temperature')})")
+    if cfg.get("label_smoothing"):
+        parts.append(f"label smoothing {cfg['label_smoothing']}")
+    if cfg.get("freeze_bn"):
+        parts.append("BatchNorm frozen")
+    if meta.get("bit_schedule"):
+        parts.append("bit schedule " + ",".join(str(b) for b in meta["bit_schedule"]))
+    reestimated = (meta.get("metrics") or {}).get("batchnorm_reestimated") if isinstance(meta.get("metrics"), dict) else None
+    if isinstance(reestimated, dict) and "kept" in reestimated:
+        parts.append("BatchNorm re-estimated after QAT" if reestimated["kept"] else
+                     "BatchNorm re-estimation tried, not kept")
+    selection = meta.get("selection") if isinstance(meta.get("selection"), dict) else {}
+    split = selection.get("validation")
+    if isinstance(split, dict):
+        parts.append(f"epoch chosen on validation ({split.get('size')} training images held out, seed "
+                     f"{split.get('seed')}, sha256 {split.get('sha256')})")
+    else:
+        parts.append("epoch chosen on the TEST set")
+    return "; ".join(parts)
+
+
 def shipped_model(name: str) -> Path:
     """A checkpoint shipped with qffs: installed as package data (``qffs/shipped/``), or, in a
     checkout, in ``models/`` at the top of the repository."""
@@ -814,6 +846,7 @@ def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions,
                  timesteps: int = 16, bits: int = 2, output_bits: int | None = 3, model: str | None = None,
                  calibration: str = "mse", device: str = "auto", double: bool = False,
                  readout: str = DEFAULT_READOUT, memory: str | int | None = None, resume: bool = False,
+                 bit_schedule: str | None = None, bn_reestimate: bool = True, recipe: str | None = None,
                  log=print) -> dict[str, Any]:
     """All three stages: quantize (QAT) → convert → evaluate, into ``out_dir`` (``resume``: continue
     an interrupted QAT there).
@@ -829,19 +862,22 @@ def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions,
     with exclusive(out, "--out-dir"):   # two runs never write one directory
         return _pipeline(checkpoint, out, data, cfg, timesteps=timesteps, bits=bits, output_bits=output_bits,
                          model=model, calibration=calibration, device=device, double=double, readout=readout,
-                         memory=memory, resume=resume, log=log)
+                         memory=memory, resume=resume, bit_schedule=bit_schedule, bn_reestimate=bn_reestimate,
+                         recipe=recipe, log=log)
 
 
 def _pipeline(checkpoint: str | Path, out: Path, data: DataOptions, cfg: TrainConfig, *, timesteps: int, bits: int,
               output_bits: int | None, model: str | None, calibration: str, device: str, double: bool, readout: str,
-              memory: str | int | None, resume: bool, log) -> dict[str, Any]:
+              memory: str | int | None, resume: bool, bit_schedule: str | None, bn_reestimate: bool,
+              recipe: str | None, log) -> dict[str, Any]:
     from qffs.report import write_report
 
     started = time.perf_counter()
     log = main_only(log)
     log(f"[1/3] quantize: {bits}-bit hidden, {_bits(output_bits)} output, {cfg.epochs} QAT epoch(s)")
     q = quantize_checkpoint(checkpoint, out / "qann.pt", data, cfg, bits=bits, output_bits=output_bits,
-                            calibration=calibration, model=model, device=device, resume=resume, log=log)
+                            calibration=calibration, model=model, device=device, resume=resume,
+                            bit_schedule=bit_schedule, bn_reestimate=bn_reestimate, recipe=recipe, log=log)
     chosen = "epoch chosen on the TEST set" if q["selected_on"] == "test" else f"validation {100 * q['qann_val_accuracy']:.2f}%"
     log(f"      FP {100 * q['fp_accuracy']:.2f}%  QANN {100 * q['qann_accuracy']:.2f}% on the test set "
         f"(epoch {q['best_epoch']}, {chosen})  ({q['seconds']:.0f} s)")

@@ -104,6 +104,9 @@ def test_quantize_chooses_on_validation_and_tests_the_kept_weights_once(cli, tmp
     test = evaluate(qann, make_test_loader(DataOptions(dataset="fashion-mnist", test_limit=300)))
     assert m["qann_accuracy"] == test["accuracy"]
     assert f"QANN {100 * test['accuracy']:.2f}% on the test set (epoch {m['best_epoch']}, validation" in r.stdout
+    info = cli("info", out).stdout
+    assert "recipe: QAT 2 epoch(s), SGD lr 0.01 cosine" in info
+    assert f"epoch chosen on validation (100 training images held out, seed 4, sha256 {meta['selection']['validation']['sha256']})" in info
 
 
 @pytest.mark.slow

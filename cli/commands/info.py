@@ -26,5 +26,10 @@ def info(checkpoint: Path = typer.Argument(..., help="A .pt/.pth/.th/.safetensor
         if ckpt.meta.get(key) is not None:
             value = ckpt.meta[key]
             typer.echo(f"  {key}: {printable(json.dumps(value) if isinstance(value, (dict, list)) else str(value))}")
+    from qffs.recipes import describe_recipe
+
+    recipe = describe_recipe({**ckpt.meta, "kind": ckpt.kind})
+    if recipe:
+        typer.echo(f"  recipe: {printable(recipe)}")
     if "metrics" in ckpt.meta:
         typer.echo(f"  metrics: {printable(json.dumps(ckpt.meta['metrics']))}")

@@ -7,7 +7,12 @@ from typing import Optional
 
 import typer
 
+from qffs.qat_recipe import DEFAULT_RECIPE, RECIPES, by_recipe, resolve_recipe
 from qffs.cli.app import IMAGE_SIZE_OPTION, SELECT_ON_TEST_OPTION, VAL_SEED_OPTION, VAL_SIZE_OPTION, MEAN_OPTION, MEMORY_OPTION, READOUT_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
+
+
+#: QAT epochs of ``qffs demo``: a few minutes on a laptop CPU.
+DEMO_EPOCHS = 1
 
 
 def _finish(report: dict) -> None:
@@ -41,9 +46,10 @@ def run(
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     bits: int = typer.Option(2, help="Hidden activation bits."),
     output_bits: int = typer.Option(3, help="Output bits; 0 keeps the output analog."),
-    epochs: int = typer.Option(3, help="QAT epochs."),
-    lr: float = typer.Option(0.01, help="QAT learning rate."),
-    batch_size: int = typer.Option(128, help="QAT batch size."),
+    recipe: str = typer.Option(DEFAULT_RECIPE, "--recipe", help="QAT recipe (see qffs quantize --help): qffs or paper."),
+    epochs: Optional[int] = typer.Option(None, help="QAT epochs. " + by_recipe("epochs")),
+    lr: Optional[float] = typer.Option(None, help="QAT learning rate. " + by_recipe("lr")),
+    batch_size: Optional[int] = typer.Option(None, help="QAT batch size. " + by_recipe("batch_size")),
     timesteps: int = typer.Option(16, "--timesteps", "-T", help="Simulated time steps."),
     limit: Optional[int] = typer.Option(None, help="Only the first N training samples."),
     test_limit: Optional[int] = typer.Option(None, help="Only the first N test samples."),
@@ -58,22 +64,24 @@ def run(
     resume: bool = RESUME_OPTION,
 ) -> None:
     """Quantize, convert and evaluate in one go: a pretrained checkpoint → latency–accuracy curve."""
-    from qffs.recipes import DataOptions, qat_config, run_pipeline
+    from qffs.recipes import DataOptions, run_pipeline
 
+    chosen = resolve_recipe(recipe, epochs=epochs, lr=lr, batch_size=batch_size)
     report = run_pipeline(
         checkpoint, out_dir, DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
-                                         batch_size=batch_size, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size,
+                                         batch_size=chosen.batch_size, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size,
                     val_size=val_size, val_seed=val_seed, select_on_test=select_on_test),
-        qat_config(epochs, lr), timesteps=timesteps,
+        chosen.train_config(), timesteps=timesteps,
         bits=bits, output_bits=output_bits or None, model=model, device=device, double=double, readout=readout,
-        memory=memory, resume=resume, log=typer.echo)
+        memory=memory, resume=resume, bit_schedule=chosen.bit_schedule, bn_reestimate=chosen.bn_reestimate,
+        recipe=recipe, log=typer.echo)
     _finish(report)
 
 
 @app.command("demo", epilog=examples("qffs demo", "qffs demo --epochs 2 --out-dir runs/demo2"))
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out-dir", help="Where the results go."),
-    epochs: int = typer.Option(1, help="QAT epochs (1 keeps the demo to a few minutes on a laptop CPU)."),
+    epochs: int = typer.Option(DEMO_EPOCHS, help="QAT epochs of the default recipe: 1 keeps the demo to a few minutes on a laptop CPU (the recipe itself runs " + str(RECIPES[DEFAULT_RECIPE].epochs) + ")."),
     timesteps: int = typer.Option(16, "--timesteps", "-T", help="Simulated time steps."),
     limit: Optional[int] = typer.Option(None, help="Only the first N training samples (faster, less accurate)."),
     test_limit: Optional[int] = typer.Option(None, help="Only the first N test samples."),
@@ -82,12 +90,17 @@ def demo(
 ) -> None:
     """The embedded default: shipped Fashion-MNIST VGG → 2/3-bit QANN → SNN → curve, table and plot."""
     from qffs.errors import QffsError
-    from qffs.recipes import SHIPPED_FMNIST, DataOptions, qat_config, run_pipeline
+    from qffs.recipes import SHIPPED_FMNIST, DataOptions, run_pipeline
 
+    chosen = resolve_recipe(DEFAULT_RECIPE, epochs=epochs)
+    if epochs < RECIPES[DEFAULT_RECIPE].epochs:
+        typer.echo(f"demo: {epochs} QAT epoch(s) of the default recipe, which runs {RECIPES[DEFAULT_RECIPE].epochs} "
+                   f"(qffs quantize): a shorter, less accurate schedule that fits a few minutes")
     if not SHIPPED_FMNIST.is_file():
         raise QffsError(f"the shipped checkpoint {SHIPPED_FMNIST} is missing (a broken install?)")
     report = run_pipeline(
-        SHIPPED_FMNIST, out_dir, DataOptions(dataset="fashion-mnist", limit=limit, test_limit=test_limit),
-        qat_config(epochs), timesteps=timesteps, readout=readout, resume=resume,
-        log=typer.echo)
+        SHIPPED_FMNIST, out_dir, DataOptions(dataset="fashion-mnist", limit=limit, test_limit=test_limit,
+                                             batch_size=chosen.batch_size),
+        chosen.train_config(), timesteps=timesteps, readout=readout, resume=resume,
+        bit_schedule=chosen.bit_schedule, bn_reestimate=chosen.bn_reestimate, recipe=DEFAULT_RECIPE, log=typer.echo)
     _finish(report)

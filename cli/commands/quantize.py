@@ -7,13 +7,17 @@ from typing import Optional
 
 import typer
 
+from qffs.qat_recipe import DEFAULT_RECIPE, by_recipe
 from qffs.cli.app import IMAGE_SIZE_OPTION, SELECT_ON_TEST_OPTION, VAL_SEED_OPTION, VAL_SIZE_OPTION, MEAN_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
 
 
 @app.command(
     "quantize",
     epilog=examples(
-        "qffs quantize models/fmnist_vgg_small.pt --out qann.pt    # 2-bit hidden, 3-bit output, 3 epochs",
+        "qffs quantize models/fmnist_vgg_small.pt --out qann.pt    # 2-bit hidden, 3-bit output, recipe qffs",
+        "qffs quantize fp.pt --out q.pt --epochs 3                 # a shorter run of the default recipe",
+        "qffs quantize fp.pt --out q.pt --recipe paper              # QFFS's own: 40 epochs, batch 32, exp decay",
+        "qffs quantize fp.pt --out q.pt --bit-schedule 4,3,2        # progressive precision",
         "qffs quantize fp.pt --out qann_analog.pt --output-bits 0  # analog (float) output",
         "qffs quantize resnet20.th --model resnet20 --dataset cifar10-jpeg --epochs 1 --limit 5000 --out r20q.pt",
         "qffs quantize ckpt.pth --model repo/resnet.py:resnet20 --dataset cifar10-jpeg \\",
@@ -31,21 +35,21 @@ def quantize(
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     bits: int = typer.Option(2, help="Bits of the hidden activations (Q = 2^bits - 1 levels)."),
     output_bits: int = typer.Option(3, help="Bits of the output (logits) quantizer; 0 keeps the output analog."),
-    epochs: int = typer.Option(3, help="Quantization-aware training epochs (0: calibration only)."),
-    lr: float = typer.Option(0.01, help="Initial learning rate (paper: 0.01)."),
-    momentum: float = typer.Option(0.9, help="SGD momentum (paper: 0.9)."),
-    weight_decay: float = typer.Option(5e-4, help="Weight decay (paper: 5e-4); not applied to step sizes."),
-    schedule: str = typer.Option("cosine", help="Learning-rate decay: cosine (to 0 over the run; measured better "
-                                                "for short QAT), exp (the paper's) or constant."),
-    gamma: float = typer.Option(0.9, help="Per-epoch decay factor for --schedule exp (paper: exponential decay)."),
-    batch_size: int = typer.Option(128, help="Batch size (paper: 32; larger is faster on CPU)."),
-    freeze_bn: bool = typer.Option(False, "--freeze-bn/--no-freeze-bn", help="BatchNorm keeps its running statistics during QAT."),
-    label_smoothing: float = typer.Option(0.0, help="Label smoothing of the cross-entropy (0: off)."),
-    distill: float = typer.Option(0.0, help="Weight of knowledge distillation from the FP model (0: off, 0.5: half CE, half soft targets)."),
-    temperature: float = typer.Option(1.0, help="Softmax temperature of the distillation term."),
+    recipe: str = typer.Option(DEFAULT_RECIPE, "--recipe", help="QAT recipe the options below start from: qffs (what measured best, docs/results.md) or paper (QFFS's Table 2). An option given explicitly replaces the recipe's value."),
+    epochs: Optional[int] = typer.Option(None, help="Quantization-aware training epochs (0: calibration only). " + by_recipe("epochs")),
+    lr: Optional[float] = typer.Option(None, help="Initial learning rate. " + by_recipe("lr")),
+    momentum: Optional[float] = typer.Option(None, help="SGD momentum. " + by_recipe("momentum")),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay, not applied to step sizes. " + by_recipe("weight_decay")),
+    schedule: Optional[str] = typer.Option(None, help="Learning-rate decay: cosine (to 0 over the run), exp or constant. " + by_recipe("schedule")),
+    gamma: Optional[float] = typer.Option(None, help="Per-epoch decay factor for --schedule exp. " + by_recipe("gamma")),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (larger is faster on CPU). " + by_recipe("batch_size")),
+    freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--no-freeze-bn", help="BatchNorm keeps its running statistics during QAT. " + by_recipe("freeze_bn")),
+    label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing of the cross-entropy (0: off). " + by_recipe("label_smoothing")),
+    distill: Optional[float] = typer.Option(None, help="Weight of knowledge distillation from the FP model (0: off, 0.5: half CE, half soft targets). " + by_recipe("distill")),
+    temperature: Optional[float] = typer.Option(None, help="Softmax temperature of the distillation term. " + by_recipe("temperature")),
     bit_schedule: Optional[str] = typer.Option(None, "--bit-schedule", metavar="B1,B2,..",
-                                               help="Progressive precision, e.g. 4,3,2 (ending at --bits): the epochs are split across the widths, each change keeps every clipping range s*Q and re-estimates BatchNorm; only final-width epochs are kept."),
-    bn_reestimate: bool = typer.Option(True, "--bn-reestimate/--no-bn-reestimate", help="After QAT, recompute BatchNorm statistics over training batches with the quantizers in place; kept only if the validation accuracy rises."),
+                                               help="Progressive precision, e.g. 4,3,2 (ending at --bits): the epochs are split across the widths; at each change the steps are carried over as s*Q_old/Q_new and re-calibrated and BatchNorm is re-estimated; only final-width epochs are kept. " + by_recipe("bit_schedule")),
+    bn_reestimate: Optional[bool] = typer.Option(None, "--bn-reestimate/--no-bn-reestimate", help="After QAT, recompute BatchNorm statistics over training batches with the quantizers in place; kept only if the validation accuracy rises. " + by_recipe("bn_reestimate")),
     calibration: str = typer.Option("mse", help="Step-size initialisation: mse or lsq (2*mean|x|/sqrt(Q))."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
     test_limit: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
@@ -58,17 +62,21 @@ def quantize(
     resume: bool = RESUME_OPTION,
 ) -> None:
     """Fine-tune a pretrained model into a quantized ANN (2-bit hidden, 3-bit output by default)."""
-    from qffs.recipes import DataOptions, qat_config, quantize_checkpoint
+    from qffs.qat_recipe import resolve_recipe
+    from qffs.recipes import DataOptions, quantize_checkpoint
 
+    chosen = resolve_recipe(recipe, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                            schedule=schedule, gamma=gamma, batch_size=batch_size, freeze_bn=freeze_bn,
+                            label_smoothing=label_smoothing, distill=distill, temperature=temperature,
+                            bit_schedule=bit_schedule, bn_reestimate=bn_reestimate)
     result = quantize_checkpoint(
         checkpoint, out,
         DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
-                    batch_size=batch_size, workers=workers, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size,
+                    batch_size=chosen.batch_size, workers=workers, seed=seed, mean=channel_values(mean, "--mean"),
+                    std=channel_values(std, "--std"), image_size=image_size,
                     val_size=val_size, val_seed=val_seed, select_on_test=select_on_test),
-        qat_config(epochs, lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule, gamma=gamma,
-                   distill=distill, temperature=temperature, label_smoothing=label_smoothing, freeze_bn=freeze_bn),
-        bits=bits, output_bits=output_bits or None, calibration=calibration, model=model, device=device,
-        bit_schedule=bit_schedule, bn_reestimate=bn_reestimate,
+        chosen.train_config(), bits=bits, output_bits=output_bits or None, calibration=calibration, model=model,
+        device=device, bit_schedule=chosen.bit_schedule, bn_reestimate=chosen.bn_reestimate, recipe=recipe,
         resume=resume, log=typer.echo,
     )
     from qffs.distributed import main_only
