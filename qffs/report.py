@@ -140,11 +140,13 @@ def plot_curve(report: dict[str, Any], path: str | Path) -> Path:
     return save_accuracy_plot(fig, ax, report.get("title", "latency–accuracy"), path)
 
 
-def save_accuracy_plot(fig, ax, title: str, path: str | Path, legend_size: int = 8) -> Path:
-    """Label an accuracy-per-time-step axis, then write the figure as PNG atomically and close it."""
+def save_accuracy_plot(fig, ax, title: str, path: str | Path, legend_size: int = 8,
+                       xlabel: str = "time step t") -> Path:
+    """Label an accuracy axis (against time steps unless ``xlabel`` says otherwise), then write the
+    figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-    ax.set_xlabel("time step t")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("\n".join(textwrap.wrap(title, 72)), fontsize=9)
     ax.grid(alpha=0.3)
