@@ -7,9 +7,12 @@ alone, on edge values and at sizes split across threads.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,7 +162,8 @@ def test_the_library_is_built_once_into_the_cache(tmp_path, monkeypatch):
     native.library.cache_clear()
     try:
         assert native.library() is not None
-        (built,) = tmp_path.iterdir()
+        built, recorded = sorted(tmp_path.iterdir())          # the library and its SHA-256, nothing else
+        assert recorded.name == f"{built.name}.sha256"
         stamp = built.stat().st_mtime_ns
         native.library.cache_clear()
         assert native.library() is not None and built.stat().st_mtime_ns == stamp
@@ -217,3 +221,63 @@ def test_without_a_writable_cache_the_kernels_build_in_a_fresh_private_folder(tm
     finally:
         monkeypatch.undo()
         native.library.cache_clear()
+
+
+PLANTED = r"""
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((constructor)) static void planted(void) {
+    FILE *f = fopen(getenv("QFFS_PLANTED_MARK"), "w");
+    if (f) { fputs("ran", f); fclose(f); }
+}
+"""
+
+_LOAD = "from qffs.snn import native; lib = native.library(); print(lib._name if lib is not None else 'none')"
+
+
+def _load_in_a_fresh_process(tmp_path, cache, umask=None):
+    env = {**os.environ, "QFFS_CACHE_DIR": str(cache), "QFFS_PLANTED_MARK": str(tmp_path / "mark"),
+           "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    code = (f"import os; os.umask({umask:#o}); " if umask is not None else "") + _LOAD
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return Path(run.stdout.strip())
+
+
+@pytest.mark.parametrize("shared_by", ["everyone (mode 777)", "another user"])
+def test_a_library_planted_in_a_shared_cache_is_neither_loaded_nor_run(tmp_path, shared_by):
+    compiler = native._compiler()
+    if compiler is None:
+        pytest.skip("no C compiler")
+    if shared_by == "another user" and os.getuid() != 0:
+        pytest.skip("giving a folder to another user needs root")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    name = native.library_name(compiler)       # the name is predictable: an attacker knows it
+    (tmp_path / "planted.c").write_text(PLANTED)
+    subprocess.run([compiler, "-shared", "-fPIC", str(tmp_path / "planted.c"), "-o", str(cache / name)], check=True)
+    (cache / f"{name}.sha256").write_text(hashlib.sha256((cache / name).read_bytes()).hexdigest())  # a forged stamp too
+    if shared_by == "another user":
+        for path in (cache, cache / name, cache / f"{name}.sha256"):
+            os.chown(path, 65534, 65534)
+        cache.chmod(0o755)
+    else:
+        cache.chmod(0o777)
+    loaded = _load_in_a_fresh_process(tmp_path, cache)
+    assert not (tmp_path / "mark").exists(), "the planted library's constructor ran"
+    assert loaded.parent != cache and loaded.parent.parent == tmp_path / "tmp"   # built privately instead
+
+
+def test_the_cache_is_private_whatever_the_umask_and_a_tampered_library_is_rebuilt(tmp_path):
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    cache = tmp_path / "new" / "cache"
+    loaded = _load_in_a_fresh_process(tmp_path, cache, umask=0)
+    assert loaded.parent == cache
+    assert all(p.stat().st_mode & 0o777 == 0o700 for p in (cache, cache.parent))
+    assert loaded.read_bytes() and (cache / f"{loaded.name}.sha256").is_file()
+    (tmp_path / "planted.c").write_text(PLANTED)        # the same user's file, replaced behind qffs' back
+    subprocess.run([native._compiler(), "-shared", "-fPIC", str(tmp_path / "planted.c"), "-o", str(loaded)], check=True)
+    again = _load_in_a_fresh_process(tmp_path, cache)
+    assert again == loaded and not (tmp_path / "mark").exists()   # the hash did not match: rebuilt, not loaded
