@@ -7,11 +7,20 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from qffs.cli.app import printable
 
 console = Console(highlight=False)
 if not console.is_terminal and "COLUMNS" not in os.environ:
     # A pipe or a log file has no width; rich would assume 80 and cut layer names short.
     console.width = 120
+
+
+def from_file(text: str) -> Text:
+    """Text that came from an artifact (a recorded model spec in a title): control characters shown
+    escaped, and no rich markup interpreted, so a file cannot write to the terminal."""
+    return Text(printable(str(text)))
 
 
 def _pct(value: float | None) -> str:
@@ -82,10 +91,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    console.print(report.get("title", "latency–accuracy"), style="bold")
+    console.print(from_file(report.get("title", "latency–accuracy")), style="bold")
     console.print(curve_table(report))
     for line in summary_lines(report):
-        console.print(line)
+        console.print(from_file(line))
 
 
 def ablation_table(result: dict[str, Any]) -> Table:
@@ -93,7 +102,7 @@ def ablation_table(result: dict[str, Any]) -> Table:
     from qffs.ablate import table_steps
 
     steps = table_steps(len(result["timesteps"]))
-    table = Table(title=result["title"], title_justify="left")
+    table = Table(title=from_file(result["title"]), title_justify="left")
     table.add_column("setting", no_wrap=True)
     table.add_column("QANN %", justify="right")
     for t in steps:

@@ -6,7 +6,9 @@ may not be the one the user trusts (a downloaded artifact can name any path). So
 file spec is used only when the caller names model code too (``--model file.py:factory`` or
 ``model=`` in Python), and only when that file is the one the artifact was made with: qffs
 records the file's SHA-256 when it writes an artifact and refuses, naming both, when the file
-given differs.
+given differs. Nor does an artifact choose *which* function of a trusted file runs: the caller's
+spec names it, and the recorded arguments are reused only for that same function of a file whose
+hash was recorded.
 
 qffs' own models and torchvision models are code qffs ships or depends on; their specs are
 data and are used as recorded.
@@ -47,8 +49,10 @@ def authorized_spec(meta: dict[str, Any], given: str | None, source: str) -> str
 
     ``meta`` is the artifact's metadata (``model`` and, for file specs, its SHA-256); ``given``
     the model spec the caller named, if any; ``source`` the artifact's path, for messages.
-    A recorded file spec needs a given file spec whose file has the recorded SHA-256; the
-    recorded call (factory and arguments) is then run from the given file.
+    A recorded file spec needs a given file spec whose file has the recorded SHA-256. The function
+    called is always the given one: the recorded arguments are reused only when the given spec
+    names the recorded function and the artifact recorded the file's hash (older artifacts, and
+    another function, run the given spec as written).
     """
     recorded = meta.get("model")
     if not recorded:
@@ -70,7 +74,9 @@ def authorized_spec(meta: dict[str, Any], given: str | None, source: str) -> str
     if recorded_sha and given_sha != recorded_sha:
         raise QffsError(f"{giv.path} (sha256 {given_sha[:12]}…) is not the model file {source} was made with: "
                         f"{rec.path} (sha256 {str(recorded_sha)[:12]}…)")
-    return str(ModelSpec("file", rec.name, rec.kwargs, giv.path))
+    if giv.name == rec.name and recorded_sha:   # the same function of the same file: its recorded arguments
+        return str(ModelSpec("file", rec.name, rec.kwargs, giv.path))
+    return given   # the user's spec wins: an artifact never chooses which function of a file runs
 
 
 def records_model_file(meta: dict[str, Any]) -> bool:

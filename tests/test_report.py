@@ -53,3 +53,16 @@ def test_fp_reference_names_its_sample_count_only_when_it_differs():
     assert fp_label({"fp_accuracy": 0.9341, "fp_samples": 10_000, "samples": 10_000}) == "FP 93.41%"
     assert fp_label({"fp_accuracy": 0.9341, "fp_samples": 10_000, "samples": 512}) == "FP 93.41% (10,000 test images)"
     assert fp_label({"fp_accuracy": 0.9341}) == "FP 93.41%"   # QANNs written before fp_samples existed
+
+
+def test_the_terminal_report_escapes_what_came_from_a_file(capsys):
+    from qffs.cli.render import console, print_report
+
+    report = {"timesteps": [1], "snn_accuracy": [0.5], "tied": [0.0], "qann_accuracy": 0.5, "samples": 4,
+              "title": "/tmp/\x1b[2J\x1b]0;pwn\x07[bold red]x[/]/model.py:net on fashion-mnist",
+              "spikes_per_neuron_per_sample": 0.1, "synops_per_sample": 1.0, "ann_macs_per_sample": 1.0}
+    with console.capture() as captured:
+        print_report(report)
+    text = captured.get()
+    assert "\x1b]0;" not in text and "\x07" not in text and "\x1b[2J" not in text
+    assert "\\x1b[2J\\x1b]0;pwn\\x07[bold red]x[/]" in text            # shown escaped, markup as written

@@ -111,3 +111,55 @@ def test_error_messages_escape_control_characters_from_files(cli, tmp_path):
     assert "\x1b" not in r.stdout and "\\x1b]0;pwn\\x07" in r.stdout
     r = cli("convert", path, "--out", tmp_path / "s.pt")
     assert r.returncode == 2 and "\x1b" not in r.stderr and r.stderr.count("\n") == 1
+
+
+TWO_FACTORIES = '''
+from pathlib import Path
+from torch import nn
+
+
+def net(width=4):
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(),
+                         nn.Linear(width * 49, 10))
+
+
+def other(**kwargs):
+    Path({marker!r}).write_text("the artifact chose the function")
+    return net()
+'''
+
+
+@pytest.mark.parametrize("hashed", [True, False])
+def test_an_artifact_cannot_choose_which_function_of_a_trusted_file_runs(tmp_path, hashed):
+    from qffs.errors import QffsError
+    from qffs.trust import SHA_KEY, authorized_spec, file_sha256
+
+    marker = tmp_path / "MARKER"
+    code = tmp_path / "trusted.py"
+    code.write_text(TWO_FACTORIES.format(marker=str(marker)))
+    recorded = {"model": f"{code}:other(width=8)", **({SHA_KEY: file_sha256(f"{code}:net")} if hashed else {})}
+    spec = authorized_spec(recorded, f"{code}:net", "a.pt")
+    assert spec == f"{code}:net"                                   # the user's function, as the user wrote it
+    same = {"model": f"{code}:net(width=8)", **({SHA_KEY: file_sha256(f"{code}:net")} if hashed else {})}
+    reused = authorized_spec(same, f"{code}:net", "a.pt")
+    assert ("width=8" in reused) == hashed                          # recorded arguments need a recorded hash
+    from qffs.models import build_model
+
+    build_model(spec)
+    assert not marker.exists()
+    with pytest.raises(QffsError, match="never runs code it names"):
+        authorized_spec(recorded, None, "a.pt")
+
+
+def test_quantize_runs_the_users_function_not_the_one_an_artifact_records(cli, tmp_path):
+    marker = tmp_path / "MARKER"
+    code = tmp_path / "trusted.py"
+    code.write_text(TWO_FACTORIES.format(marker=str(marker)))
+    loader = importlib.util.spec_from_file_location("trusted_two", code)
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    fp = save_checkpoint(tmp_path / "fp.pt", module.net().state_dict(), kind="fp", model=f"{code}:other()",
+                         dataset="fashion-mnist")                 # no hash: written by hand, or by an old qffs
+    r = cli("quantize", fp, "--model", f"{code}:net", "--out", tmp_path / "q.pt", "--epochs", "0", *SUBSET)
+    assert r.returncode == 0, r.stderr
+    assert not marker.exists() and load_checkpoint(tmp_path / "q.pt").meta["model"].startswith(f"{code}:net")
