@@ -11,11 +11,15 @@ import sys
 
 def entry() -> None:
     """The console script: run the command line, exit with its code."""
+    from qffs.signals import exit_code, ignore_further, stop_on_signals, stop_word
+
+    stop_on_signals()   # SIGTERM too, from the first import on
     try:
         from qffs.cli.main import main
 
         code = main()
     except KeyboardInterrupt:   # during start-up imports (main itself handles it once running)
-        print("qffs: interrupted while starting; nothing was written", file=sys.stderr)
-        code = 130
+        ignore_further()
+        print(f"qffs: {stop_word()} while starting; nothing was written", file=sys.stderr)
+        code = exit_code()
     sys.exit(code)

@@ -1,7 +1,8 @@
 """Entry point of the ``qffs`` console script: commands, one-line errors, exit codes.
 
 Exit codes: 0 success; 2 a user error (bad option, missing file, unsupported model — one line
-on stderr, ``--debug`` for the traceback); 130 interrupted (Ctrl-C); 1 an internal error (a bug).
+on stderr, ``--debug`` for the traceback); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM:
+``timeout``, Slurm, systemd), each with one line; 1 an internal error (a bug).
 """
 
 from __future__ import annotations
@@ -13,10 +14,21 @@ import typer
 from qffs.cli import commands  # noqa: F401  (registers the commands on the app)
 from qffs.cli.app import app, printable
 from qffs.errors import Interrupted, QffsError
+from qffs.signals import exit_code, ignore_further, stop_on_signals, stop_word
 
 
-#: What a Ctrl-C outside a training job leaves: outputs are written atomically, at their end.
-INTERRUPTED = "interrupted; no output was half-written (files are written whole, at the end of each stage)"
+#: What a Ctrl-C or SIGTERM outside a training job leaves: outputs are written atomically, at their end.
+INTERRUPTED = "no output was half-written (files are written whole, at the end of each stage)"
+
+
+def _stopped(message: str) -> int:
+    """The one line of a stopped job ("interrupted: ..." or "terminated (SIGTERM): ..."), and its exit code."""
+    ignore_further()
+    word = stop_word()
+    if message.startswith("interrupted"):
+        message = word + message[len("interrupted"):]
+    print(f"qffs: {printable(message)}", file=sys.stderr)
+    return exit_code()
 
 
 def _rank() -> str:
@@ -32,10 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     command = typer.main.get_command(app)
+    stop_on_signals()
     try:
         code = command.main(args=args, prog_name="qffs", standalone_mode=False)
         if code == 130:   # typer turns a Ctrl-C it sees into a returned 130
-            print(f"qffs: {INTERRUPTED}", file=sys.stderr)
+            return _stopped(f"interrupted; {INTERRUPTED}")
+        ignore_further()   # done: a signal now changes nothing
         return code if isinstance(code, int) else 0
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
@@ -49,11 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qffs: error: {printable(message)} (see: {where} --help)", file=sys.stderr)
         return 2
     except Interrupted as exc:   # a job that knows what it kept
-        print(f"qffs: {printable(str(exc))}", file=sys.stderr)
-        return 130
+        return _stopped(str(exc))
     except (KeyboardInterrupt, typer.Abort):
-        print(f"qffs: {INTERRUPTED}", file=sys.stderr)
-        return 130
+        return _stopped(f"interrupted; {INTERRUPTED}")
     except QffsError as exc:
         if debug:
             raise

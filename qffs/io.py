@@ -33,9 +33,7 @@ import glob
 import json
 import os
 import pickle
-import signal
 import tempfile
-import threading
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qffs.signals import held
 from qffs.errors import QffsError
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".safetensors")
@@ -127,21 +126,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-@contextlib.contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Hold off Ctrl-C (in the main thread) until the block is done, then deliver it: for the few
-    renames that publish a set of files together."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda sig, frame: caught.append(sig))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
+#: Hold off Ctrl-C and SIGTERM over the renames that publish a set of files together (qffs.signals).
+interrupts_held = held
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -16,27 +17,36 @@ from qffs.train import TrainConfig, fit
 from tests.test_cli import ENV, QFFS, SHIPPED
 
 
-def test_ctrl_c_during_qat_exits_130_and_keeps_only_a_partial_file(tmp_path):
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                              (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_a_stop_during_qat_keeps_only_a_partial_file_and_resumes(tmp_path, sig, code, word):
+    """Ctrl-C, and SIGTERM (timeout, Slurm, systemd), in epoch 2: one line, the partial file, resumable."""
     out = tmp_path / "q.pt"
-    proc = subprocess.Popen([QFFS, "quantize", str(SHIPPED), "--out", str(out), "--epochs", "3", "--limit", "4096",
-                             "--test-limit", "256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    command = [QFFS, "quantize", str(SHIPPED), "--out", str(out), "--epochs", "2", "--limit", "2048",
+               "--test-limit", "128"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**ENV, "PYTHONUNBUFFERED": "1"})
     lines = []
     deadline = time.monotonic() + 300
     for line in proc.stdout:                       # wait until epoch 1 is done and epoch 2 is running
         lines.append(line)
-        if line.startswith("epoch 1/3") or time.monotonic() > deadline:
+        if line.startswith("epoch 1/2") or time.monotonic() > deadline:
             break
     time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert any(line.startswith("epoch 1/3") for line in lines), lines
-    assert proc.returncode == 130, err
+    assert any(line.startswith("epoch 1/2") for line in lines), lines
+    assert proc.returncode == code, err
     assert err.strip().count("\n") == 0 and "Traceback" not in err
-    assert f"interrupted: {out} was not written; the best result so far is in {tmp_path / 'q.partial.pt'}" in err
+    assert f"{word}: {out} was not written; the best result so far is in {tmp_path / 'q.partial.pt'}" in err
+    assert "add --resume to the same command to continue" in err
     assert not out.exists() and not (tmp_path / "q.pt.metrics.json").exists()
     kept = load_checkpoint(tmp_path / "q.partial.pt")
     assert kept.kind == "qann" and kept.meta["metrics"]["best_epoch"] in (0, 1)
+    if sig == signal.SIGTERM:
+        again = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=ENV, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert "1 epoch(s) done" in again.stdout and "epoch 2/2" in again.stdout and out.is_file()
 
 
 def test_a_finished_run_leaves_no_partial_file(cli, tmp_path):
