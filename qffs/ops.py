@@ -17,7 +17,7 @@ runs, exactly the networks that :func:`qffs.convert` would refuse later, by the 
 
 After the table, :data:`ARGUMENT_RULES` look at arguments: a product of two activations, a
 constant added or concatenated, non-zero padding, a rounding division or integer cast, dropout
-in training mode and pooling indices are refused too.
+in training mode, pooling indices and BatchNorm without running statistics are refused too.
 
 Shape arithmetic (``x.size(0) // 2``, ``x.shape[1] * 4``) is not an activation and may use
 any of Python's integer operators.
@@ -327,10 +327,20 @@ def _pool_indices(site: _Site) -> str | None:
     return "max pooling with return_indices has no spiking equivalent" if wanted else None
 
 
+def _batch_statistics(site: _Site) -> str | None:
+    node = site.node
+    if site.kind == "batchnorm" and node.op == "call_module" and \
+            getattr(site.gm.get_submodule(str(node.target)), "running_mean", None) is None:
+        return ("BatchNorm without running statistics (track_running_stats=False) normalises every batch by its own "
+                "mean and variance, which no fixed threshold can do — train the float model with "
+                "track_running_stats=True")
+    return None
+
+
 #: Rules on a node's arguments, after its op passed the table; each names what it refuses.
 ARGUMENT_RULES: tuple[Callable[[_Site], str | None], ...] = (
     _dropout_in_training, _product_of_activations, _constant_added, _constant_mixed_in, _nonzero_padding,
-    _integer_cast, _pool_indices,
+    _integer_cast, _pool_indices, _batch_statistics,
 )
 
 

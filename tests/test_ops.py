@@ -214,6 +214,8 @@ EXAMPLES: list[Example] = [
     E(None, lambda m, h: F.max_pool2d(h, 2, return_indices=True)[0], False, name="max_pool2d indices"),
     E(None, lambda m, h: m.op(h)[0], False, module=lambda: nn.MaxPool2d(2, return_indices=True),
       name="MaxPool2d indices"),
+    E(None, op, False, module=lambda: nn.BatchNorm2d(C, track_running_stats=False).eval(),
+      name="BatchNorm2d(track_running_stats=False)"),
 ]
 
 
