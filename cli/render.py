@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qffs.cli.app import printable
+from qffs.report import fp_label
 
 console = Console(highlight=False)
 if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -72,7 +73,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         return "not reached" if t is None else f"t = {t}"
 
     lines = [
-        f"samples {report['samples']:,}   FP {_pct(report.get('fp_accuracy'))}%   "
+        f"samples {report['samples']:,}   {fp_label(report) if report.get('fp_accuracy') is not None else 'FP —'}   "
         f"QANN {_pct(report.get('qann_accuracy'))}%"
         + ("" if prequant is None else f" (before its output quantizer {_pct(prequant)}%)")
         + f"   SNN@T={report['timesteps'][-1]} {_pct(report['snn_accuracy'][-1])}% ({report.get('readout', 'count')} readout)",

@@ -283,7 +283,21 @@ def _not_a_checkpoint(file: Path) -> str | None:
         return "a web page, not a checkpoint: the download saved an HTML page (a login or redirect?)"
     if not zipfile.is_zipfile(file) and not head.startswith(b"\x80"):  # torch.save: a zip, or (< 1.6) a pickle
         return "not a PyTorch checkpoint: neither the zip archive nor the pickle that torch.save writes"
+    if zipfile.is_zipfile(file) and _torchscript(file):
+        return ("a TorchScript archive (torch.jit.save), which holds code as well as weights: qffs reads weights "
+                "only — in a session you trust, re-save its weights: "
+                "torch.save(torch.jit.load(path).state_dict(), 'weights.pt'), then pass --model")
     return None
+
+
+def _torchscript(file: Path) -> bool:
+    """Does this zip hold TorchScript code (``code/`` and ``constants.pkl`` entries)?"""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:

@@ -20,6 +20,7 @@ import torch
 from qffs.errors import QffsError
 from qffs.io import exclusive, interrupts_held, load_checkpoint, load_into, save_checkpoint, write_text_atomic
 from qffs.models import build_model, with_defaults
+from qffs.quant.graph import NOTES
 from qffs.resume import TrainState, check_resumable, load_state, resume_path, save_state
 from qffs.snn.memory import parse_memory
 from qffs.snn.network import check_timesteps
@@ -469,7 +470,7 @@ def convert_checkpoint(qann_path: str | Path, out: str | Path, *, input_window: 
     summary = snn.summary()
     shape = sample_input_shape(meta)
     if shape is not None:
-        result = snn.simulate(torch.zeros(1, *shape), 1)
+        result = snn.simulate(torch.zeros(2, *shape), 1)   # 2: a model may squeeze() its batch dimension away
         neurons = {r.name: r.neurons for r in result.neurons}
         for row in summary:
             if row["name"] in neurons:
@@ -594,6 +595,27 @@ def qat_config(epochs: int, lr: float = 0.01, **overrides: Any) -> TrainConfig:
                           **overrides})
 
 
+def check_input_channels(gm: torch.fx.GraphModule, data: DataOptions) -> None:
+    """Refuse, before any data is read, a network whose first convolution takes another number of
+    channels than the dataset's images have (a forgotten ``--dataset`` would otherwise fail inside
+    the model's own code)."""
+    import torch.nn as nn
+
+    from qffs.data import dataset_info
+
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        layer = gm.get_submodule(str(node.target))
+        if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            if isinstance(layer, nn.Conv2d):
+                have = dataset_info(data.dataset, data.root).in_channels
+                if layer.in_channels != have:
+                    raise QffsError(f"the model takes {layer.in_channels} input channel(s), {data.dataset} has {have}: "
+                                    "pass --dataset (and --data-root) for the data it was trained on")
+            return
+
+
 def _load_fp(checkpoint: str | Path, model: str | None, data: DataOptions):
     """(FP model with its weights, the checkpoint, ``data`` completed from it, its preprocessing, the spec
     used): ``model`` if given, else the recorded spec."""
@@ -660,6 +682,9 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
         # preprocessing, the model code against the weights, and every graph node (qffs.ops)
         fp_model, _, data, prep, spec = _load_fp(checkpoint, model, data)
         qann = quantize(fp_model, bits=bits, output_bits=output_bits).to(dev)
+        for note in qann.meta.get(NOTES, []):
+            log(f"note: {note}")
+        check_input_channels(qann, data)
         options = {"bits": bits, "output_bits": output_bits, "calibration": calibration,
                    "calibration_batches": calibration_batches, "bit_schedule": list(schedule) if schedule else None,
                    "bn_reestimate": bn_reestimate, "recipe": recipe}

@@ -118,6 +118,16 @@ def user_code_error(exc: BaseException, doing: str = "") -> QffsError | None:
                      f"{': ' + message if message else ''}")
 
 
+def _make_siblings_importable(file: Path) -> None:
+    """Let a model file import the code it was downloaded with, as ``python`` run from its
+    repository would: its own folder (``from cbam import CBAM``), the folder above it (``from
+    models.cbam import CBAM``) and the working directory go on ``sys.path`` — at its end, so they
+    never shadow an installed module."""
+    for folder in (file.resolve().parent, file.resolve().parent.parent, Path.cwd()):
+        if str(folder) not in sys.path:
+            sys.path.append(str(folder))
+
+
 def _load_factory(path: str, name: str) -> Callable[..., nn.Module]:
     file = Path(path)
     if not file.is_file():
@@ -128,6 +138,7 @@ def _load_factory(path: str, name: str) -> Callable[..., nn.Module]:
         factory = getattr(sys.modules[module_name], name, None)
         if callable(factory):
             return factory
+    _make_siblings_importable(file)
     loader_spec = importlib.util.spec_from_file_location(module_name, file)
     if loader_spec is None or loader_spec.loader is None:
         raise QffsError(f"cannot import model file {path}")

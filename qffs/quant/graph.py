@@ -36,10 +36,11 @@ import copy
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from qffs.errors import QffsError, UnsupportedGraphError
-from qffs.ops import check_graph, is_inplace, is_relu_site, owner_path
+from qffs.ops import check_graph, describe, is_inplace, is_relu_site, owner_path
 from qffs.quant.lsq import LSQActivation, check_bits
 
 __all__ = [
@@ -126,6 +127,40 @@ def _bake_in_concrete_args(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
+_SOFTMAX_FUNCTIONS = {F.softmax, torch.softmax, F.log_softmax, torch.log_softmax}
+_SOFTMAX_METHODS = {"softmax", "log_softmax"}
+
+#: Where :func:`quantize` leaves what it changed beyond the ReLUs, for the job to say (``gm.meta``).
+NOTES = "qffs_notes"
+
+
+def _class_softmax(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """A (log-)softmax over dimension 1 or −1 (the classes of [batch, classes] logits)."""
+    if node.op == "call_module":
+        module = gm.get_submodule(str(node.target))
+        return isinstance(module, (nn.Softmax, nn.LogSoftmax)) and module.dim in (None, 1, -1)
+    if (node.op == "call_function" and node.target in _SOFTMAX_FUNCTIONS) or \
+            (node.op == "call_method" and node.target in _SOFTMAX_METHODS):
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return dim in (None, 1, -1)
+    return False
+
+
+def drop_final_softmax(gm: fx.GraphModule) -> str | None:
+    """Return the logits instead of a final (log-)softmax over the classes: it is monotonic per
+    sample, so every prediction is unchanged, and it has no spiking equivalent. Returns a note
+    naming what was dropped (None: nothing)."""
+    output = next(node for node in gm.graph.nodes if node.op == "output")
+    last = output.args[0]
+    if not isinstance(last, fx.Node) or not _class_softmax(last, gm) or len(last.users) != 1:
+        return None
+    what = describe(last, gm)
+    output.replace_input_with(last, last.args[0])
+    gm.graph.erase_node(last)
+    return (f"the final {what} was dropped: it does not change any prediction (argmax), and QAT's cross-entropy "
+            "is applied to the logits")
+
+
 def refuse_unconvertible(gm: fx.GraphModule) -> None:
     """Raise :class:`UnsupportedGraphError` at the first node that cannot become part of an SNN."""
     check_graph(gm, "quantize")
@@ -209,6 +244,9 @@ def quantize(
     Steps start at 1.0: run :func:`qffs.quant.calibrate` next. Returns the recompiled
     ``GraphModule`` in the model's train/eval mode.
 
+    A final softmax or log-softmax over the classes is dropped (predictions are unchanged); what was
+    dropped is listed in ``gm.meta["qffs_notes"]`` for the caller to say.
+
     Raises :class:`UnsupportedGraphError` for an untraceable model, a non-ReLU nonlinearity
     (the message names the fx node and the op) or, with an output quantizer, a model that
     does not return a single tensor.
@@ -220,6 +258,8 @@ def quantize(
         output_bits = check_bits("output_bits", output_bits, max_bits=None)
     work = copy.deepcopy(model).eval()
     gm = trace(work, concrete_args)
+    notes = [note for note in (drop_final_softmax(gm),) if note]
+    gm.meta[NOTES] = notes
     passes: list[Callable[[fx.GraphModule], Any]] = [
         refuse_unconvertible,
         functionalize_inplace_relus,

@@ -1,0 +1,168 @@
+"""The second hardening pass (issue 22), in-process where a subprocess is not the point: foreign
+networks as a new user brings them, and files that are not what they claim. Each case exits 0
+and is correct, or exits 2 with one line naming the cause, and writes nothing it should not."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from qffs.io import load_checkpoint
+from tests.test_cli import _one_line_error
+
+SUBSET = ("--limit", "128", "--test-limit", "32", "--batch-size", "32")
+
+HEAD = '''
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class Base(nn.Module):
+    def __init__(self, channels=1, norm=None):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 4, 3, padding=1)
+        self.norm = norm or nn.BatchNorm2d(4)
+        self.pool = nn.MaxPool2d(4)
+        self.fc = nn.Linear(4 * 49, 10)
+
+    def features(self, x):
+        return self.fc(self.pool(F.relu(self.norm(self.conv(x)))).flatten(1))
+'''
+
+
+def _model(tmp_path: Path, body: str, name: str = "net.py") -> tuple[Path, Path]:
+    """A model file (HEAD + ``body``, which defines ``net()``) and an FP state dict saved from it."""
+    code = tmp_path / name
+    code.parent.mkdir(parents=True, exist_ok=True)
+    code.write_text(HEAD + textwrap.dedent(body))
+    spec = importlib.util.spec_from_file_location(f"hardening_{abs(hash(str(code)))}", code)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    weights = code.with_suffix(".pth")
+    torch.save(module.net().state_dict(), weights)
+    return code, weights
+
+
+def test_a_model_that_squeezes_its_output_converts_and_runs(cli, tmp_path):
+    code, weights = _model(tmp_path, '''
+        class Net(Base):
+            def forward(self, x):
+                return self.features(x).unsqueeze(1).squeeze()   # batch 1 would lose its batch dimension
+
+        def net():
+            return Net()
+    ''')
+    spec = f"{code}:net"
+    assert cli("quantize", weights, "--model", spec, "--out", tmp_path / "q.pt", "--epochs", "0", *SUBSET).returncode == 0
+    r = cli("convert", tmp_path / "q.pt", "--model", spec, "--out", tmp_path / "s.pt")
+    assert r.returncode == 0, r.stderr
+    r = cli("evaluate", tmp_path / "s.pt", "--model", spec, "-T", "16", "--limit", "32", "--double",
+            "--out-dir", tmp_path / "ev")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "ev" / "curve.json").read_text())
+    assert report["snn_accuracy"][-1] == report["qann_accuracy"]
+
+
+def test_a_model_file_imports_the_package_it_came_with(cli, tmp_path, monkeypatch):
+    import sys
+
+    repo = tmp_path / "repo"
+    (repo / "models").mkdir(parents=True)
+    (repo / "models" / "blocks.py").write_text("from torch import nn\n\ndef block():\n    return nn.ReLU()\n")
+    monkeypatch.syspath_prepend(str(repo))             # only to save the weights here
+    code, weights = _model(repo, '''
+        from models.blocks import block
+
+        class Net(Base):
+            def forward(self, x):
+                return self.features(x)
+
+        def net():
+            return Net()
+    ''', name="models/resnet_blocks.py")
+    monkeypatch.undo()
+    for name in [m for m in sys.modules if m == "models" or m.startswith("models.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.chdir(tmp_path)                        # not the repository, and no PYTHONPATH=.
+    r = cli("quantize", weights, "--model", f"{code}:net", "--out", tmp_path / "q.pt", "--epochs", "0", *SUBSET)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_final_softmax_is_dropped_with_a_note(cli, tmp_path):
+    code, weights = _model(tmp_path, '''
+        class Net(Base):
+            def forward(self, x):
+                return F.softmax(self.features(x), dim=1)
+
+        def net():
+            return Net()
+    ''')
+    r = cli("quantize", weights, "--model", f"{code}:net", "--out", tmp_path / "q.pt", "--epochs", "0", *SUBSET)
+    assert r.returncode == 0, r.stderr
+    assert "note: the final torch.nn.functional.softmax was dropped: it does not change any prediction" in r.stdout
+    m = load_checkpoint(tmp_path / "q.pt").meta["metrics"]
+    assert 0 <= m["qann_accuracy"] <= 1
+
+
+def test_batchnorm_without_running_statistics_is_refused_at_quantize(cli, tmp_path):
+    code, weights = _model(tmp_path, '''
+        class Net(Base):
+            def forward(self, x):
+                return self.features(x)
+
+        def net():
+            return Net(norm=nn.BatchNorm2d(4, track_running_stats=False))
+    ''')
+    _one_line_error(cli("quantize", weights, "--model", f"{code}:net", "--out", tmp_path / "q.pt", "--epochs", "0",
+                        *SUBSET), "cannot quantize node 'norm'", "track_running_stats=False")
+    assert not (tmp_path / "q.pt").exists()
+
+
+def test_a_forgotten_dataset_is_named_before_the_model_runs(cli, tmp_path):
+    code, weights = _model(tmp_path, '''
+        class Net(Base):
+            def forward(self, x):
+                return self.features(x)
+
+        def net():
+            return Net(channels=3)
+    ''')
+    _one_line_error(cli("quantize", weights, "--model", f"{code}:net", "--out", tmp_path / "q.pt", "--epochs", "0",
+                        *SUBSET), "the model takes 3 input channel(s), fashion-mnist has 1: pass --dataset")
+
+
+def test_a_torchscript_archive_is_named_as_one(cli, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "scripted.pt")
+    for command in (("info", tmp_path / "scripted.pt"),
+                    ("quantize", tmp_path / "scripted.pt", "--model", "vgg_small", "--out", tmp_path / "q.pt")):
+        _one_line_error(cli(*command), "is a TorchScript archive (torch.jit.save)", "torch.jit.load(path).state_dict()")
+
+
+def test_the_summary_says_on_how_many_images_the_fp_accuracy_was_measured():
+    from qffs.cli.render import summary_lines
+
+    report = {"samples": 10_000, "fp_accuracy": 0.738, "fp_samples": 1_000, "qann_accuracy": 0.5, "timesteps": [1],
+              "snn_accuracy": [0.5], "spikes_per_neuron_per_sample": 0.1, "synops_per_sample": 1.0,
+              "ann_macs_per_sample": 1.0}
+    assert "samples 10,000   FP 73.80% (1,000 test images)" in summary_lines(report)[0]
+    assert "FP 73.80%   " in summary_lines({**report, "fp_samples": 10_000})[0]
+
+
+def test_sys_path_additions_never_shadow_installed_modules():
+    import sys
+
+    from qffs.models import _make_siblings_importable
+
+    before = list(sys.path)
+    _make_siblings_importable(Path(__file__))
+    assert sys.path[: len(before)] == before        # appended, never in front
