@@ -159,10 +159,10 @@ def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
 def write_ablation(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """``ablation.csv``, ``ablation.json`` and ``ablation.png`` in ``out_dir``, all three or none."""
     from qffs.io import atomic_files
-    from qffs.report import environment
+    from qffs.report import environment, report_files
 
     out = Path(out_dir)
-    paths = {"csv": out / "ablation.csv", "json": out / "ablation.json", "png": out / "ablation.png"}
+    paths = dict(zip(("csv", "json", "png"), (out / name for name in report_files("ablation"))))
     with atomic_files(list(paths.values())) as (csv, json_file, png):
         csv.write_text(ablation_csv(result))
         json_file.write_text(json.dumps({**result, "environment": environment()}, indent=2))

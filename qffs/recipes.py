@@ -188,10 +188,18 @@ def metrics_path(checkpoint: str | Path) -> Path:
     return p.with_name(p.name + ".metrics.json")
 
 
-def check_output_dir(folder: str | Path, option: str = "--out-dir") -> Path:
-    """A folder a job may write into, checked before any work: not a file, and its nearest
-    existing ancestor a writable directory (the rest is created when the job writes)."""
+def check_output_dir(folder: str | Path, option: str = "--out-dir", *, writes: tuple[str, ...] = (),
+                     inputs: tuple[str | Path | None, ...] = ()) -> Path:
+    """A folder a job may write into, checked before any work: not a file, its nearest existing
+    ancestor a writable directory (the rest is created when the job writes), and none of the
+    files the job ``writes`` there (fixed names) one of its ``inputs`` or an input's sidecar."""
     folder = Path(folder)
+    written = {(folder / name).resolve() for name in writes}
+    for given in (Path(i) for i in inputs if i is not None):
+        clash = {given.resolve(), metrics_path(given).resolve()} & written
+        if clash:
+            raise QffsError(f"{option} {folder} would overwrite {sorted(map(str, clash))[0]}, which belongs to the "
+                            f"input {given}: choose another {option}")
     if folder.exists() and not folder.is_dir():
         raise QffsError(f"{option} {folder} is a file, not a folder")
     existing = folder
@@ -464,6 +472,15 @@ def convert_checkpoint(qann_path: str | Path, out: str | Path, *, input_window: 
     from qffs.snn import convert
 
     out = check_output(out, qann_path)
+    with exclusive(out, "--out"):   # a second convert writing the same --out is refused
+        return _convert(qann_path, out, input_window=input_window, precharge=precharge,
+                        negative_spikes=negative_spikes, max_pool=max_pool, model=model)
+
+
+def _convert(qann_path: str | Path, out: Path, *, input_window: int | None, precharge: bool, negative_spikes: bool,
+             max_pool: str, model: str | None) -> tuple[Path, list[dict[str, Any]]]:
+    from qffs.snn import convert
+
     qann, meta = load_qann(qann_path, model)
     snn = convert(qann, input_window=input_window, precharge=precharge, negative_spikes=negative_spikes,
                   max_pool=max_pool)
@@ -883,12 +900,27 @@ def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions,
     check_timesteps(timesteps, "--timesteps")
     if memory is not None:
         parse_memory(memory)
-    out = check_output_dir(out_dir)
+    out = check_output_dir(out_dir, writes=PIPELINE_FILES, inputs=(checkpoint,))
     with exclusive(out, "--out-dir"):   # two runs never write one directory
         return _pipeline(checkpoint, out, data, cfg, timesteps=timesteps, bits=bits, output_bits=output_bits,
                          model=model, calibration=calibration, device=device, double=double, readout=readout,
                          memory=memory, resume=resume, bit_schedule=bit_schedule, bn_reestimate=bn_reestimate,
                          recipe=recipe, log=log)
+
+
+def _pipeline_files() -> tuple[str, ...]:
+    from qffs.report import report_files
+
+    files = []
+    for name in ("qann.pt", "snn.pt"):
+        for path in (Path(name), partial_path(Path(name))):
+            files += [path.name, metrics_path(path).name]
+        files.append(resume_path(Path(name)).name)
+    return (*files, *report_files())
+
+
+#: Every file ``qffs run`` may write into its ``--out-dir``.
+PIPELINE_FILES = _pipeline_files()
 
 
 def _pipeline(checkpoint: str | Path, out: Path, data: DataOptions, cfg: TrainConfig, *, timesteps: int, bits: int,
@@ -906,17 +938,32 @@ def _pipeline(checkpoint: str | Path, out: Path, data: DataOptions, cfg: TrainCo
     chosen = "epoch chosen on the TEST set" if q["selected_on"] == "test" else f"validation {100 * q['qann_val_accuracy']:.2f}%"
     log(f"      FP {100 * q['fp_accuracy']:.2f}%  QANN {100 * q['qann_accuracy']:.2f}% on the test set "
         f"(epoch {q['best_epoch']}, {chosen})  ({q['seconds']:.0f} s)")
-    log("[2/3] convert")
-    barrier()                      # under torchrun, rank 0 wrote qann.pt; it alone writes snn.pt
+    from qffs.errors import Interrupted
+    from qffs.report import report_files
+
     snn_path = out / "snn.pt"
-    if is_main_process():
-        snn_path, summary = convert_checkpoint(out / "qann.pt", snn_path, model=model)
-        log(f"      {sum(1 for r in summary if r['kind'].startswith('IF'))} IF layers, "
-            f"{sum(r.get('neurons', 0) for r in summary):,} neurons per sample")
-    barrier()
-    log(f"[3/3] evaluate: T = {timesteps}")
-    report = evaluate_checkpoint(snn_path, data, timesteps, device=device, double=double, readout=readout,
-                                 model=model, memory=memory)
+    if is_main_process():   # an earlier run's SNN and curve no longer match the new qann.pt: never leave them beside it
+        for stale in (snn_path, metrics_path(snn_path), *(out / name for name in report_files())):
+            stale.unlink(missing_ok=True)
+    stage = "2 (convert)"
+    try:
+        log("[2/3] convert")
+        barrier()                      # under torchrun, rank 0 wrote qann.pt; it alone writes snn.pt
+        if is_main_process():
+            snn_path, summary = convert_checkpoint(out / "qann.pt", snn_path, model=model)
+            log(f"      {sum(1 for r in summary if r['kind'].startswith('IF'))} IF layers, "
+                f"{sum(r.get('neurons', 0) for r in summary):,} neurons per sample")
+        barrier()
+        stage = "3 (evaluate)"
+        log(f"[3/3] evaluate: T = {timesteps}")
+        report = evaluate_checkpoint(snn_path, data, timesteps, device=device, double=double, readout=readout,
+                                     model=model, memory=memory)
+    except KeyboardInterrupt:
+        done = f"{out / 'qann.pt'} is this run's" + (f", and so is {snn_path}" if snn_path.exists() else "")
+        then = (f"qffs evaluate {snn_path} -T {timesteps} --out-dir {out}" if snn_path.exists()
+                else f"qffs convert {out / 'qann.pt'} --out {snn_path}, then qffs evaluate")
+        raise Interrupted(f"interrupted in stage {stage}: {done}; the curve was not written (an earlier run's "
+                          f"snn.pt and curve files were removed); to finish: {then}") from None
     report["pipeline_seconds"] = round(time.perf_counter() - started, 1)
     report["quantize"] = q
     if is_main_process():

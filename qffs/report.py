@@ -158,10 +158,15 @@ def save_accuracy_plot(fig, ax, title: str, path: str | Path, legend_size: int =
     return Path(path)
 
 
+def report_files(stem: str = "curve") -> tuple[str, str, str]:
+    """The three files a report (or an ablation) writes into its ``--out-dir``."""
+    return f"{stem}.csv", f"{stem}.json", f"{stem}.png"
+
+
 def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "curve") -> dict[str, Path]:
     """Write ``{stem}.csv``, ``{stem}.json`` and ``{stem}.png`` into ``out_dir``, all three or none."""
     out = Path(out_dir)
-    paths = {"csv": out / f"{stem}.csv", "json": out / f"{stem}.json", "png": out / f"{stem}.png"}
+    paths = dict(zip(("csv", "json", "png"), (out / name for name in report_files(stem))))
     with atomic_files(list(paths.values())) as (csv, json_file, png):   # the three appear together
         csv.write_text(curve_csv(report))
         json_file.write_text(json.dumps({**report, "environment": environment()}, indent=2))

@@ -166,3 +166,65 @@ def test_sys_path_additions_never_shadow_installed_modules():
     before = list(sys.path)
     _make_siblings_importable(Path(__file__))
     assert sys.path[: len(before)] == before        # appended, never in front
+
+
+# --- nothing overwritten: --out-dir against the command's own input, locks for every writer -----
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """A calibrated QANN and its SNN of the shipped network (no training)."""
+    from qffs.io import save_checkpoint
+    from qffs.recipes import convert_checkpoint
+    from tests.conftest import calibrated_shipped_qann
+
+    folder = tmp_path_factory.mktemp("artifacts")
+    save_checkpoint(folder / "qann.pt", calibrated_shipped_qann(128).state_dict(), kind="qann",
+                    model="vgg_small(num_classes=10, in_channels=1)", dataset="fashion-mnist", bits=2, output_bits=3)
+    convert_checkpoint(folder / "qann.pt", folder / "snn.pt")
+    return folder
+
+
+@pytest.mark.parametrize("command, name", [
+    (("run", "{d}/snn.pt", "--out-dir", "{d}", "--epochs", "0"), "snn.pt"),
+    (("run", "{d}/curve.json", "--out-dir", "{d}", "--epochs", "0"), "curve.json"),
+    (("evaluate", "{d}/curve.png", "--out-dir", "{d}"), "curve.png"),
+    (("ablate", "{d}/ablation.json", "--out-dir", "{d}"), "ablation.json"),
+])
+def test_an_out_dir_never_overwrites_the_commands_own_input(cli, tmp_path, artifacts, command, name):
+    import shutil
+
+    source = {"run": SHIPPED_COPY, "evaluate": artifacts / "snn.pt", "ablate": artifacts / "qann.pt"}[command[0]]
+    shutil.copy(source, tmp_path / name)
+    before = (tmp_path / name).read_bytes()
+    _one_line_error(cli(*(a.format(d=tmp_path) for a in command)), "would overwrite", name, "which belongs to the input")
+    assert (tmp_path / name).read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+SHIPPED_COPY = Path(__file__).resolve().parents[1] / "models" / "fmnist_vgg_small.pt"
+
+
+def test_a_stop_in_stage_3_of_run_leaves_no_earlier_curve_beside_the_new_networks(cli, tmp_path, monkeypatch):
+    import qffs.recipes
+
+    for name in ("curve.csv", "curve.json", "curve.png", "snn.pt"):   # an earlier, complete run
+        (tmp_path / name).write_text("an earlier run")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qffs.recipes, "evaluate_checkpoint", stopped)
+    r = cli("run", SHIPPED_COPY, "--out-dir", tmp_path, "--epochs", "0", *SUBSET)
+    assert r.returncode == 130 and r.stderr.count("\n") == 1, r.stderr
+    assert "interrupted in stage 3 (evaluate)" in r.stderr and f"qffs evaluate {tmp_path / 'snn.pt'}" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qann.pt", "qann.pt.metrics.json", "snn.pt"]
+    assert load_checkpoint(tmp_path / "snn.pt").kind == "snn"
+
+
+@pytest.mark.parametrize("command", ["convert", "export"])
+def test_convert_and_export_refuse_an_out_that_another_run_is_writing(cli, tmp_path, artifacts, command):
+    from qffs.io import exclusive
+
+    out = tmp_path / ("s.pt" if command == "convert" else "s.onnx")
+    source = artifacts / ("qann.pt" if command == "convert" else "snn.pt")
+    with exclusive(out, "--out"):
+        _one_line_error(cli(command, source, "--out", out), "another qffs run is writing", str(out))
+    assert not out.exists()

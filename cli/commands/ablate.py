@@ -42,7 +42,9 @@ def ablate(
 
     data = DataOptions(dataset=dataset, root=data_root, test_limit=limit, batch_size=batch_size,
                        mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size)
-    check_output_dir(out_dir)
+    from qffs.report import report_files
+
+    check_output_dir(out_dir, writes=report_files("ablation"), inputs=(qann,))
     with exclusive(out_dir, "--out-dir"):
         result = run_ablation(qann, data, timesteps, others=tuple(also or ()), device=device, double=double,
                               memory=memory, model=model, log=typer.echo)

@@ -74,7 +74,9 @@ def evaluate(
     data = DataOptions(dataset=dataset, root=data_root, test_limit=limit,
                        batch_size=batch_size, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"),
                        image_size=image_size)
-    check_output_dir(out_dir)
+    from qffs.report import report_files
+
+    check_output_dir(out_dir, writes=report_files(), inputs=(snn,))
     with exclusive(out_dir, "--out-dir"):   # two evaluations never mix their files
         report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double, readout=readout, model=model,
                                      memory=memory, backend=backend)

@@ -110,6 +110,15 @@ def export_checkpoint(path: str | Path, out: str | Path, *, to: str = "onnx", ti
     if to not in FORMATS:
         raise QffsError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
     out = _check_out(Path(out), Path(path), {"onnx": ".onnx", "nir": ".nir"}[to], to)
+    from qffs.io import exclusive
+
+    with exclusive(out, "--out"):   # two exports to one file: the second is refused, not silently overwritten
+        return _export(path, out, to=to, timesteps=timesteps, model=model, input_shape=input_shape,
+                       single_step=single_step, log=log)
+
+
+def _export(path: str | Path, out: Path, *, to: str, timesteps: int | None, model: str | None,
+            input_shape: tuple[int, ...] | None, single_step: bool, log) -> dict[str, Any]:
     if timesteps is not None:
         timesteps = check_timesteps(timesteps, "--timesteps")
     network, kind, meta = load_network(path, model)
