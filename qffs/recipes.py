@@ -705,7 +705,12 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
         options = {"bits": bits, "output_bits": output_bits, "calibration": calibration,
                    "calibration_batches": calibration_batches, "bit_schedule": list(schedule) if schedule else None,
                    "bn_reestimate": bn_reestimate, "recipe": recipe}
-        job = _job(data, prep, spec, cfg, kind="qann", source=str(Path(checkpoint).resolve()), **options)
+        # what a resume must keep: the training itself. BatchNorm re-estimation comes after the last epoch
+        # and the recipe's name is a label (its settings are in cfg), so neither is part of it; a bit
+        # schedule is, when there is one (so runs made before these options existed can be resumed)
+        trained = {k: v for k, v in options.items() if k not in ("bn_reestimate", "recipe")
+                   and not (k == "bit_schedule" and v is None)}
+        job = _job(data, prep, spec, cfg, kind="qann", source=str(Path(checkpoint).resolve()), **trained)
         state = _resume_from(out, resume, job, log)
         started = time.perf_counter()
         with staged_output(out, resuming=state is not None) as partial:   # an interrupted run leaves only partial files
