@@ -26,8 +26,8 @@ exactly its own, given once and recorded in every artifact qffs writes.
 from __future__ import annotations
 
 import copy
+import functools
 import gzip
-import hashlib
 import io
 import math
 import os
@@ -273,41 +273,83 @@ def cifar10_jpeg_path(root: str | Path | None = None) -> Path:
                     "(it ships in ../shared/datasets/ beside the repository)")
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("QFFS_CACHE", Path.home() / ".cache" / "qffs")).expanduser()
+@functools.cache
+def _zip_digest(path: Path, size: int, mtime_ns: int) -> str:
+    """The zip's SHA-256 (once per process and file version): what its decoded cache is named by."""
+    from qffs.cache import digest
+
+    return digest(path)
 
 
 def _decode_jpeg_zip(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode one split of the zip into uint8 [N,3,32,32] + labels; cached as .npz."""
-    from PIL import Image
+    """Decode one split of the zip into uint8 [N,3,32,32] + labels (indexed by CIFAR-10's own class
+    list, whichever classes the split holds); kept in qffs' private cache (:mod:`qffs.cache`),
+    named by the zip's content, and used only if it is the file qffs wrote."""
+    from qffs.cache import private_cache, publish, verified
 
     stat = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}:{split}".encode()).hexdigest()[:16]
-    cache = _cache_dir() / f"cifar10-jpeg-{split}-{key}.npz"
-    if cache.is_file():
+    key = _zip_digest(path.resolve(), stat.st_size, stat.st_mtime_ns)[:20]
+    folder = private_cache()
+    cache = folder / f"cifar10-jpeg-{split}-{key}.npz" if folder is not None else None
+    if cache is not None and verified(cache):
         with np.load(cache) as f:
             return torch.from_numpy(f["images"]), torch.from_numpy(f["labels"])
-    with zipfile.ZipFile(path) as zf:
-        names = sorted(n for n in zf.namelist() if n.startswith(f"{split}/") and n.lower().endswith((".jpg", ".jpeg", ".png")))
-        classes = sorted({n.split("/")[1] for n in names})
-        index = {c: i for i, c in enumerate(classes)}
-        images = np.empty((len(names), 3, 32, 32), dtype=np.uint8)
-        labels = np.empty(len(names), dtype=np.int64)
-        from qffs.progress import track
+    images, labels = _read_jpeg_split(path, split)
+    if cache is not None:
+        import tempfile
 
-        for i, name in enumerate(track(names, f"decoding {split} JPEGs (cached afterwards)")):
-            with Image.open(io.BytesIO(zf.read(name))) as img:
-                images[i] = np.asarray(img.convert("RGB").resize((32, 32))).transpose(2, 0, 1)
-            labels[i] = index[name.split("/")[1]]
-    from qffs.io import atomic_path
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, images=images, labels=labels)
+            publish(Path(tmp), cache)
+        except OSError:
+            pass  # a full or read-only cache only costs the decode next time
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def _read_jpeg_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images of ``split/<class>/*`` in the zip, every one checked: a corrupt zip or image, an
+    empty split or a folder that is no CIFAR-10 class is a one-line error naming it."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        with atomic_path(cache) as tmp:
-            with tmp.open("wb") as fh:
-                np.savez(fh, images=images, labels=labels)
-    except OSError:
-        pass  # a read-only cache only costs the decode next time
-    return torch.from_numpy(images), torch.from_numpy(labels)
+        with zipfile.ZipFile(path) as zf:
+            names = sorted(n for n in zf.namelist() if n.startswith(f"{split}/") and n.count("/") >= 2
+                           and n.lower().endswith((".jpg", ".jpeg", ".png")))
+            if not names:
+                raise QffsError(f"{path} holds no {split}/<class>/*.jpg images: not the CIFAR-10 JPEG zip, or its "
+                                f"{split} split is missing")
+            unknown = sorted({n.split("/")[1] for n in names} - set(_CIFAR_CLASSES))
+            if unknown:
+                raise QffsError(f"{path}: {split}/{unknown[0]}/ is not a CIFAR-10 class (the ten are "
+                                f"{', '.join(_CIFAR_CLASSES)})")
+            index = {c: i for i, c in enumerate(_CIFAR_CLASSES)}
+            images = np.empty((len(names), 3, 32, 32), dtype=np.uint8)
+            labels = np.empty(len(names), dtype=np.int64)
+            from qffs.progress import track
+
+            for i, name in enumerate(track(names, f"decoding {split} JPEGs (cached afterwards)")):
+                try:
+                    with Image.open(io.BytesIO(zf.read(name))) as img:
+                        if img.width * img.height > _MAX_PIXELS:
+                            raise QffsError(f"{path}: {name} is {img.width}x{img.height} pixels, not a CIFAR image")
+                        images[i] = np.asarray(img.convert("RGB").resize((32, 32))).transpose(2, 0, 1)
+                except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zipfile.BadZipFile,
+                        Image.DecompressionBombError) as exc:
+                    if isinstance(exc, QffsError):
+                        raise
+                    raise QffsError(f"{path}: {name} is not a readable image ({exc})") from None
+                labels[i] = index[name.split("/")[1]]
+    except zipfile.BadZipFile as exc:
+        raise QffsError(f"{path} is not a readable zip file ({exc})") from None
+    return images, labels
+
+
+#: Larger than any image a CIFAR-style zip holds: a bigger one is refused before it is decoded.
+_MAX_PIXELS = 4096 * 4096
 
 
 # --- public API ---------------------------------------------------------------------------------

@@ -228,3 +228,77 @@ def test_convert_and_export_refuse_an_out_that_another_run_is_writing(cli, tmp_p
     with exclusive(out, "--out"):
         _one_line_error(cli(command, source, "--out", out), "another qffs run is writing", str(out))
     assert not out.exists()
+
+
+# --- data: every split checked, every image decoded with an error naming it, the cache trusted -----
+def _cifar_zip(tmp_path: Path, entries: dict[str, bytes]) -> Path:
+    import zipfile
+
+    path = tmp_path / "cifar10-jpeg.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("entries, fragment", [
+    ({"train/cat/0.jpg": b""}, "holds no test/<class>/*.jpg images"),                      # no test split
+    ({"test/cat/0.jpg": b"", "test/unicorn/0.jpg": b""}, "test/unicorn/ is not a CIFAR-10 class"),
+    ({"test/cat/0.jpg": b"not a jpeg"}, "test/cat/0.jpg is not a readable image"),
+    ({"test/cat/0.jpg": b""}, "test/cat/0.jpg is not a readable image"),                     # zero bytes
+])
+def test_a_broken_cifar_zip_is_one_line_naming_what_is_wrong(tmp_path, monkeypatch, entries, fragment):
+    monkeypatch.setenv("QFFS_CACHE_DIR", str(tmp_path / "cache"))
+    entries = {k: (_jpeg() if v == b"" and "train" in k else v) for k, v in entries.items()}
+    path = _cifar_zip(tmp_path, entries)
+    from qffs.data import load_dataset
+    from qffs.errors import QffsError
+
+    with pytest.raises(QffsError, match=fragment.replace("*", r"\*").replace("(", r"\(")):
+        load_dataset("cifar10-jpeg", "test", root=path)
+
+
+def test_a_truncated_zip_is_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("QFFS_CACHE_DIR", str(tmp_path / "cache"))
+    path = _cifar_zip(tmp_path, {"test/cat/0.jpg": _jpeg()})
+    path.write_bytes(path.read_bytes()[:40])
+    _one_line_error(cli("train", "--model", "resnet20", "--dataset", "cifar10-jpeg", "--data-root", path,
+                        "--epochs", "1", "--out", tmp_path / "fp.pt"), "cifar10-jpeg.zip")
+    assert not (tmp_path / "fp.pt").exists()
+
+
+def test_a_split_lacking_a_class_keeps_cifars_labels(tmp_path, monkeypatch):
+    from qffs.data import load_dataset
+
+    monkeypatch.setenv("QFFS_CACHE_DIR", str(tmp_path / "cache"))
+    path = _cifar_zip(tmp_path, {"test/ship/0.jpg": _jpeg(), "test/truck/0.jpg": _jpeg()})
+    ds = load_dataset("cifar10-jpeg", "test", root=path)
+    assert sorted(ds[i][1] for i in range(2)) == [8, 9]          # not re-indexed to 0, 1
+
+
+def test_a_planted_or_stale_decode_is_never_used(tmp_path, monkeypatch):
+    import numpy as np
+
+    from qffs.data import load_dataset
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("QFFS_CACHE_DIR", str(cache))
+    path = _cifar_zip(tmp_path, {"test/cat/0.jpg": _jpeg()})
+    assert load_dataset("cifar10-jpeg", "test", root=path)[0][1] == 3
+    (decoded,) = cache.glob("*.npz")
+    with decoded.open("wb") as fh:                                     # replaced behind qffs' back
+        np.savez(fh, images=np.zeros((1, 3, 32, 32), np.uint8), labels=np.array([7]))
+    assert load_dataset("cifar10-jpeg", "test", root=path)[0][1] == 3   # the stamp did not match: decoded anew
+    path.unlink()
+    path = _cifar_zip(tmp_path, {"test/dog/0.jpg": _jpeg()})           # same path, new content
+    assert load_dataset("cifar10-jpeg", "test", root=path)[0][1] == 5

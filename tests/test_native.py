@@ -210,7 +210,9 @@ def test_without_a_writable_cache_the_kernels_build_in_a_fresh_private_folder(tm
         blocked.write_text("not a folder")
         monkeypatch.setenv("QFFS_CACHE_DIR", str(blocked / "cache"))
     else:                                              # no $HOME and no passwd entry: Path.home() raises
-        monkeypatch.setattr(native, "cache_dir", lambda: (_ for _ in ()).throw(RuntimeError("no home")))
+        import qffs.cache
+
+        monkeypatch.setattr(qffs.cache, "cache_dir", lambda: (_ for _ in ()).throw(RuntimeError("no home")))
     monkeypatch.setattr(native.tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     native.library.cache_clear()

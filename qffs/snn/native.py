@@ -8,9 +8,9 @@ results are bit-identical (tests/test_native.py; the property tests compare this
 layer-by-layer one, which uses the PyTorch definitions).
 
 The source is compiled with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``) into
-``$QFFS_CACHE_DIR`` (default ``$XDG_CACHE_HOME/qffs`` or ``~/.cache/qffs``, created 0700), once per
-source version, in about a second. A cached library is loaded only if the folder and the file are
-this user's alone and the file's SHA-256 is the one qffs recorded when it built it; otherwise, and
+qffs' cache (:mod:`qffs.cache`: ``$QFFS_CACHE_DIR``, else ``~/.cache/qffs``), once per source
+version, in about a second. A cached library is loaded only if the folder and the file are this
+user's alone and the file's SHA-256 is the one qffs recorded when it built it; otherwise, and
 where the cache cannot be written, the kernels are built into a private temporary folder per process.
 Where there is no compiler, on CUDA, for tensors the kernels do not take, or with
 ``QFFS_NATIVE=0``, the runtime uses the PyTorch definitions: the same results, slower.
@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from qffs.cache import cache_dir, private_cache, publish, verified
+
 SOURCE = Path(__file__).with_name("native.c")
 #: No fast-math and no contraction into fused multiply–adds: the kernels must round as PyTorch does.
 FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off")
@@ -43,14 +45,6 @@ FLAGS = ("-O3", "-std=c99", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract
 OPENMP = ("-fopenmp",)
 
 _FLOATS = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
-
-
-def cache_dir() -> Path:
-    """Where compiled kernels are kept: ``$QFFS_CACHE_DIR``, else ``$XDG_CACHE_HOME/qffs``, else ``~/.cache/qffs``."""
-    if os.environ.get("QFFS_CACHE_DIR"):
-        return Path(os.environ["QFFS_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "qffs"
 
 
 def _compiler() -> str | None:
@@ -67,59 +61,15 @@ def library_name(compiler: str) -> str:
     return f"qffs_native_{key}{'.dll' if os.name == 'nt' else '.so'}"
 
 
-def _ours_alone(path: Path) -> bool:
-    """Owned by this user and writable by nobody else (where the system has owners): the only
-    files and folders whose code qffs will load. Anyone else who can write there could have
-    placed a library that runs inside every qffs process."""
-    if not hasattr(os, "getuid"):
-        return True
-    info = path.stat()
-    return info.st_uid == os.getuid() and not info.st_mode & 0o022
-
-
-def _private_cache() -> Path | None:
-    """:func:`cache_dir`, created 0700 (parents too, whatever the umask) if missing, if it is ours
-    alone; else None."""
-    folder = cache_dir()
-    missing = []
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        missing.append(probe)
-        probe = probe.parent
-    for path in reversed(missing):
-        try:
-            path.mkdir(mode=0o700)
-        except FileExistsError:
-            pass
-    return folder if folder.is_dir() and _ours_alone(folder) else None
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _verified(library: Path) -> bool:
-    """A library qffs built: ours alone, and its SHA-256 the one recorded when it was built."""
-    stamp = library.with_name(library.name + ".sha256")
-    try:
-        return (library.is_file() and stamp.is_file() and _ours_alone(library) and _ours_alone(stamp)
-                and stamp.read_text().strip() == _digest(library))
-    except OSError:
-        return False
-
-
 def _build(compiler: str) -> Path:
-    """The kernels' library: the cached one if qffs built it (:func:`_verified`), else compiled now,
+    """The kernels' library: the cached one if qffs built it (:func:`qffs.cache.verified`), else compiled now,
     atomically (a half-written library is never loaded), with OpenMP where the compiler has it,
     and its hash recorded. The cache is used only if it is this user's alone; otherwise (someone
     else's or a shared folder, a read-only or missing home) the library goes into a fresh private
     temporary folder, removed at exit."""
     name = library_name(compiler)
-    try:
-        folder = _private_cache()
-    except (OSError, RuntimeError):               # RuntimeError: Path.home() without a home
-        folder = None
-    if folder is not None and _verified(folder / name):
+    folder = private_cache()
+    if folder is not None and verified(folder / name):
         return folder / name
     try:
         if folder is None:
@@ -139,11 +89,7 @@ def _build(compiler: str) -> Path:
                 break
         else:
             raise OSError(f"{Path(compiler).name} failed: {(run.stderr or run.stdout).strip().splitlines()[-1:]}")
-        stamp_fd, stamp = tempfile.mkstemp(dir=folder, prefix=Path(name).stem, suffix=".part")
-        with os.fdopen(stamp_fd, "w") as f:
-            f.write(_digest(Path(partial)))
-        os.replace(stamp, target.with_name(name + ".sha256"))   # the stamp first: a library without one is rebuilt
-        os.replace(partial, target)
+        publish(Path(partial), target)
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
