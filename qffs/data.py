@@ -101,7 +101,18 @@ def _channel_values(option: str, values: Sequence[float], channels: int, positiv
     if not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
         raise QffsError(f"{option} values must be {'finite and > 0' if positive else 'finite'}, "
                         f"got {','.join(map(str, values))}")
+    low, high = (_MIN_STD, 1.0 / _MIN_STD) if positive else (-_MAX_MEAN, _MAX_MEAN)
+    if not all(low <= v <= high for v in values):   # (x − mean) / std of x in [0, 1] lands in float32
+        raise QffsError(f"{option} values must lie in [{low:g}, {high:g}] (images are scaled to [0, 1] and normalised "
+                        f"in float32), got {','.join(map(str, values))}")
     return values
+
+
+#: Bounds of the normalisation constants: every normalised pixel then stays a float32 number of
+#: sensible size (|x| ≤ 2·10¹²), far from overflow and from the subnormals.
+_MIN_STD, _MAX_MEAN = 1e-6, 1e6
+#: Image sizes an ImageFolder job resizes to.
+IMAGE_SIZES = (8, 4096)
 
 
 def resolve_preprocessing(dataset: str, root: str | Path | None = None, *, mean: Sequence[float] | None = None,
@@ -121,8 +132,8 @@ def resolve_preprocessing(dataset: str, root: str | Path | None = None, *, mean:
         return default
 
     size = image_size if image_size is not None else recorded.get("image_size", info.image_size)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise QffsError(f"--image-size must be a positive integer, got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or not IMAGE_SIZES[0] <= size <= IMAGE_SIZES[1]:
+        raise QffsError(f"--image-size must be an integer in {IMAGE_SIZES[0]}..{IMAGE_SIZES[1]} (pixels), got {size!r}")
     if dataset != "imagefolder" and size != info.image_size:
         raise QffsError(f"--image-size {size}: {dataset} images are {info.image_size}×{info.image_size} and are not "
                         "resized; --image-size applies to --dataset imagefolder")

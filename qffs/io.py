@@ -31,6 +31,7 @@ import datetime as _dt
 import functools
 import glob
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -225,10 +226,45 @@ def _find_weights(obj: Any, path: Path, entry: str = "", depth: int = 0) -> tupl
                     f"expected tensors or one of the keys {', '.join(NESTED_KEYS)}")
 
 
+#: The metadata fields qffs reads back, with the type each must have: a file that says otherwise
+#: was altered (or not written by qffs), and is refused by name rather than failing deep inside.
+META_TYPES: dict[str, type] = {
+    "kind": str, "model": str, "model_file_sha256": str, "dataset": str, "data_root": str, "recipe": str,
+    "metrics": dict, "preprocessing": dict, "conversion": dict, "step_sizes": dict, "selection": dict,
+    "train_config": dict, "layers": list, "input_shape": list, "bit_schedule": list, "bits": int, "output_bits": int,
+}
+#: One sample's input may hold at most this many values (a recorded shape is allocated as it is).
+MAX_SAMPLE_VALUES = 1 << 26
+
+
+def _checked_meta(meta: Any, file: Path) -> dict[str, Any]:
+    """``meta`` if every field qffs reads has its type and a sane value; else a one-line QffsError."""
+    if not isinstance(meta, Mapping):
+        raise QffsError(f"{file}: its qffs metadata is a {type(meta).__name__}, not a mapping: the file was altered "
+                        "or not written by qffs")
+    for key, kind in META_TYPES.items():
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise QffsError(f"{file}: its metadata field {key!r} is a {type(value).__name__}, not a {kind.__name__}: "
+                            "the file was altered or not written by qffs")
+    for key in ("bits", "output_bits"):
+        if meta.get(key) is not None:
+            from qffs.quant.lsq import check_bits
+
+            check_bits(f"{file}: recorded {key}", meta[key])
+    shape = meta.get("input_shape")
+    if shape is not None:
+        if not (1 <= len(shape) <= 4 and all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 65536
+                                             for d in shape) and math.prod(shape) <= MAX_SAMPLE_VALUES):
+            raise QffsError(f"{file}: recorded input_shape {shape} is not a sample's shape (1 to 4 sizes, "
+                            f"at most {MAX_SAMPLE_VALUES:,} values): the file was altered")
+    return dict(meta)
+
+
 def _unwrap(obj: Any, path: Path) -> Checkpoint:
     meta: dict[str, Any] = {}
-    if isinstance(obj, Mapping) and isinstance(obj.get("qffs"), Mapping):
-        meta = dict(obj["qffs"])
+    if isinstance(obj, Mapping) and "qffs" in obj:
+        meta = _checked_meta(obj["qffs"], path)
     weights, entry = _find_weights(obj, path)
     # a new dict: PyTorch's per-module version metadata is dropped, so BatchNorm back-fills
     # num_batches_tracked for old checkpoints (see load_into)
@@ -314,7 +350,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 raw_meta = f.metadata() or {}
         except (SafetensorError, OSError) as exc:
             raise QffsError(f"{file}: not a readable safetensors file ({exc})") from exc
-        meta = json.loads(raw_meta["qffs"]) if "qffs" in raw_meta else {}
+        try:
+            meta = _checked_meta(json.loads(raw_meta["qffs"]), file) if "qffs" in raw_meta else {}
+        except json.JSONDecodeError as exc:
+            raise QffsError(f"{file}: its qffs metadata is not JSON ({exc.msg}): the file was altered") from None
         state_dict, stripped = strip_wrapper_prefixes(tensors)
         return Checkpoint(state_dict, meta, file, "", stripped)
     what = _not_a_checkpoint(file)

@@ -37,6 +37,10 @@ def _check_interval(name: str, value: float, low: float, high: float, *, low_ope
         raise QffsError(f"{name} must be a finite number in {span}, got {value}")
 
 
+#: The largest float32: options that scale float32 tensors must not exceed it.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 @dataclass
 class TrainConfig:
     """Optimiser and schedule. Defaults: the paper's QAT recipe (SGD 0.01, momentum 0.9, wd 5e-4)."""
@@ -58,16 +62,17 @@ class TrainConfig:
 
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, numbers.Integral) or self.epochs < 0:
             raise QffsError(f"epochs must be an integer >= 0, got {self.epochs!r}")
-        _check_interval("learning rate (--lr)", self.lr, 0.0, math.inf, low_open=True, high_open=True)
+        # the optimiser multiplies float32 parameters and gradients by these: they must be float32 numbers
+        _check_interval("learning rate (--lr)", self.lr, 0.0, FLOAT32_MAX, low_open=True)
         _check_interval("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        _check_interval("weight decay", self.weight_decay, 0.0, math.inf, high_open=True)
+        _check_interval("weight decay", self.weight_decay, 0.0, FLOAT32_MAX)
         _check_interval("gamma", self.gamma, 0.0, 1.0, low_open=True)
         _check_interval("label smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         if self.schedule not in ("cosine", "exp", "constant"):
             raise QffsError(f"unknown schedule {self.schedule!r}; use cosine, exp or constant")
         if not 0.0 <= self.distill <= 1.0:
             raise QffsError(f"distillation weight must be in [0, 1], got {self.distill}")
-        _check_interval("distillation temperature", self.temperature, 0.0, math.inf, low_open=True, high_open=True)
+        _check_interval("distillation temperature", self.temperature, 0.0, FLOAT32_MAX, low_open=True)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

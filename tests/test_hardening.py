@@ -302,3 +302,53 @@ def test_a_planted_or_stale_decode_is_never_used(tmp_path, monkeypatch):
     path.unlink()
     path = _cifar_zip(tmp_path, {"test/dog/0.jpg": _jpeg()})           # same path, new content
     assert load_dataset("cifar10-jpeg", "test", root=path)[0][1] == 5
+
+
+# --- every number checked against the type it lands in; metadata checked when read ---------------
+@pytest.mark.parametrize("args, fragment", [
+    (("quantize", "{fp}", "--std", "1e-300"), "--std values must lie in [1e-06, 1e+06]"),
+    (("quantize", "{fp}", "--mean", "1e308"), "--mean values must lie in [-1e+06, 1e+06]"),
+    (("quantize", "{fp}", "--image-size", "1"), "--image-size must be an integer in 8..4096"),
+    (("quantize", "{fp}", "--image-size", "100000"), "--image-size must be an integer in 8..4096"),
+    (("quantize", "{fp}", "--lr", "1e308"), "learning rate (--lr) must be a finite number in (0, 3.40282e+38]"),
+    (("quantize", "{fp}", "--weight-decay", "1e300"), "weight decay must be a finite number in [0, 3.40282e+38]"),
+    (("convert", "{qann}", "--input-window", str(10**30)), "input window (--input-window) must be an integer in 1..4096"),
+])
+def test_numbers_are_checked_against_their_type(cli, tmp_path, artifacts, args, fragment):
+    out = tmp_path / ("q.pt" if args[0] == "quantize" else "s.pt")
+    args = [a.format(fp=SHIPPED_COPY, qann=artifacts / "qann.pt") for a in args]
+    _one_line_error(cli(*args, "--out", out, *(("--epochs", "1") if args[0] == "quantize" else ())), fragment)
+    assert not out.exists()
+
+
+def _tampered(tmp_path: Path, artifacts: Path, **changes) -> Path:
+    from qffs.io import save_checkpoint
+
+    ckpt = load_checkpoint(artifacts / "qann.pt")
+    path = tmp_path / "tampered.pt"
+    torch.save({"state_dict": ckpt.state_dict, "qffs": {**ckpt.meta, **changes}}, path)
+    return path
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"metrics": "high"}, "its metadata field 'metrics' is a str, not a dict"),
+    ({"bits": 40}, "recorded bits must be an integer from 1 to 8"),
+    ({"bits": True}, "its metadata field 'bits' is a bool, not a int"),
+    ({"input_shape": [100000, 100000, 100000]}, "recorded input_shape [100000, 100000, 100000] is not a sample's shape"),
+    ({"preprocessing": ["mean"]}, "its metadata field 'preprocessing' is a list, not a dict"),
+])
+def test_tampered_metadata_is_refused_by_name(cli, tmp_path, artifacts, changes, fragment):
+    path = _tampered(tmp_path, artifacts, **changes)
+    for command in (("info", path), ("convert", path, "--out", tmp_path / "s.pt")):
+        _one_line_error(cli(*command), fragment)
+    assert not (tmp_path / "s.pt").exists()
+
+
+@pytest.mark.parametrize("metadata, fragment", [("{not json", "its qffs metadata is not JSON"),
+                                                ("[1, 2]", "its qffs metadata is a list, not a mapping")])
+def test_tampered_safetensors_metadata_is_refused_by_name(cli, tmp_path, metadata, fragment):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"w": torch.ones(2)}, str(path), metadata={"qffs": metadata})
+    _one_line_error(cli("info", path), fragment)

@@ -124,9 +124,12 @@ def convert(qann: nn.Module, *, input_window: int | None = None, precharge: bool
         raise UnsupportedGraphError(f"{type(qann).__name__} has no activation quantizers: run qffs.quantize first")
     quants = {str(n.target): gm.get_submodule(str(n.target)) for n in quant_nodes}
     hidden = [q.levels for q in quants.values() if not q.is_output]
-    window = int(input_window) if input_window is not None else max(hidden or [q.levels for q in quants.values()])
-    if window < 1:
-        raise QffsError(f"input_window must be >= 1, got {input_window}")
+    if input_window is not None:   # a number of steps like T, bounded alike
+        from qffs.snn.network import check_timesteps
+
+        window = check_timesteps(input_window, "input window (--input-window)")
+    else:
+        window = max(hidden or [q.levels for q in quants.values()])
     folded = fold_batchnorm(gm)
     output_node = next(n for n in gm.graph.nodes if n.op == "output").args[0]
     taken = {name for name, _ in gm.named_modules()}
