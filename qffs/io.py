@@ -28,6 +28,7 @@ import argparse
 import codecs
 import contextlib
 import datetime as _dt
+import errno
 import functools
 import glob
 import json
@@ -99,9 +100,54 @@ def _temporary_beside(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)   # mkstemp makes it private (0600); outputs get the usual permissions
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes it private (0600); outputs get the usual permissions
     return Path(tmp)
+
+
+#: torch's writer reports a failed write (a full disk among others) as a RuntimeError with these words.
+_WRITER_FAILURES = ("PytorchStreamWriter", "file write failed", "unexpected pos")
+
+
+@contextlib.contextmanager
+def _removing_made_folders(target: Path) -> Iterator[None]:
+    """If the block fails, remove the folders that did not exist before it and are left empty."""
+    missing = []
+    folder = Path(target).parent
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    try:
+        yield
+    except BaseException:
+        for made in missing:   # deepest first
+            with contextlib.suppress(OSError):
+                made.rmdir()
+        raise
+
+
+@contextlib.contextmanager
+def _translated(target: Path) -> Iterator[None]:
+    """A failed write of ``target`` (a full disk, a quota, a read-only or vanished folder, torch's
+    writer giving up) as one line naming the file and the cause."""
+    try:
+        yield
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+        cause = "the disk is full: free some space or write elsewhere" if full else (exc.strerror or str(exc))
+        raise QffsError(f"cannot write {target}: {cause}") from exc
+    except RuntimeError as exc:
+        if not any(words in str(exc) for words in _WRITER_FAILURES):
+            raise
+        raise QffsError(f"cannot write {target}: {str(exc).splitlines()[0]} (is the disk full?)") from exc
+
+
+@contextlib.contextmanager
+def failed_writes_named(target: Path) -> Iterator[None]:
+    """Around every atomic write: a failure is one line naming the file and the cause, and leaves
+    no empty folder behind."""
+    with _removing_made_folders(target), _translated(target):
+        yield
 
 
 def _current_umask() -> int:
@@ -118,13 +164,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (``.NAME.PID.xxxx.tmp``); rename it onto ``path``
     only on success. Temporary files of killed runs are removed first (:func:`remove_orphans`)."""
     target = Path(path)
-    tmp = _temporary_beside(target)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    with failed_writes_named(target):
+        tmp = _temporary_beside(target)
+        try:
+            yield tmp
+            os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 #: Hold off Ctrl-C and SIGTERM over the renames that publish a set of files together (qffs.signals).
@@ -136,16 +183,17 @@ def atomic_files(paths: list[Path]) -> Iterator[list[Path]]:
     """Temporary paths for several files, moved into place together when the block succeeds
     (Ctrl-C held off during the moves), else removed: never a mix of two runs' files."""
     temps: list[Path] = []
-    try:
-        temps.extend(_temporary_beside(Path(p)) for p in paths)
-        yield temps
-        with interrupts_held():
-            for tmp, target in zip(temps, paths):
-                os.replace(tmp, target)
-    finally:
-        for tmp in temps:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+    with failed_writes_named(Path(paths[0]) if paths else Path(".")):
+        try:
+            temps.extend(_temporary_beside(Path(p)) for p in paths)
+            yield temps
+            with interrupts_held():
+                for tmp, target in zip(temps, paths):
+                    os.replace(tmp, target)
+        finally:
+            for tmp in temps:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
 
 
 @contextlib.contextmanager

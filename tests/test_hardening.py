@@ -352,3 +352,31 @@ def test_tampered_safetensors_metadata_is_refused_by_name(cli, tmp_path, metadat
     path = tmp_path / "w.safetensors"
     save_file({"w": torch.ones(2)}, str(path), metadata={"qffs": metadata})
     _one_line_error(cli("info", path), fragment)
+
+
+# --- a full disk: one line naming the file, nothing half-written, no empty folder left --------------
+@pytest.mark.parametrize("command, failure", [("quantize", "ENOSPC"), ("quantize", "torch writer"),
+                                              ("convert", "ENOSPC"), ("evaluate", "ENOSPC"), ("export", "ENOSPC")])
+def test_a_full_disk_is_one_line_and_leaves_nothing(cli, tmp_path, artifacts, monkeypatch, command, failure):
+    import errno
+    import os
+
+    import qffs.io
+
+    real_replace = os.replace
+
+    def full(src, dst):
+        if failure == "ENOSPC":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: PytorchStreamWriter failed writing file data/0")
+
+    monkeypatch.setattr(qffs.io.os, "replace", full)
+    out = tmp_path / "new" / "folder"
+    args = {"quantize": ("quantize", SHIPPED_COPY, "--out", out / "q.pt", "--epochs", "0", *SUBSET),
+            "convert": ("convert", artifacts / "qann.pt", "--out", out / "s.pt"),
+            "evaluate": ("evaluate", artifacts / "snn.pt", "-T", "2", "--limit", "8", "--out-dir", out),
+            "export": ("export", artifacts / "qann.pt", "--out", out / "q.onnx")}[command]
+    r = cli(*args)
+    monkeypatch.setattr(qffs.io.os, "replace", real_replace)
+    _one_line_error(r, "cannot write", "the disk is full" if failure == "ENOSPC" else "is the disk full?")
+    assert not (tmp_path / "new").exists()
