@@ -437,7 +437,8 @@ def load_dataset(name: str, split: str = "test", *, root: str | Path | None = No
     base = _default_root(root)
     if name == "imagefolder":
         tree = _imagefolder_split_dir(base, split)
-        return _imagefolder(tree, limit, augment, preprocessing or resolve_preprocessing(name, root))
+        return _imagefolder(tree, limit, augment, preprocessing or resolve_preprocessing(name, root),
+                            dataset_info(name, root).classes)
     prep = preprocessing or resolve_preprocessing(name, root)
     permute = False
     if name == "fashion-mnist":
@@ -475,8 +476,43 @@ def load_training_pool(name: str, *, root: str | Path | None = None, limit: int 
     return augmented, load_dataset(name, "train", root=root, limit=limit, augment=False, preprocessing=preprocessing)
 
 
-def _imagefolder(tree: Path, limit: int | None, augment: bool, prep: Preprocessing) -> Dataset:
-    from torchvision import datasets, transforms
+def _read_image(path: str):
+    """An ImageFolder image as RGB, or one line naming the file (empty, not an image, truncated, huge)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise QffsError(f"{path} is not a readable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                        " — remove or replace it") from None
+
+
+def _class_folders(root: Path, classes: tuple[str, ...], **kwargs: Any) -> Dataset:
+    """torchvision's ImageFolder with the class list fixed (the training split's): a split that lacks
+    a class keeps every other class's label, and a folder that is no class is refused by name."""
+    from torchvision import datasets
+
+    class ClassFolders(datasets.ImageFolder):
+        def __init__(self, root: Path, classes: tuple[str, ...], **kwargs: Any):
+            self.fixed_classes = tuple(classes)
+            super().__init__(str(root), loader=_read_image, allow_empty=True, **kwargs)
+
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            present = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
+            unknown = [c for c in present if c not in self.fixed_classes]
+            if unknown:
+                raise QffsError(f"{directory}/{unknown[0]}/ is not one of the {len(self.fixed_classes)} classes of the "
+                                f"training split ({', '.join(self.fixed_classes[:4])}"
+                                f"{', …' if len(self.fixed_classes) > 4 else ''}): every split needs the same classes")
+            return list(self.fixed_classes), {c: i for i, c in enumerate(self.fixed_classes)}
+
+    return ClassFolders(root, classes, **kwargs)
+
+
+def _imagefolder(tree: Path, limit: int | None, augment: bool, prep: Preprocessing,
+                 classes: tuple[str, ...]) -> Dataset:
+    from torchvision import transforms
 
     n = prep.image_size
     norm = transforms.Normalize(prep.mean, prep.std)
@@ -490,7 +526,10 @@ def _imagefolder(tree: Path, limit: int | None, augment: bool, prep: Preprocessi
     else:
         tf = transforms.Compose([transforms.Resize(round(n * 256 / 224)), transforms.CenterCrop(n),
                                  transforms.ToTensor(), norm])
-    ds = datasets.ImageFolder(str(tree), transform=tf)
+    ds = _class_folders(tree, classes, transform=tf)
+    if len(ds) == 0:
+        raise QffsError(f"{tree} holds no images in its class folders ({', '.join(classes[:4])}"
+                        f"{', …' if len(classes) > 4 else ''})")
     if limit is not None and limit < len(ds):
         order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(1234))[:limit].tolist()
         return torch.utils.data.Subset(ds, order)

@@ -380,3 +380,60 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(cli, tmp_path, artifacts, mo
     monkeypatch.setattr(qffs.io.os, "replace", real_replace)
     _one_line_error(r, "cannot write", "the disk is full" if failure == "ENOSPC" else "is the disk full?")
     assert not (tmp_path / "new").exists()
+
+
+# --- ImageFolder trees: one class list for every split, every image read with an error naming it ---
+def _tree(tmp_path: Path, splits: dict[str, list[str]], bad: dict[str, bytes] | None = None) -> Path:
+    from PIL import Image
+
+    root = tmp_path / "tree"
+    for split, classes in splits.items():
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(2):
+                Image.new("RGB", (16, 16), (30 * i, 80, 160)).save(root / split / c / f"{i}.png")
+    for name, data in (bad or {}).items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def test_a_test_split_lacking_a_class_keeps_the_training_labels(tmp_path):
+    from qffs.data import load_dataset
+
+    root = _tree(tmp_path, {"train": ["ant", "bee", "cat"], "val": ["bee", "cat"]})
+    ds = load_dataset("imagefolder", "test", root=root)
+    assert sorted({ds[i][1] for i in range(len(ds))}) == [1, 2]       # bee and cat, not 0 and 1
+
+
+@pytest.mark.parametrize("splits, bad, fragment", [
+    ({"train": ["ant", "bee"], "val": ["ant", "bee", "cow"]}, None, "val/cow/ is not one of the 2 classes"),
+    ({"train": ["ant", "bee"], "val": ["ant"]}, {"val/ant/2.png": b""}, "val/ant/2.png is not a readable image"),
+    ({"train": ["ant", "bee"], "val": ["ant"]}, {"val/ant/2.jpg": b"just some text"}, "val/ant/2.jpg is not a readable image"),
+    ({"train": ["ant", "bee"], "val": ["ant"]}, {"val/ant/2.png": None}, "val/ant/2.png is not a readable image"),
+    ({"train": ["ant", "bee"], "val": []}, {"val/ant/readme.txt": b"no images"}, "holds no images in its class folders"),
+])
+def test_a_broken_imagefolder_tree_is_one_line_naming_it(tmp_path, splits, bad, fragment):
+    if bad and None in bad.values():                      # a truncated PNG
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, format="PNG")
+        bad = {k: buf.getvalue()[: len(buf.getvalue()) // 2] for k in bad}
+    root = _tree(tmp_path, splits, bad)
+    from qffs.data import load_dataset
+    from qffs.errors import QffsError
+
+    with pytest.raises(QffsError, match=fragment.replace("(", r"\(")):
+        ds = load_dataset("imagefolder", "test", root=root)
+        for i in range(len(ds)):
+            ds[i]
+
+
+def test_a_bad_image_in_the_training_tree_stops_training_with_one_line(cli, tmp_path):
+    root = _tree(tmp_path, {"train": ["ant", "bee"], "val": ["ant", "bee"]}, {"train/bee/broken.jpg": b""})
+    _one_line_error(cli("train", "--model", "vgg_small", "--dataset", "imagefolder", "--data-root", root, "--epochs", "1",
+                        "--image-size", "16", "--out", tmp_path / "fp.pt"), "train/bee/broken.jpg is not a readable image")
+    assert not (tmp_path / "fp.pt").exists()
