@@ -583,8 +583,6 @@ def qann_selected_on(metrics: dict[str, Any]) -> str | None:
 def _onnxruntime_network(snn, loader, timesteps: int, device: torch.device, stack: contextlib.ExitStack):
     """``snn`` exported (with the report's diagnostic outputs) into a temporary folder that
     ``stack`` removes, and opened with onnxruntime."""
-    import tempfile
-
     from qffs.export.onnx import snn_to_onnx
     from qffs.export.runtime import OnnxSpikingNetwork
 
@@ -593,7 +591,9 @@ def _onnxruntime_network(snn, loader, timesteps: int, device: torch.device, stac
     x = loader.dataset[0][0].unsqueeze(0)   # the whole test set's first sample (a rank's shard may be empty)
     if device.type == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         device = torch.device("cpu")      # "auto" found a GPU, this onnxruntime cannot use it
-    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qffs-onnx-")))
+    from qffs.export.runtime import export_folder
+
+    folder = export_folder(stack)
     main_only(print)(f"exporting the SNN unrolled over {timesteps} steps to ONNX ...", flush=True)
     path = snn_to_onnx(snn, folder / "snn.onnx", x, timesteps, diagnostics=True)
     return OnnxSpikingNetwork(path, device)

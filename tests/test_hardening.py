@@ -437,3 +437,35 @@ def test_a_bad_image_in_the_training_tree_stops_training_with_one_line(cli, tmp_
     _one_line_error(cli("train", "--model", "vgg_small", "--dataset", "imagefolder", "--data-root", root, "--epochs", "1",
                         "--image-size", "16", "--out", tmp_path / "fp.pt"), "train/bee/broken.jpg is not a readable image")
     assert not (tmp_path / "fp.pt").exists()
+
+
+def test_a_killed_onnxruntime_evaluation_leaves_no_folder_for_good(tmp_path, monkeypatch):
+    import contextlib
+    import subprocess
+    import sys
+    import tempfile
+
+    from qffs.export.runtime import export_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f"qffs-onnx-{dead.stdout.strip()}-abcd"       # what a SIGKILLed run left
+    left.mkdir()
+    (left / "snn.onnx").write_bytes(b"x")
+    alive = tmp_path / "qffs-onnx-1-efgh"                            # pid 1 is alive: not ours to touch
+    alive.mkdir()
+    with contextlib.ExitStack() as stack:
+        folder = export_folder(stack)
+        assert folder.is_dir() and folder.name.startswith(f"qffs-onnx-{__import__('os').getpid()}-")
+    assert not left.exists() and alive.exists() and not folder.exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--input-shape", "3,32,32"), "the network does not take --input-shape 3,32,32"),
+    (("--input-shape", "100000,100000,100000"), "is not a sample's shape"),
+    (("-T", "4096"), "--timesteps 4096: an unrolled export holds every step"),
+])
+def test_export_checks_its_shape_and_its_length_before_tracing(cli, tmp_path, artifacts, args, fragment):
+    source = artifacts / ("snn.pt" if "-T" in args else "qann.pt")
+    _one_line_error(cli("export", source, "--out", tmp_path / "x.onnx", *args), fragment)
+    assert not (tmp_path / "x.onnx").exists()

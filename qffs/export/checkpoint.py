@@ -7,6 +7,8 @@ NIR the weights and thresholds that :func:`nir.read` returns.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,32 @@ CHECK_BATCH = 4
 def _input_shape(meta: dict[str, Any], given: tuple[int, ...] | None, path: str | Path) -> tuple[int, ...]:
     from qffs.recipes import sample_input_shape
 
+    from qffs.io import MAX_SAMPLE_VALUES
+
     shape = given or sample_input_shape(meta)
     if shape is None:
         raise QffsError(f"{path} does not record its input shape: pass --input-shape C,H,W")
-    return tuple(int(d) for d in shape)
+    shape = tuple(int(d) for d in shape)
+    if not 1 <= len(shape) <= 4 or min(shape) < 1 or math.prod(shape) > MAX_SAMPLE_VALUES:
+        raise QffsError(f"--input-shape {','.join(map(str, shape))} is not a sample's shape: 1 to 4 positive sizes, "
+                        f"at most {MAX_SAMPLE_VALUES:,} values")
+    return shape
+
+
+#: Unrolled exports hold every step in the graph, so tracing time and file size grow with T: past
+#: this, --single-step (one step, state in and out, looped by the runtime) is the form to use.
+MAX_UNROLLED_TIMESTEPS = 256
+
+
+def _takes(network: torch.nn.Module, example: torch.Tensor, kind: str, given: bool) -> None:
+    """Run the network once on ``example``: a shape it does not take is one line before any tracing."""
+    try:
+        with torch.no_grad():
+            network(example, timesteps=1) if kind == "snn" else network(example)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        shape = ",".join(str(d) for d in example.shape[1:])
+        what = f"--input-shape {shape}" if given else f"the recorded input shape {shape}"
+        raise QffsError(f"the network does not take {what}: {str(exc).splitlines()[0]}") from None
 
 
 def load_network(path: str | Path, model: str | None = None) -> tuple[torch.nn.Module, str, dict[str, Any]]:
@@ -130,6 +154,11 @@ def _export(path: str | Path, out: Path, *, to: str, timesteps: int | None, mode
         raise QffsError("--single-step is an ONNX form (--to onnx)")
     generator = torch.Generator().manual_seed(0)
     example = torch.randn((CHECK_BATCH, *_input_shape(meta, input_shape, path)), generator=generator)
+    if kind == "snn" and not single_step and (timesteps or DEFAULT_TIMESTEPS) > MAX_UNROLLED_TIMESTEPS:
+        raise QffsError(f"--timesteps {timesteps}: an unrolled export holds every step, so past "
+                        f"{MAX_UNROLLED_TIMESTEPS} it traces for a long time into a huge file — export one step "
+                        "with --single-step (the runtime loops it) or choose fewer steps")
+    _takes(network, example, kind, input_shape is not None)
     summary: dict[str, Any] = {"source": str(path), "kind": kind, "format": to, "path": str(out)}
     provenance = {"source": Path(path).name, "model": meta.get("model"), "dataset": meta.get("dataset")}
     if to == "nir":

@@ -8,6 +8,10 @@ as it measures the torch runtime (``qffs evaluate --backend onnxruntime``).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +115,31 @@ class OnnxSpikingNetwork:
 
 
 __all__ = ["EXACT_SESSION_CONFIG", "OnnxSpikingNetwork", "session"]
+
+
+#: Temporary export folders are named ``qffs-onnx-<pid>-…``, so a later run can tell a killed run's.
+_EXPORT_PREFIX = "qffs-onnx-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def export_folder(stack: contextlib.ExitStack) -> Path:
+    """A private temporary folder for an evaluation's ONNX file, removed when ``stack`` closes; the
+    folders of runs that were killed (SIGKILL, a crash) before removing theirs go first."""
+    from qffs.cache import ours_alone
+
+    base = Path(tempfile.gettempdir())
+    for old in base.glob(f"{_EXPORT_PREFIX}*-*"):
+        pid = old.name[len(_EXPORT_PREFIX):].split("-", 1)[0]
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and ours_alone(old):
+                shutil.rmtree(old, ignore_errors=True)
+    return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{_EXPORT_PREFIX}{os.getpid()}-")))
