@@ -14,12 +14,14 @@ def entry() -> None:
     from qffs.signals import exit_code, ignore_further, stop_on_signals, stop_word
 
     stop_on_signals()   # SIGTERM too, from the first import on
+    code = None
     try:
         from qffs.cli.main import main
 
-        code = main()
+        code = main(console=True)   # which ignores signals once the command is done
     except KeyboardInterrupt:   # during start-up imports (main itself handles it once running)
         ignore_further()
-        print(f"qffs: {stop_word()} while starting; nothing was written", file=sys.stderr)
-        code = exit_code()
+        if code is None:
+            print(f"qffs: {stop_word()} while starting; nothing was written", file=sys.stderr)
+            code = exit_code()
     sys.exit(code)

@@ -14,7 +14,7 @@ import typer
 from qffs.cli import commands  # noqa: F401  (registers the commands on the app)
 from qffs.cli.app import app, printable
 from qffs.errors import Interrupted, QffsError
-from qffs.signals import exit_code, ignore_further, stop_on_signals, stop_word
+from qffs.signals import exit_code, ignore_further, restore, stop_on_signals, stop_word
 
 
 #: What a Ctrl-C or SIGTERM outside a training job leaves: outputs are written atomically, at their end.
@@ -39,17 +39,28 @@ def _rank() -> str:
     return f" (rank {rank} of {world})" if world > 1 and rank > 0 else ""
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, console: bool = False) -> int:
+    """Run one command line; returns its exit code. In the console script (``console``) a signal
+    after the command finished is ignored; called in-process, the signal handlers are put back."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     command = typer.main.get_command(app)
-    stop_on_signals()
+    previous = stop_on_signals()
+    try:
+        return _run(command, args, debug)
+    finally:
+        if console:
+            ignore_further()   # done: a signal between here and the exit changes nothing
+        else:
+            restore(previous)
+
+
+def _run(command, args: list[str], debug: bool) -> int:
     try:
         code = command.main(args=args, prog_name="qffs", standalone_mode=False)
         if code == 130:   # typer turns a Ctrl-C it sees into a returned 130
             return _stopped(f"interrupted; {INTERRUPTED}")
-        ignore_further()   # done: a signal now changes nothing
         return code if isinstance(code, int) else 0
     except typer.Exit as exc:
         return int(exc.exit_code or 0)

@@ -29,11 +29,20 @@ def _stop(signum: int, frame) -> None:
     raise KeyboardInterrupt
 
 
-def stop_on_signals() -> None:
-    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` in the main thread, remembering which came."""
+def stop_on_signals() -> dict[int, object]:
+    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` in the main thread, remembering which came
+    (the record starts empty). Returns the handlers they replace, for :func:`restore`."""
+    _received.clear()
+    if not _main_thread():
+        return {}
+    return {sig: signal.signal(sig, _stop) for sig in STOPPING}
+
+
+def restore(previous: dict[int, object]) -> None:
+    """Put back the handlers :func:`stop_on_signals` replaced (a command run in-process leaves none of its own)."""
     if _main_thread():
-        for sig in STOPPING:
-            signal.signal(sig, _stop)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def ignore_further() -> None:
