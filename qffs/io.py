@@ -214,8 +214,13 @@ def exclusive(path: str | Path, option: str) -> Iterator[None]:
     import hashlib
 
     target = Path(path)
+    from qffs.cache import ours_alone
+
     folder = Path(tempfile.gettempdir()) / f"qffs-locks-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
+    if not ours_alone(folder):   # its name is predictable: someone else may have made it first
+        raise QffsError(f"the lock folder {folder} belongs to another user or others can write to it: remove it, "
+                        "or point TMPDIR at a folder of your own")
     key = hashlib.sha256(str(target.expanduser().resolve()).encode()).hexdigest()[:32]
     lock = folder / f"{key}.lock"
     while True:

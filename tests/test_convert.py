@@ -126,7 +126,7 @@ def test_input_window_override_and_validation():
     qann, _ = _qann()
     snn = convert(qann, input_window=5)
     assert all(m.input_window == 5 for _, m in snn.named_neurons())
-    with pytest.raises(QffsError, match="input_window must be >= 1"):
+    with pytest.raises(QffsError, match=r"input_window \(--input-window\) must be an integer in 1\.\.4096"):
         convert(qann, input_window=0)
     with pytest.raises(QffsError, match="max_pool must be one of"):
         convert(qann, max_pool="average")

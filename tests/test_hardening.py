@@ -312,7 +312,7 @@ def test_a_planted_or_stale_decode_is_never_used(tmp_path, monkeypatch):
     (("quantize", "{fp}", "--image-size", "100000"), "--image-size must be an integer in 8..4096"),
     (("quantize", "{fp}", "--lr", "1e308"), "learning rate (--lr) must be a finite number in (0, 3.40282e+38]"),
     (("quantize", "{fp}", "--weight-decay", "1e300"), "weight decay must be a finite number in [0, 3.40282e+38]"),
-    (("convert", "{qann}", "--input-window", str(10**30)), "input window (--input-window) must be an integer in 1..4096"),
+    (("convert", "{qann}", "--input-window", str(10**30)), "input_window (--input-window) must be an integer in 1..4096"),
 ])
 def test_numbers_are_checked_against_their_type(cli, tmp_path, artifacts, args, fragment):
     out = tmp_path / ("q.pt" if args[0] == "quantize" else "s.pt")
@@ -469,3 +469,15 @@ def test_export_checks_its_shape_and_its_length_before_tracing(cli, tmp_path, ar
     source = artifacts / ("snn.pt" if "-T" in args else "qann.pt")
     _one_line_error(cli("export", source, "--out", tmp_path / "x.onnx", *args), fragment)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_lock_folder_made_by_someone_else_is_refused(cli, tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    planted = tmp_path / f"qffs-locks-{os.getuid()}"
+    planted.mkdir()
+    planted.chmod(0o777)                                   # anyone may replace the locks in it
+    _one_line_error(cli("convert", "models/fmnist_vgg_small.pt", "--out", tmp_path / "s.pt"),
+                    f"the lock folder {planted} belongs to another user or others can write to it")

@@ -99,13 +99,16 @@ def test_quantize_chooses_on_validation_and_tests_the_kept_weights_once(cli, tmp
     assert m["selected_on"] == "validation" and all(h["val_samples"] == 100 for h in history)
     assert "test_accuracy" not in history[0]                      # epochs are never tested
     best = max([{"val_accuracy": m["calibrated_val_accuracy"], "epoch": 0}, *history], key=lambda h: h["val_accuracy"])
-    assert (m["best_epoch"], m["qann_val_accuracy"]) == (best["epoch"], best["val_accuracy"])
+    assert m["best_epoch"] == best["epoch"]
+    bn = m.get("batchnorm_reestimated", {})   # kept only if it raised the validation accuracy
+    assert m["qann_val_accuracy"] == (bn["val_accuracy_after"] if bn.get("kept") else best["val_accuracy"])
+    assert not bn or bn["val_accuracy_before"] == best["val_accuracy"]
     qann, _ = load_qann(out)
     test = evaluate(qann, make_test_loader(DataOptions(dataset="fashion-mnist", test_limit=300)))
     assert m["qann_accuracy"] == test["accuracy"]
     assert f"QANN {100 * test['accuracy']:.2f}% on the test set (epoch {m['best_epoch']}, validation" in r.stdout
     info = cli("info", out).stdout
-    assert "recipe: QAT 2 epoch(s), SGD lr 0.01 cosine" in info
+    assert "recipe: qffs — QAT 2 epoch(s), SGD lr 0.01 cosine" in info and "distillation from the FP network 0.5" in info
     assert f"epoch chosen on validation (100 training images held out, seed 4, sha256 {meta['selection']['validation']['sha256']})" in info
 
 

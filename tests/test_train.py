@@ -102,7 +102,7 @@ def test_freeze_bn_keeps_running_statistics_and_still_trains_the_affine_paramete
 
 
 @pytest.mark.parametrize(("options", "fragment"), [
-    ({"lr": float("nan")}, "learning rate (--lr) must be a finite number in (0, inf)"),
+    ({"lr": float("nan")}, "learning rate (--lr) must be a finite number in (0, 3.40282e+38]"),
     ({"lr": 0.0}, "learning rate"),
     ({"momentum": 1.0}, "momentum must be a finite number in [0, 1)"),
     ({"weight_decay": float("inf")}, "weight decay"),

@@ -127,7 +127,8 @@ def convert(qann: nn.Module, *, input_window: int | None = None, precharge: bool
     if input_window is not None:   # a number of steps like T, bounded alike
         from qffs.snn.network import check_timesteps
 
-        window = check_timesteps(input_window, "input window (--input-window)")
+        window = check_timesteps(input_window, "input_window (--input-window)",
+                                 "the steps during which the image and the biases are fed in")
     else:
         window = max(hidden or [q.levels for q in quants.values()])
     folded = fold_batchnorm(gm)

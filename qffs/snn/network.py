@@ -85,13 +85,13 @@ class _Probe:
 MAX_TIMESTEPS = 4096
 
 
-def check_timesteps(value: object, option: str = "timesteps") -> int:
+def check_timesteps(value: object, option: str = "timesteps",
+                    why: str = "every step's output is kept: T x batch x outputs x 12 bytes") -> int:
     """``value`` as a number of time steps in 1…:data:`MAX_TIMESTEPS`, or a one-line QffsError."""
     from qffs.errors import QffsError
 
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_TIMESTEPS:
-        raise QffsError(f"{option} must be an integer in 1..{MAX_TIMESTEPS}, got {value!r} (every step's output is "
-                        f"kept: T x batch x outputs x 12 bytes)")
+        raise QffsError(f"{option} must be an integer in 1..{MAX_TIMESTEPS}, got {value!r} ({why})")
     return int(value)
 
 
