@@ -92,3 +92,37 @@ def test_an_error_stops_both_processes_with_one_line_each(snn_artifact, tmp_path
     frames = [line for line in r.stderr.splitlines() if line.strip().startswith('File "')]
     assert not [f for f in frames if "/qffs/" in f]        # torchrun's own report only: no qffs traceback
     assert not (tmp_path / "r").exists() or not list((tmp_path / "r").iterdir())
+
+
+def _launch(*args, cwd: Path, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "qffs.launch", "--nproc-per-node", "2", "--no-python", QFFS,
+                             *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**ENV, "PYTHONUNBUFFERED": "1"}, cwd=cwd, **popen)
+
+
+def test_ctrl_c_under_qffs_torchrun_ends_with_one_line_per_process_and_130(tmp_path):
+    import os
+    import signal
+    import time
+
+    proc = _launch("quantize", SHIPPED, "--out", tmp_path / "q.pt", "--epochs", "2", "--limit", "2048",
+                   "--test-limit", "128", "--batch-size", "64", cwd=tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:                     # rank 0's first epoch is done: the job is well under way
+        if line.startswith("epoch 1/2") or time.monotonic() > deadline:
+            break
+    os.killpg(proc.pid, signal.SIGINT)           # what a terminal's Ctrl-C sends: the whole group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    mine = [line for line in err.splitlines() if line.startswith(("qffs:", "qffs-torchrun:"))]
+    assert mine[-1].startswith("qffs-torchrun: interrupted: every process was stopped"), err[-2000:]
+    assert any(line.startswith("qffs: interrupted") for line in mine[:-1]), err[-2000:]
+    assert not (tmp_path / "q.pt").exists()
+
+
+def test_a_failing_worker_under_qffs_torchrun_gives_its_own_exit_code(snn_artifact, tmp_path):
+    proc = _launch("evaluate", snn_artifact, "--limit", "1", "--out-dir", tmp_path / "r", cwd=tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("qffs-torchrun: ")
