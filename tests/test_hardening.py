@@ -481,3 +481,13 @@ def test_a_lock_folder_made_by_someone_else_is_refused(cli, tmp_path, monkeypatc
     planted.chmod(0o777)                                   # anyone may replace the locks in it
     _one_line_error(cli("convert", "models/fmnist_vgg_small.pt", "--out", tmp_path / "s.pt"),
                     f"the lock folder {planted} belongs to another user or others can write to it")
+
+
+def test_an_empty_class_folder_is_allowed_and_keeps_the_labels(tmp_path):
+    from qffs.data import dataset_info, load_dataset
+
+    root = _tree(tmp_path, {"train": ["ant", "cat"], "val": ["ant", "cat"]})
+    (root / "train" / "bee").mkdir()                      # a class with no images yet
+    assert dataset_info("imagefolder", root).classes == ("ant", "bee", "cat")
+    ds = load_dataset("imagefolder", "train", root=root, augment=False)
+    assert sorted({ds[i][1] for i in range(len(ds))}) == [0, 2]

@@ -62,9 +62,9 @@ def test_each_stage_keeps_steps_positive_and_the_qann_exact():
     output_step = float(qann.output_quantizer.step.detach())
     assert hidden_bits(qann) == 4 and _converged_equals_qann(qann, probe)
     for old, width in ((4, 3), (3, 2)):
-        ranges = {n: float(q.step_size()) * q.levels for n, q in quantizers(qann) if not q.is_output}
+        ranges = {n: float(q.step_size().detach()) * q.levels for n, q in quantizers(qann) if not q.is_output}
         set_hidden_bits(qann, width)
-        after = {n: float(q.step_size()) * q.levels for n, q in quantizers(qann) if not q.is_output}
+        after = {n: float(q.step_size().detach()) * q.levels for n, q in quantizers(qann) if not q.is_output}
         assert after == pytest.approx(ranges, rel=1e-6)               # s·Q_old/Q_new keeps each clipping range
         calibrate(qann, calib, only_hidden=True)
         assert reestimate_batchnorm(qann, [_images(64, offset=300)]) == 64
