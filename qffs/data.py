@@ -361,6 +361,9 @@ def _read_jpeg_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 #: Larger than any image a CIFAR-style zip holds: a bigger one is refused before it is decoded.
 _MAX_PIXELS = 4096 * 4096
+#: ImageFolder images above this many pixels (PIL's own decompression-bomb limit, ~89 million, at
+#: which it only warns) are refused before they are decoded.
+_MAX_FOLDER_PIXELS = 89_478_485
 
 
 # --- public API ---------------------------------------------------------------------------------
@@ -481,8 +484,13 @@ def _read_image(path: str):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:   # reads the header only: the size is known before any decoding
+            if img.width * img.height > _MAX_FOLDER_PIXELS:
+                raise QffsError(f"{path} is {img.width}x{img.height} pixels: too large to decode "
+                                f"(more than {_MAX_FOLDER_PIXELS:,}; a decompression bomb?) — remove or resize it")
             return img.convert("RGB")
+    except QffsError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise QffsError(f"{path} is not a readable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
                         " — remove or replace it") from None

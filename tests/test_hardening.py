@@ -491,3 +491,14 @@ def test_an_empty_class_folder_is_allowed_and_keeps_the_labels(tmp_path):
     assert dataset_info("imagefolder", root).classes == ("ant", "bee", "cat")
     ds = load_dataset("imagefolder", "train", root=root, augment=False)
     assert sorted({ds[i][1] for i in range(len(ds))}) == [0, 2]
+
+
+def test_an_image_too_large_to_decode_is_refused_from_its_header(tmp_path, monkeypatch):
+    import qffs.data
+    from qffs.data import load_dataset
+    from qffs.errors import QffsError
+
+    root = _tree(tmp_path, {"train": ["ant"], "val": ["ant"]})
+    monkeypatch.setattr(qffs.data, "_MAX_FOLDER_PIXELS", 100)     # the 16x16 images stand in for a bomb
+    with pytest.raises(QffsError, match="is 16x16 pixels: too large to decode"):
+        load_dataset("imagefolder", "test", root=root)[0]
