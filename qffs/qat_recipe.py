@@ -3,7 +3,9 @@
     recipe = resolve_recipe("paper", epochs=10)    # the paper's, 10 epochs instead of 40
     recipe.train_config()                          # the optimiser and schedule (qffs.train.TrainConfig)
 
-``qffs`` is the default and is what measured best here (docs/results.md, QAT recipes); ``paper``
+``qffs`` is the default: a long cosine schedule with distillation from the FP network, what the
+literature on 2-bit LSQ fine-tuning supports (LSQ + KD); the 3-epoch runs measured here were still
+gaining 1–3 pp per epoch, and its own measurement is in progress (docs/results.md §4.2.1). ``paper``
 is QFFS's literal Table 2 (SGD lr 0.01, batch 32, exponential decay, 40 epochs; the decay factor is
 not given there, 0.9 per epoch is our choice).
 """
@@ -48,7 +50,7 @@ class QatRecipe:
 
 #: The recipes by name; ``DEFAULT_RECIPE`` is what ``qffs quantize`` runs unless told otherwise.
 RECIPES: dict[str, QatRecipe] = {
-    # distillation from the FP network over a long cosine schedule: the best measured row here
+    # distillation from the FP network over a long cosine schedule (LSQ + KD); being measured, §4.2.1
     "qffs": QatRecipe(epochs=20, distill=0.5, temperature=1.0),
     "paper": QatRecipe(epochs=40, lr=0.01, schedule="exp", gamma=0.9, batch_size=32, bn_reestimate=False),
 }

@@ -35,7 +35,7 @@ def quantize(
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     bits: int = typer.Option(2, help="Bits of the hidden activations (Q = 2^bits - 1 levels)."),
     output_bits: int = typer.Option(3, help="Bits of the output (logits) quantizer; 0 keeps the output analog."),
-    recipe: str = typer.Option(DEFAULT_RECIPE, "--recipe", help="QAT recipe the options below start from: qffs (what measured best, docs/results.md) or paper (QFFS's Table 2). An option given explicitly replaces the recipe's value."),
+    recipe: str = typer.Option(DEFAULT_RECIPE, "--recipe", help="QAT recipe the options below start from: qffs (a long schedule with distillation, docs/guide.md) or paper (QFFS's Table 2). An option given explicitly replaces the recipe's value."),
     epochs: Optional[int] = typer.Option(None, help="Quantization-aware training epochs (0: calibration only). " + by_recipe("epochs")),
     lr: Optional[float] = typer.Option(None, help="Initial learning rate. " + by_recipe("lr")),
     momentum: Optional[float] = typer.Option(None, help="SGD momentum. " + by_recipe("momentum")),
