@@ -469,8 +469,6 @@ def convert_checkpoint(qann_path: str | Path, out: str | Path, *, input_window: 
     The summary lists, per layer, θ, Z_max, step size, fan-in and neurons per sample (found by
     one step on a zero input of the dataset's shape).
     """
-    from qffs.snn import convert
-
     out = check_output(out, qann_path)
     with exclusive(out, "--out"):   # a second convert writing the same --out is refused
         return _convert(qann_path, out, input_window=input_window, precharge=precharge,

@@ -322,8 +322,6 @@ def test_numbers_are_checked_against_their_type(cli, tmp_path, artifacts, args, 
 
 
 def _tampered(tmp_path: Path, artifacts: Path, **changes) -> Path:
-    from qffs.io import save_checkpoint
-
     ckpt = load_checkpoint(artifacts / "qann.pt")
     path = tmp_path / "tampered.pt"
     torch.save({"state_dict": ckpt.state_dict, "qffs": {**ckpt.meta, **changes}}, path)
