@@ -51,6 +51,8 @@ def private_cache() -> Path | None:
                 path.mkdir(mode=0o700)
             except FileExistsError:
                 pass
+        if folder.is_dir() and not folder.is_symlink() and folder.stat().st_uid == getattr(os, "getuid", lambda: -1)():
+            os.chmod(folder, 0o700)   # ours, perhaps made group-writable by an earlier qffs: make it private
         return folder if folder.is_dir() and ours_alone(folder) else None
     except (OSError, RuntimeError):   # RuntimeError: Path.home() without a home
         return None
@@ -82,6 +84,7 @@ def verified(path: Path) -> bool:
 def publish(written: Path, target: Path) -> None:
     """Move the finished file ``written`` (in ``target``'s folder) onto ``target``, its SHA-256 recorded
     first: a file without a matching stamp is never trusted, only rebuilt."""
+    os.chmod(written, 0o700 if target.suffix in (".so", ".dll", ".dylib") else 0o600)   # whatever the umask or the linker made
     fd, stamp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}", suffix=".part")
     with os.fdopen(fd, "w") as fh:
         fh.write(digest(written))

@@ -218,7 +218,7 @@ def exclusive(path: str | Path, option: str) -> Iterator[None]:
 
     folder = Path(tempfile.gettempdir()) / f"qffs-locks-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
-    if not ours_alone(folder):   # its name is predictable: someone else may have made it first
+    if folder.is_symlink() or not ours_alone(folder):   # its name is predictable: someone else may have made it first
         raise QffsError(f"the lock folder {folder} belongs to another user or others can write to it: remove it, "
                         "or point TMPDIR at a folder of your own")
     key = hashlib.sha256(str(target.expanduser().resolve()).encode()).hexdigest()[:32]

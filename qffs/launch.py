@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         torchrun(argv if argv is not None else sys.argv[1:])
     except ChildFailedError as exc:   # a worker failed and said why (qffs: one line each); its code, not 1
-        rank, failure = min(exc.failures.items())
+        rank, failure = exc.get_first_failure()   # the rank that failed first, not one torchrun then stopped
         code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode   # killed by a signal: 128 + it
         print(f"qffs-torchrun: {len(exc.failures)} process(es) failed; rank {rank} exited with code {code}",
               file=sys.stderr)

@@ -705,7 +705,7 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
                    "bn_reestimate": bn_reestimate, "recipe": recipe}
         # what a resume must keep: the training itself. BatchNorm re-estimation comes after the last epoch
         # and the recipe's name is a label (its settings are in cfg), so neither is part of it; a bit
-        # schedule is, when there is one (so runs made before these options existed can be resumed)
+        # schedule is, when there is one (so a run begun before these three options existed resumes)
         trained = {k: v for k, v in options.items() if k not in ("bn_reestimate", "recipe")
                    and not (k == "bit_schedule" and v is None)}
         job = _job(data, prep, spec, cfg, kind="qann", source=str(Path(checkpoint).resolve()), **trained)
@@ -769,6 +769,8 @@ def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions,
             return
         metrics = summary()
         steps = {name: float(q.step_size().detach()) for name, q in quantizers(trained)}
+        if schedule is not None and hidden_bits(trained) != options["bits"]:
+            save = False   # an earlier stage's network is not a QANN of the recorded width: never a partial file
         if save:
             save_checkpoint(partial, trained.state_dict(), kind="qann", model=spec, metrics=metrics,
                             step_sizes=steps, **meta)
@@ -777,7 +779,8 @@ def _qat(qann, fp_model, spec: str, out: Path, partial: Path, data: DataOptions,
 
     def on_epoch(record: dict[str, Any], trained: torch.nn.Module) -> None:
         check_replicas(record, trained)
-        record["bits"] = hidden_bits(trained)
+        if schedule is not None:
+            record["bits"] = hidden_bits(trained)
         history.append(record)
         write(trained, save=bool(record.get("best")))
 

@@ -500,3 +500,20 @@ def test_an_image_too_large_to_decode_is_refused_from_its_header(tmp_path, monke
     monkeypatch.setattr(qffs.data, "_MAX_FOLDER_PIXELS", 100)     # the 16x16 images stand in for a bomb
     with pytest.raises(QffsError, match="is 16x16 pixels: too large to decode"):
         load_dataset("imagefolder", "test", root=root)[0]
+
+
+def test_qat_of_a_network_without_hidden_quantizers_runs(cli, tmp_path):
+    code, weights = _model(tmp_path, '''
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(784, 10)
+
+            def forward(self, x):
+                return self.fc(x.flatten(1))
+
+        def net():
+            return Net()
+    ''')
+    r = cli("quantize", weights, "--model", f"{code}:net", "--out", tmp_path / "q.pt", "--epochs", "1", *SUBSET)
+    assert r.returncode == 0, r.stderr

@@ -247,28 +247,33 @@ def _load_in_a_fresh_process(tmp_path, cache, umask=None):
     return Path(run.stdout.strip())
 
 
-@pytest.mark.parametrize("shared_by", ["everyone (mode 777)", "another user"])
+@pytest.mark.parametrize("shared_by", ["our folder, open to everyone (777)", "another user's folder"])
 def test_a_library_planted_in_a_shared_cache_is_neither_loaded_nor_run(tmp_path, shared_by):
     compiler = native._compiler()
     if compiler is None:
         pytest.skip("no C compiler")
-    if shared_by == "another user" and os.getuid() != 0:
-        pytest.skip("giving a folder to another user needs root")
+    if os.getuid() != 0:
+        pytest.skip("planting files as another user needs root")
     cache = tmp_path / "cache"
     cache.mkdir()
     name = native.library_name(compiler)       # the name is predictable: an attacker knows it
     (tmp_path / "planted.c").write_text(PLANTED)
     subprocess.run([compiler, "-shared", "-fPIC", str(tmp_path / "planted.c"), "-o", str(cache / name)], check=True)
     (cache / f"{name}.sha256").write_text(hashlib.sha256((cache / name).read_bytes()).hexdigest())  # a forged stamp too
-    if shared_by == "another user":
-        for path in (cache, cache / name, cache / f"{name}.sha256"):
-            os.chown(path, 65534, 65534)
+    for path in (cache / name, cache / f"{name}.sha256"):
+        os.chown(path, 65534, 65534)            # planted by another user (uid 65534)
+    if shared_by.startswith("another"):
+        os.chown(cache, 65534, 65534)
         cache.chmod(0o755)
     else:
         cache.chmod(0o777)
     loaded = _load_in_a_fresh_process(tmp_path, cache)
     assert not (tmp_path / "mark").exists(), "the planted library's constructor ran"
-    assert loaded.parent != cache and loaded.parent.parent == tmp_path / "tmp"   # built privately instead
+    if shared_by.startswith("another"):        # not ours: built privately instead
+        assert loaded.parent != cache and loaded.parent.parent == tmp_path / "tmp"
+    else:                                      # ours: made private again, the planted file replaced by a build
+        assert loaded.parent == cache and cache.stat().st_mode & 0o777 == 0o700
+        assert loaded.stat().st_uid == os.getuid()
 
 
 def test_the_cache_is_private_whatever_the_umask_and_a_tampered_library_is_rebuilt(tmp_path):
@@ -283,3 +288,14 @@ def test_the_cache_is_private_whatever_the_umask_and_a_tampered_library_is_rebui
     subprocess.run([native._compiler(), "-shared", "-fPIC", str(tmp_path / "planted.c"), "-o", str(loaded)], check=True)
     again = _load_in_a_fresh_process(tmp_path, cache)
     assert again == loaded and not (tmp_path / "mark").exists()   # the hash did not match: rebuilt, not loaded
+
+
+def test_under_umask_002_the_cached_library_is_reused(tmp_path):
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    cache = tmp_path / "cache"
+    first = _load_in_a_fresh_process(tmp_path, cache, umask=0o002)
+    built = first.stat().st_mtime_ns
+    assert first.parent == cache and first.stat().st_mode & 0o077 == 0
+    again = _load_in_a_fresh_process(tmp_path, cache, umask=0o002)
+    assert again == first and again.stat().st_mtime_ns == built     # verified, not rebuilt

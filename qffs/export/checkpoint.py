@@ -154,7 +154,7 @@ def _export(path: str | Path, out: Path, *, to: str, timesteps: int | None, mode
         raise QffsError("--single-step is an ONNX form (--to onnx)")
     generator = torch.Generator().manual_seed(0)
     example = torch.randn((CHECK_BATCH, *_input_shape(meta, input_shape, path)), generator=generator)
-    if kind == "snn" and not single_step and (timesteps or DEFAULT_TIMESTEPS) > MAX_UNROLLED_TIMESTEPS:
+    if kind == "snn" and to == "onnx" and not single_step and (timesteps or DEFAULT_TIMESTEPS) > MAX_UNROLLED_TIMESTEPS:
         raise QffsError(f"--timesteps {timesteps}: an unrolled export holds every step, so past "
                         f"{MAX_UNROLLED_TIMESTEPS} it traces for a long time into a huge file — export one step "
                         "with --single-step (the runtime loops it) or choose fewer steps")
