@@ -121,25 +121,16 @@ __all__ = ["EXACT_SESSION_CONFIG", "OnnxSpikingNetwork", "session"]
 _EXPORT_PREFIX = "qffs-onnx-"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
 def export_folder(stack: contextlib.ExitStack) -> Path:
     """A private temporary folder for an evaluation's ONNX file, removed when ``stack`` closes; the
     folders of runs that were killed (SIGKILL, a crash) before removing theirs go first."""
     from qffs.cache import ours_alone
+    from qffs.io import pid_alive
 
     base = Path(tempfile.gettempdir())
     for old in base.glob(f"{_EXPORT_PREFIX}*-*"):
         pid = old.name[len(_EXPORT_PREFIX):].split("-", 1)[0]
         with contextlib.suppress(OSError):
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and ours_alone(old):
+            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)) and ours_alone(old):
                 shutil.rmtree(old, ignore_errors=True)
     return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{_EXPORT_PREFIX}{os.getpid()}-")))
