@@ -125,7 +125,8 @@ def test_structure_thresholds_and_bn_folding():
 def test_input_window_override_and_validation():
     qann, _ = _qann()
     snn = convert(qann, input_window=5)
-    assert all(m.input_window == 5 for _, m in snn.named_neurons())
+    assert snn.input_window == 5 and snn.engine.clock(8, False).input_window == 5   # the clock carries T_in
+    assert all(torch.allclose(m.threshold, 5 * m.step_size) for _, m in snn.named_neurons())   # θ = T_in·s
     with pytest.raises(QffsError, match=r"input_window \(--input-window\) must be an integer in 1\.\.4096"):
         convert(qann, input_window=0)
     with pytest.raises(QffsError, match="max_pool must be one of"):

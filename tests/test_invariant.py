@@ -1,10 +1,10 @@
 """Invariant E (SPEC §3) on random graphs: run until quiet, the SNN equals the QANN exactly.
 
 At least 500 generated graphs per run (400 with a spiking output, 100 analog), through the
-real quantize → calibrate → convert path, in float64, each through both runtimes: the
-layer-by-layer one (the default) is checked against invariant E and against the per-step
-reference, which must agree on every spike count, statistic and convergence step (and on the
-membrane-based readouts to rounding).
+real quantize → calibrate → convert path, in float64, each through the engine's three forms:
+the layer-by-layer one is checked against invariant E, and it, the per-step reference (with
+the fused kernels) and the functional form (no mutation, differentiable) must agree on every
+spike count, statistic and convergence step (and on the membrane-based readouts to rounding).
 The ablations (no negative spikes, no pre-charge, naive max pooling) are shown to break it on
 the same generator.
 """
@@ -27,24 +27,33 @@ T_MAX = 200
 
 
 def simulate_both(snn, x, timesteps: int = T_MAX):
-    """The layer-by-layer result, after checking that the per-step reference gives the same one."""
+    """The layer-by-layer result, after checking that the per-step reference and the functional
+    form give the same one."""
     layer = snn.simulate(x, timesteps, until_quiet=True, record_counts=True, mode="layer")
-    step = snn.simulate(x, timesteps, until_quiet=True, record_counts=True, mode="step")
+    for mode in ("step", "functional"):
+        other = snn.simulate(x, timesteps, until_quiet=True, record_counts=True, mode=mode)
+        assert_same(layer, other, snn.output_neuron is not None)
+    return layer
+
+
+def assert_same(layer, step, spiking_output: bool) -> None:
+    """Two runs agree on every count, statistic and convergence step (readouts from membranes: to rounding)."""
     assert layer.steps_run == step.steps_run
-    if snn.output_neuron is not None:
+    if spiking_output:
         assert torch.equal(layer.output, step.output)      # spike counts: identical (analog: the currents)
     for name in step.readouts:   # membrane-based readouts: the currents may differ in the last bit (a matrix
         torch.testing.assert_close(layer.readouts[name], step.readouts[name], rtol=1e-12, atol=1e-12)  # product
         # of T·B rows need not round as B rows do)
     assert torch.equal(layer.convergence_step, step.convergence_step)
     assert torch.equal(layer.converged, step.converged)
+    assert [r.name for r in layer.neurons] == [r.name for r in step.neurons]
     for a, b in zip(layer.neurons, step.neurons, strict=True):
         assert a.name == b.name and torch.equal(a.counts, b.counts), a.name
         assert torch.equal(a.pos_spikes, b.pos_spikes) and torch.equal(a.neg_spikes, b.neg_spikes), a.name
+    assert [r.name for r in layer.synapses] == [r.name for r in step.synapses]
     for a, b in zip(layer.synapses, step.synapses, strict=True):
         assert torch.equal(a.synops, b.synops) and torch.equal(a.events, b.events), a.name
         assert torch.equal(a.active_slices, b.active_slices) and a.macs == b.macs, a.name
-    return layer
 
 
 def _exact(g, **convert_kwargs) -> bool:

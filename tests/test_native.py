@@ -23,6 +23,9 @@ from qffs.snn import convert, native
 from qffs.snn.allocator import keep_freed_memory
 from qffs.snn.dynamics import if_step
 from qffs.snn.pooling import BoundPool, EventMaxPool, max_pool2d_window
+from qffs.snn.spiking import Clock
+
+CLOCK = Clock(input_window=1)
 from tests.conftest import calibrated_shipped_qann
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler: the PyTorch path is tested elsewhere")
@@ -72,12 +75,16 @@ def test_event_max_pooling_equals_the_pytorch_path(dtype, pool, size):
     fused, plain = EventMaxPool(pool), EventMaxPool(pool)
     assert fused.window is not None
     plain.window = None                                    # the PyTorch path
+    fused_state = plain_state = None
     for step in range(6):
         events = torch.randint(-1, 2, size, generator=g).to(dtype) * 0.5
         if step == 3:
             events[0, 0, 1, 1] = float("nan")              # NaN wins, as in max_pool2d
-        assert torch.equal(fused(events).nan_to_num(7.0), plain(events).nan_to_num(7.0))
-    assert torch.equal(fused.cumulative.nan_to_num(7.0), plain.cumulative.nan_to_num(7.0))
+        a, fused_state, _ = fused.step(events, fused_state, CLOCK)
+        b, plain_state, _ = plain.step(events, plain_state, CLOCK)
+        assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+    for x, y in zip(fused_state, plain_state, strict=True):      # cumulative input and pooled maximum
+        assert torch.equal(x.nan_to_num(7.0), y.nan_to_num(7.0))
 
 
 def test_only_plain_2d_max_pools_take_the_fused_kernel():
@@ -93,13 +100,15 @@ def test_only_plain_2d_max_pools_take_the_fused_kernel():
 def test_a_pool_given_another_dtype_or_a_too_small_input_takes_the_pytorch_path():
     fused, plain = EventMaxPool(nn.MaxPool2d(2)), EventMaxPool(nn.MaxPool2d(2))
     plain.window = None
-    for dtype in (torch.float32, torch.float64, torch.float32):   # no reset between: the state follows
+    for dtype in (torch.float32, torch.float64, torch.float16):
         events = torch.randn(2, 3, 6, 6).to(dtype)
+        fused_state = plain_state = None
         for _ in range(2):
-            out = fused(events)
-            assert torch.equal(out, plain(events)) and out.dtype == dtype
+            out, fused_state, _ = fused.step(events, fused_state, CLOCK)
+            expected, plain_state, _ = plain.step(events, plain_state, CLOCK)
+            assert torch.equal(out, expected) and out.dtype == dtype
     with pytest.raises(RuntimeError):                  # PyTorch's own error for a 1x1 input
-        fused(torch.ones(2, 3, 1, 1))
+        fused.step(torch.ones(2, 3, 1, 1), None, CLOCK)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -8,13 +8,29 @@ import torch.nn.functional as F
 from qffs.snn.monitor import Monitor
 from qffs.snn.neuron import IFNeuron
 from qffs.snn.pooling import EventMaxPool, NaiveMaxPool
+from qffs.snn.spiking import Clock
+
+CLOCK = Clock(input_window=3, timesteps=1)
+
+
+def feed(module, steps, form="step"):
+    """Run ``module`` over the inputs ``steps`` from its initial state; returns (outputs, final state)."""
+    state, outputs = None, []
+    for t, x in enumerate(steps):
+        y, state, _ = getattr(module, form)(x, state, CLOCK.at(t))
+        outputs.append(y)
+    return outputs, state
 
 
 def run(inputs, *, theta=1.0, z_max=3, **kwargs):
     """Feed a scalar current sequence; return (spike sequence in units of θ, final count, membrane)."""
     n = IFNeuron(torch.tensor(theta, dtype=torch.float64), torch.tensor(theta / 3, dtype=torch.float64), z_max, **kwargs)
-    spikes = [float(n(torch.tensor([[i]], dtype=torch.float64))) / theta for i in inputs]
-    return spikes, float(n.count), float(n.membrane)
+    results = []
+    for form in ("step", "transition"):     # the kernel form and the functional one agree
+        outputs, (membrane, count) = feed(n, [torch.tensor([[i]], dtype=torch.float64) for i in inputs], form)
+        results.append(([float(y) / theta for y in outputs], float(count), float(membrane)))
+    assert results[0] == results[1]
+    return results[0]
 
 
 def test_precharge_rounds_to_nearest_and_no_precharge_floors():
@@ -54,41 +70,48 @@ def test_no_negative_spike_without_positive_ones():
 def test_counts_bounded_and_spikes_unit_on_random_currents():
     torch.manual_seed(0)
     n = IFNeuron(torch.tensor(0.7), torch.tensor(0.7 / 3), 3)
-    n.monitor = monitor = Monitor(4)
-    for _ in range(50):
-        z = n(torch.randn(4, 32)) / 0.7
+    monitor = Monitor(4)
+    state = None
+    for t in range(50):
+        y, state, events = n.step(torch.randn(4, 32), state, Clock(input_window=3, t=t, measure=True))
+        monitor.observe("n", events)
+        z = y / 0.7
         assert set(z.unique().tolist()) <= {-1.0, 0.0, 1.0}
-        assert (n.count >= 0).all() and (n.count <= 3).all()
-    assert monitor.pos_spikes[n].sum() - monitor.neg_spikes[n].sum() == n.count.sum()
+        count = state[1]
+        assert (count >= 0).all() and (count <= 3).all()
+    assert monitor.pos_spikes["n"].sum() - monitor.neg_spikes["n"].sum() == count.sum()
 
 
-def test_reset_restores_initial_state():
+def test_initial_state_is_precharged_and_state_is_the_callers():
     n = IFNeuron(torch.tensor(1.0), torch.tensor(1 / 3), 3)
-    n(torch.ones(2, 3) * 5)
-    n.reset()
-    n(torch.zeros(2, 3))
-    assert torch.equal(n.membrane, torch.full((2, 3), 0.5)) and n.count.sum() == 0
+    _, first = feed(n, [torch.ones(2, 3) * 5])
+    _, fresh = feed(n, [torch.zeros(2, 3)])          # a new run from rest: nothing kept in the module
+    membrane, count = fresh
+    assert torch.equal(membrane, torch.full((2, 3), 0.5)) and count.sum() == 0
+    assert first[1].sum() == 6
 
 
 def test_event_max_pool_events_sum_to_maxpool_of_final_counts():
     torch.manual_seed(0)
     pool = EventMaxPool(lambda c: F.max_pool2d(c, 2))
     steps = [torch.randint(-1, 2, (2, 3, 4, 4)).double() for _ in range(12)]
-    total = sum(pool(s) for s in steps)
-    assert torch.equal(total, F.max_pool2d(sum(steps), 2))
+    for form in ("step", "transition"):
+        total = sum(feed(pool, steps, form)[0])
+        assert torch.equal(total, F.max_pool2d(sum(steps), 2))
 
 
 def test_event_max_pool_events_can_exceed_one_spike_and_be_negative():
     pool = EventMaxPool(lambda c: F.max_pool2d(c, 2))
     frame = lambda a, b: torch.tensor([[[[a, b], [0.0, 0.0]]]])  # noqa: E731
-    assert pool(frame(3.0, 0.0)).item() == 3.0    # several spikes' worth at once
-    assert pool(frame(-2.0, 0.0)).item() == -2.0  # the maximum fell: a negative event
-    assert pool(frame(0.0, 1.0)).item() == 0.0    # max(1, 1) unchanged
+    outputs, _ = feed(pool, [frame(3.0, 0.0), frame(-2.0, 0.0), frame(0.0, 1.0)])
+    assert outputs[0].item() == 3.0    # several spikes' worth at once
+    assert outputs[1].item() == -2.0   # the maximum fell: a negative event
+    assert outputs[2].item() == 0.0    # max(1, 1) unchanged
 
 
 def test_naive_max_pool_overcounts():
     steps = [torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([[[[0.0, 1.0]]]])]
     naive = NaiveMaxPool(lambda c: F.max_pool2d(c, (1, 2)))
     event = EventMaxPool(lambda c: F.max_pool2d(c, (1, 2)))
-    assert sum(naive(s) for s in steps).item() == 2.0   # max of the counts is 1
-    assert sum(event(s) for s in steps).item() == 1.0
+    assert sum(feed(naive, steps)[0]).item() == 2.0   # max of the counts is 1
+    assert sum(feed(event, steps)[0]).item() == 1.0

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from qffs.errors import QffsError
 from qffs.metrics import predict
 from qffs.snn import convert
+from qffs.snn.network import MODES
 from qffs.snn.readout import READOUTS, output_readout
 from tests.snn_graphs import Genome, build_qann, genomes
 
@@ -63,24 +64,23 @@ def test_current_is_the_integrated_input():
 def test_current_readout_equals_the_current_the_output_layer_received(g):
     qann, x = build_qann(g)
     snn = convert(qann)
-    out_name = snn.output_neuron
-    currents = torch.zeros(40, *qann(x).shape, dtype=x.dtype)   # [T, B, classes]: zero where nothing was run
+    neuron = snn.graph.get_submodule(snn.output_neuron)
+    received: list[torch.Tensor] = []
+    transition = neuron.transition
 
-    def record(m, args):   # per step: the rows of the samples still active; layer by layer: all steps at once
-        if m.timesteps is not None:
-            currents.copy_(args[0].view_as(currents))
-        else:
-            currents[m.step, m.rows if m.rows is not None else slice(None)] = args[0]
+    def record(current, state, clock):   # the functional form runs every sample every step
+        received.append(current)
+        return transition(current, state, clock)
 
-    hook = snn.graph.get_submodule(out_name).register_forward_pre_hook(record)
+    neuron.transition = record           # an instance attribute: the engine's generated code calls it
     try:
-        for mode in ("step", "layer"):
-            currents.zero_()
-            result = snn.simulate(x, 40, mode=mode)
-            integrated = torch.cumsum(currents, 0) / snn.input_window
-            torch.testing.assert_close(result.readouts["current"], integrated, rtol=1e-9, atol=1e-9)
+        snn.simulate(x, 40, mode="functional", record=False)
     finally:
-        hook.remove()
+        del neuron.transition
+    integrated = torch.cumsum(torch.stack(received), 0) / snn.input_window
+    for mode in MODES:
+        result = snn.simulate(x, 40, mode=mode)
+        torch.testing.assert_close(result.readouts["current"], integrated, rtol=1e-9, atol=1e-9)
 
 
 @settings(max_examples=150, deadline=None, database=None)

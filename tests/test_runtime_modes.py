@@ -81,7 +81,8 @@ def test_a_memory_budget_splits_the_batch_into_chunks_with_identical_results(shi
     whole = snn.simulate(x, 12, mode=mode, until_quiet=True, record_counts=True)
     per_sample = snn.bytes_per_sample(x, 12, mode)
     calls: list[int] = []
-    hook = snn.graph.register_forward_pre_hook(lambda _, args: calls.append(args[0].shape[0]))
+    form = snn.engine.form(mode)   # the engine's generated graph of this form: one call per step (or per run)
+    hook = form.register_forward_pre_hook(lambda _, args: calls.append(args[0].shape[0]))
     try:
         chunked = snn.simulate(x, 12, mode=mode, until_quiet=True, record_counts=True, memory=7 * per_sample)
     finally:

@@ -26,8 +26,8 @@ from torch import fx, nn
 from qffs.errors import QffsError, UnsupportedGraphError
 from qffs.io import atomic_path
 from qffs.snn.layers import GatedLayer
-from qffs.snn.network import SpikingNetwork
-from qffs.snn.neuron import IFNeuron
+from qffs.snn.network import SpikingNetwork, propagate_shapes
+from qffs.snn.neuron import IFNeuron, SpikingNeuron
 from qffs.snn.pooling import BoundPool, EventMaxPool, max_pool2d_window
 
 _ALIASES_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
@@ -54,15 +54,16 @@ def _pair(v: Any) -> tuple[int, int]:
 
 def _shapes(snn: SpikingNetwork, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
     """Per fx node name, one sample's output shape (one step on one sample)."""
-    from torch.fx.passes.shape_prop import ShapeProp
+    return {name: tuple(shape[1:]) for name, shape in propagate_shapes(snn.graph, example[:1]).items()}
 
-    snn.reset()
-    try:
-        ShapeProp(snn.graph).propagate(example[:1])
-    finally:
-        snn.reset()
-    return {n.name: tuple(n.meta["tensor_meta"].shape[1:]) for n in snn.graph.graph.nodes
-            if isinstance(n.meta.get("tensor_meta"), torch.fx.passes.shape_prop.TensorMetadata)}
+
+def _if_node(nir, m: IFNeuron, shape: tuple[int, ...]):
+    """The IF neuron as NIR's IF (r = 1, v_threshold = θ)."""
+    return nir.IF(r=np.ones(shape, np.float32), v_threshold=np.full(shape, float(m.threshold), np.float32))
+
+
+#: Each neuron kind's NIR node (a new kind without an entry is refused by name).
+NIR_FORMS = {IFNeuron: _if_node}
 
 
 def _pool_window(module_or_args) -> dict[str, Any]:
@@ -135,14 +136,13 @@ class _Builder:
                 raise self.refuse(node, "only zero-padded Conv1d/Conv2d and Linear layers have NIR nodes")
             name = self.emit(str(node.target), out, [x], {"op": "weighted", "bias_window": self.snn.input_window})
             self.source[node.name] = [name]
-        elif isinstance(m, IFNeuron):
+        elif isinstance(m, SpikingNeuron):
+            form = NIR_FORMS.get(type(m))
+            if form is None:
+                raise self.refuse(node, f"NIR has no node for the neuron kind {m.kind!r}")
             shape = self.shapes[node.name]
             theta = float(m.threshold)
-            name = self.emit(str(node.target), nir.IF(r=np.ones(shape, np.float32),
-                                                       v_threshold=np.full(shape, theta, np.float32)), [x],
-                             {"op": "if", "z_max": m.z_max, "negative_spikes": m.negative_spikes,
-                              "initial_membrane": float(m.initial_membrane()), "step_size": float(m.step_size),
-                              "reset": "subtract", "fires_at": "v >= v_threshold", "output": m.is_output})
+            name = self.emit(str(node.target), form(nir, m, shape), [x], {"op": "if", **m.notes()})
             scale = self.emit(str(node.target) + ".out", nir.Scale(scale=np.full(shape, theta, np.float32)), [],
                               {"op": "spike_value", "value": "z * threshold"})
             self.edges.append((name, scale))

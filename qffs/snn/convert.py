@@ -22,7 +22,6 @@ from qffs.snn.layers import GatedAffine, GatedLayer
 from qffs.snn.network import SpikingNetwork
 from qffs.snn.neuron import IFNeuron
 from qffs.snn.pooling import BoundPool, EventMaxPool, NaiveMaxPool
-from qffs.snn.state import Stateful
 
 MAX_POOL_MODES = ("event", "naive")
 
@@ -162,9 +161,6 @@ def convert(qann: nn.Module, *, input_window: int | None = None, precharge: bool
                 site = gm.graph.call_module(name, args=(node.args[0],))
             node.replace_all_uses_with(site)
             gm.graph.erase_node(node)
-    for module in gm.modules():
-        if isinstance(module, Stateful):
-            module.input_window = window
     gm.delete_all_unused_submodules()
     gm.graph.lint()
     gm.recompile()

@@ -66,13 +66,23 @@ def if_step(membrane: torch.Tensor, count: torch.Tensor, current: torch.Tensor, 
 
 
 def if_transition(membrane: torch.Tensor, count: torch.Tensor, current: torch.Tensor, threshold: torch.Tensor,
-                  z_max: int, negative_spikes: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  z_max: int, negative_spikes: bool = True,
+                  heaviside: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`if_step` without mutation, counts in the membrane's floating type: (u', Z', z).
 
     The same operations in the same order, so the same values bit for bit; it is the form a
-    graph exporter traces (ONNX has no in-place update and no int8 arithmetic).
+    graph exporter traces (ONNX has no in-place update and no int8 arithmetic) and autograd
+    differentiates. ``heaviside`` replaces each firing condition ``a ≥ b`` by ``heaviside(a − b)``
+    (a smooth one makes z differentiable in u and θ; None: the exact comparisons).
     """
     u = membrane + current
+    if heaviside is not None:
+        spikes = heaviside(u - threshold) * heaviside(z_max - 0.5 - count)
+        if negative_spikes:
+            spikes = spikes - heaviside(-u) * heaviside(count - 0.5)
+        out = spikes * threshold
+        return u - out, count + spikes, spikes
     fire = (u >= threshold) & (count < z_max)
     spikes = fire.to(u.dtype)
     if negative_spikes:

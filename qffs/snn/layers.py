@@ -1,26 +1,32 @@
 """Weighted layers with bias shutoff, and BatchNorm kept as a gated per-channel affine op.
 
 A bias is a constant current: QFFS adds it only during the input window (t < T_in), so over
-the window a layer integrates exactly T_in·(W·y + b). Weights are used as trained.
+the window a layer integrates exactly T_in·(W·y + b). Weights are used as trained. Neither
+module has state; both read the clock (:class:`~qffs.snn.spiking.Clock`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from qffs.snn.dynamics import any_per_row
-from qffs.snn.state import Stateful
+from qffs.snn.spiking import NO_EVENTS, Clock, Events, SpikingModule, State
 
 
-class GatedLayer(Stateful):
+class GatedLayer(SpikingModule):
     """A conv/linear layer whose bias is added only while t < T_in.
 
     Only the rows (samples; layer by layer, (step, sample) pairs) with any nonzero input are
-    multiplied. An attached monitor counts synaptic operations: each nonzero input element
-    costs its fan-out (the number of synapses it drives, exact at padded borders).
+    multiplied. When the clock asks for measurements it returns per row the synaptic operations
+    (each nonzero input element costs its fan-out, the synapses it drives, exact at padded
+    borders) and the input events, found in the same product that finds the active rows.
     """
+
+    kind = "weighted"
 
     def __init__(self, layer: nn.Module):
         super().__init__()
@@ -28,9 +34,7 @@ class GatedLayer(Stateful):
         self.bias = layer.bias
         layer.bias = None  # the layer runs weight-only; the gate adds the bias
         self._fanout: torch.Tensor | None = None
-
-    def reset(self) -> None:
-        self.rows = None
+        self._tally: torch.Tensor | None = None    # [inputs per sample, 2]: fan-out, 1
 
     def fanout(self, x: torch.Tensor) -> torch.Tensor:
         """Synapses driven by each input element (shape of one sample), computed once per shape."""
@@ -62,32 +66,71 @@ class GatedLayer(Stateful):
         probe = torch.zeros((1, *sample_shape), dtype=self.layer.weight.dtype, device=self.layer.weight.device)
         return int(self.fanout(probe).sum().item())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        active = self.monitor.inputs(self, x, self.fanout(x)) if self.monitor is not None else any_per_row(x)
-        # only the rows with any input cost a product: the others' weighted input is exactly 0
-        rows = active.nonzero().squeeze(1)
+    def _bias(self, out: torch.Tensor) -> torch.Tensor:
+        return self.bias.view((1, -1) + (1,) * (out.dim() - 2))
+
+    def _measured(self, x: torch.Tensor) -> Events:
+        """Per row of ``x``: synaptic operations, input events and whether any input is nonzero, in one product."""
+        return self._tallied((x != 0).to(x.dtype))
+
+    def _tallied(self, nonzero: torch.Tensor) -> Events:
+        fanout = self.fanout(nonzero)
+        tally = self._tally
+        if tally is None or tally.dtype != nonzero.dtype or tally.shape[0] != fanout.numel() \
+                or tally.device != nonzero.device:
+            tally = self._tally = torch.stack([fanout.flatten(), torch.ones_like(fanout).flatten()], 1).to(nonzero.dtype)
+        per_row = nonzero.flatten(1) @ tally   # [rows, inputs] events × [inputs, 2] (fan-out, 1)
+        return Events(synops=per_row[:, 0], inputs=per_row[:, 1], active=per_row[:, 1] > 0)
+
+    def per_row(self, events: Events, measure: bool) -> Events:
+        return self._tallied(events.nonzero) if events.nonzero is not None else events
+
+    def _active_rows(self, x: torch.Tensor, clock: Clock) -> tuple[torch.Tensor, Events]:
+        """The product over the rows with any input (the others' weighted input is exactly 0), and the events."""
+        events = self._measured(x) if clock.measure else Events(active=any_per_row(x))
+        rows = events.active.nonzero().squeeze(1)
         if rows.numel() == x.shape[0]:
-            out = self.layer(x)
-        else:
-            computed = self.layer(x[rows] if rows.numel() else x[:1])
-            out = computed.new_zeros((x.shape[0], *computed.shape[1:]))
-            if rows.numel():
-                out[rows] = computed
+            return self.layer(x), events
+        computed = self.layer(x[rows] if rows.numel() else x[:1])
+        out = computed.new_zeros((x.shape[0], *computed.shape[1:]))
+        if rows.numel():
+            out[rows] = computed
+        return out, events
+
+    def step(self, x: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
+        out, events = self._active_rows(x, clock)
+        if self.bias is not None and clock.in_window:
+            out += self._bias(out)
+        return out, (), events
+
+    def scan(self, x: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
+        out, events = self._active_rows(x, clock)
+        if self.bias is not None:                   # the window's rows
+            window = clock.window_rows(out)
+            window += self._bias(out)
+        T = clock.timesteps
+        per_step = {k: getattr(events, k).view(T, -1) for k in ("synops", "inputs", "active")
+                    if getattr(events, k) is not None}
+        return out, (), Events(**per_step)
+
+    def transition(self, x: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
+        out = self.layer(x)
         if self.bias is not None:
-            bias = self.bias.view((1, -1) + (1,) * (out.dim() - 2))
-            if self.timesteps is not None:                   # layer by layer: the window's rows
-                window = self.window_rows(out)
-                window += bias
-            elif self.in_window:
-                out += bias
-        return out
+            out = clock.gate(out, self._bias(out))
+        return out, (), Events(nonzero=x.ne(0).to(x.dtype)) if clock.measure else NO_EVENTS
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": type(self.layer).__name__, "fan_in": int(self.layer.weight[0].numel()),
+                "bias": self.bias is not None}
 
     def extra_repr(self) -> str:
         return "bias gated to t < T_in" if self.bias is not None else "no bias"
 
 
-class GatedAffine(Stateful):
+class GatedAffine(SpikingModule):
     """A BatchNorm that could not be folded: x·scale + shift per channel, shift only while t < T_in."""
+
+    kind = "affine (BatchNorm)"
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm):
         super().__init__()
@@ -96,14 +139,14 @@ class GatedAffine(Stateful):
         self.register_buffer("scale", scale.clone())
         self.register_buffer("shift", (beta - bn.running_mean * scale).clone())
 
-    def reset(self) -> None:
-        pass
+    def _channels(self, x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return values.view((1, -1) + (1,) * (x.dim() - 2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        out = x * self.scale.view(shape)
-        if self.timesteps is not None:                       # layer by layer: the shift on the window's rows
-            window = self.window_rows(out)
-            window += self.shift.view(shape)
-            return out
-        return out + self.shift.view(shape) if self.in_window else out
+    def transition(self, x: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
+        return clock.gate(x * self._channels(x, self.scale), self._channels(x, self.shift)), (), NO_EVENTS
+
+    def scan(self, x: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
+        out = x * self._channels(x, self.scale)
+        window = clock.window_rows(out)              # the shift on the window's rows
+        window += self._channels(x, self.shift)
+        return out, (), NO_EVENTS

@@ -1,6 +1,6 @@
-"""The integrate-and-fire neuron of SPEC §3: pre-charge, signed spikes, bounded count.
+"""Spiking neurons: one base protocol, and the integrate-and-fire neuron of SPEC §3.
 
-Per element and step t:
+Per element and step t, the IF neuron does
 
     u ← u + I_t
     if   u ≥ θ and Z < Z_max:  z = +1, u ← u − θ, Z ← Z + 1
@@ -8,114 +8,161 @@ Per element and step t:
     else:                      z = 0
     emit z·θ
 
-State (u from θ/2 with pre-charge, Z from 0) is created lazily at the first input's shape and
-cleared by :meth:`IFNeuron.reset`. Spikes are reported to a :class:`~qffs.snn.monitor.Monitor`
-when one is attached.
+with u from θ/2 (pre-charge) and Z from 0. A neuron's state is ``(membrane, count)``; the
+engine creates, threads and drops it (:mod:`qffs.snn.engine`).
+
+A new neuron kind is a subclass of :class:`SpikingNeuron` that gives :meth:`~SpikingNeuron.transition`
+(its dynamics, once, without mutation): the per-step and layer-by-layer forms, the summary and
+the readouts follow from the base; its NIR form is one entry of :data:`NIR_FORMS`
+(:mod:`qffs.export.nir`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from qffs.snn import native
-from qffs.snn.dynamics import any_per_row, count_dtype, if_sequence, if_step
-from qffs.snn.state import Stateful
+from qffs.snn.dynamics import any_per_row, count_dtype, if_sequence, if_step, if_transition
+from qffs.snn.spiking import Clock, Events, SpikingModule, State, stack_events
 
 
-class IFNeuron(Stateful):
-    """IF neuron layer with threshold θ = T_in·s and at most ``z_max`` net spikes per element.
+def spike_tally(spikes: torch.Tensor, measure: bool) -> Events:
+    """Per-row events of one step's spikes z: whether any neuron spiked, and (``measure``) the
+    positive and negative spikes. Summing bytes is ~20x faster than summing a bool tensor."""
+    if not measure:
+        return Events(active=any_per_row(spikes))
+    flat = spikes.flatten(1)
+    pos = (flat > 0).view(torch.uint8).sum(1, dtype=torch.int32)
+    neg = (flat < 0).view(torch.uint8).sum(1, dtype=torch.int32)
+    return Events(pos=pos, neg=neg, active=(pos + neg) > 0)
 
-    Buffers: ``threshold`` (θ) and ``step_size`` (s, so readouts can use ``count · s``).
-    ``precharge`` and ``negative_spikes`` exist for ablations; both are on in QFFS.
+
+class SpikingNeuron(SpikingModule):
+    """A layer of neurons with threshold θ, step size s (readouts give ``count · s``) and at most
+    ``z_max`` net spikes per element; state ``(membrane, count)``.
+
+    Subclasses give :meth:`transition`. :meth:`step` and :meth:`scan` run it with the engine's
+    per-row tallies; the IF neuron replaces them with fused kernels of the same arithmetic.
     """
 
-    def __init__(self, threshold: torch.Tensor, step_size: torch.Tensor, z_max: int, *,
-                 precharge: bool = True, negative_spikes: bool = True, is_output: bool = False):
+    kind = "neuron"
+    state_parts = ("membrane", "count")
+
+    def __init__(self, threshold: torch.Tensor, step_size: torch.Tensor, z_max: int, *, is_output: bool = False):
         super().__init__()
         self.register_buffer("threshold", threshold.detach().clone().reshape(()))
         self.register_buffer("step_size", step_size.detach().clone().reshape(()))
         self.z_max = int(z_max)
+        self.is_output = bool(is_output)
+
+    def initial_membrane(self) -> torch.Tensor:
+        """u₀ (0 unless a subclass pre-charges)."""
+        return torch.zeros_like(self.threshold)
+
+    def init_state(self, x: torch.Tensor) -> State:
+        """Membranes u₀ and counts 0 (in ``x``'s floating type: the functional form's state)."""
+        return (torch.zeros_like(x) + self.initial_membrane().to(x.dtype), torch.zeros_like(x))
+
+    @staticmethod
+    def readout_state(state: State) -> tuple[torch.Tensor, torch.Tensor]:
+        """(counts, membranes) of a neuron state, as the readouts and records read them."""
+        membrane, count = state
+        return count, membrane
+
+    def per_row(self, events: Events, measure: bool) -> Events:
+        return spike_tally(events.spikes, measure)
+
+    def step(self, x: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
+        y, state, events = self.transition(x, state, clock)
+        return y, state, spike_tally(events.spikes, clock.measure)
+
+    def scan(self, x: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
+        """All T steps (``x`` [T·B, ...]); the output layer also returns its (count, membrane) after each step."""
+        T = clock.timesteps
+        steps = x.view(T, x.shape[0] // T, *x.shape[1:])
+        outputs, tallies, counts, membranes = [], [], [], []
+        for t in range(T):
+            y, state, events = self.step(steps[t], state, clock.at(t))
+            outputs.append(y)
+            tallies.append(events)
+            if self.is_output:
+                count, membrane = self.readout_state(state)
+                counts.append(count.to(membrane.dtype))
+                membranes.append(membrane.clone())
+        events = stack_events(tallies)
+        events.history = (torch.stack(counts), torch.stack(membranes)) if self.is_output else None
+        return torch.stack(outputs).flatten(0, 1), state, events
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": f"{self.kind} output" if self.is_output else self.kind, "threshold": float(self.threshold),
+                "z_max": self.z_max, "step_size": float(self.step_size)}
+
+    def notes(self) -> dict[str, Any]:
+        """What an exporter records beside the threshold (NIR metadata)."""
+        return {"kind": self.kind, "z_max": self.z_max, "initial_membrane": float(self.initial_membrane()),
+                "step_size": float(self.step_size), "output": self.is_output}
+
+
+class IFNeuron(SpikingNeuron):
+    """The QFFS IF neuron: θ = T_in·s, pre-charge θ/2 and negative spikes (both switchable for ablations)."""
+
+    kind = "IF"
+
+    def __init__(self, threshold: torch.Tensor, step_size: torch.Tensor, z_max: int, *,
+                 precharge: bool = True, negative_spikes: bool = True, is_output: bool = False):
+        super().__init__(threshold, step_size, z_max, is_output=is_output)
         self.precharge = bool(precharge)
         self.negative_spikes = bool(negative_spikes)
-        self.is_output = bool(is_output)
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget membrane, counts and statistics (call before each new input)."""
-        self.membrane: torch.Tensor | None = None
-        self.count: torch.Tensor | None = None
-        self.batch = 0                                # samples of the simulation (rows may be fewer later)
-        self.active: torch.Tensor | None = None       # per sample: spiked at the last step ([T, B] layer by layer)
-        self.history: tuple[torch.Tensor, torch.Tensor] | None = None   # layer by layer, output: Z and u per step
-        self.settled: torch.Tensor | None = None      # per step: final counts of the samples dropped when quiet
-        self.rows = None
 
     def initial_membrane(self) -> torch.Tensor:
         """u₀: θ/2 with pre-charge (the neuron rounds), else 0 (it floors)."""
         return self.threshold / 2 if self.precharge else torch.zeros_like(self.threshold)
 
-    def _init_state(self, current: torch.Tensor) -> None:
-        self.membrane = self.initial_membrane().to(current.dtype).expand_as(current).clone()
-        self.count = torch.zeros(current.shape, dtype=count_dtype(self.z_max), device=current.device)
-        self.settled = None
-        self.batch = current.shape[0]
+    def _integer_state(self, current: torch.Tensor) -> State:
+        """The kernels' state: membranes u₀ and counts in the smallest integer type that holds Z_max."""
+        return (self.initial_membrane().to(current.dtype).expand_as(current).clone(),
+                torch.zeros(current.shape, dtype=count_dtype(self.z_max), device=current.device))
 
-    def forward(self, current: torch.Tensor) -> torch.Tensor:
-        if self.timesteps is not None:
-            return self._forward_sequence(current)
-        if self.membrane is None or self.membrane.shape != current.shape or self.membrane.dtype != current.dtype:
-            self._init_state(current)
-        if self.count.dtype == torch.int8 and native.usable(current, self.membrane):   # one fused pass
-            out, pos, neg = native.if_step(self.membrane, self.count, current, self.threshold.item(), self.z_max,
+    def transition(self, x: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
+        membrane, count = self.init_state(x) if state is None else state
+        threshold = self.threshold.to(x.dtype)
+        u, z, spikes = if_transition(membrane, count, x, threshold, self.z_max, self.negative_spikes,
+                                     clock.heaviside)
+        return spikes * threshold, (u, z), Events(spikes=spikes)
+
+    def step(self, x: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
+        membrane, count = self._integer_state(x) if state is None else state
+        if count.dtype == torch.int8 and native.usable(x, membrane):   # one fused pass
+            out, pos, neg = native.if_step(membrane, count, x, self.threshold.item(), self.z_max,
                                            self.negative_spikes)
-            if self.monitor is not None:
-                self.monitor.spikes(self, pos, neg if self.negative_spikes else None)
-            self.active = (pos + neg) > 0
-            return out
-        step = if_step(self.membrane, self.count, current, self.threshold.to(current.dtype), self.z_max,
-                       self.negative_spikes)
-        if self.monitor is not None:
-            # per-sample spike counts: summing bytes is ~20x faster than summing a bool tensor
-            pos = step.fire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
-            neg = step.unfire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32) if step.unfire is not None else None
-            self.monitor.spikes(self, pos, neg)
-        self.active = any_per_row(step.spikes)          # the network detects quiet from this
-        return step.output
+            return out, (membrane, count), Events(pos=pos, neg=neg, active=(pos + neg) > 0)
+        result = if_step(membrane, count, x, self.threshold.to(x.dtype), self.z_max, self.negative_spikes)
+        if not clock.measure:
+            return result.output, (membrane, count), Events(active=any_per_row(result.spikes))
+        pos = result.fire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
+        neg = result.unfire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32) if result.unfire is not None \
+            else torch.zeros_like(pos)
+        return result.output, (membrane, count), Events(pos=pos, neg=neg, active=(pos + neg) > 0)
 
-    def keep(self, mask: torch.Tensor) -> None:
-        """Drop the quiet samples' rows from the state; their counts are final (:meth:`final_counts`)."""
-        if self.count is None:
-            return
-        if self.settled is None:
-            self.settled = torch.zeros((self.batch, *self.count.shape[1:]), dtype=self.count.dtype,
-                                       device=self.count.device)
-        rows = self.rows if self.rows is not None else torch.arange(self.count.shape[0], device=self.count.device)
-        self.settled[rows[~mask]] = self.count[~mask]
-        self.membrane, self.count = self.membrane[mask], self.count[mask]
+    def scan(self, x: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
+        T = clock.timesteps
+        steps = x.view(T, x.shape[0] // T, *x.shape[1:])
+        membrane, count = self._integer_state(steps[0]) if state is None else state
+        trace = if_sequence(steps, membrane, count, self.threshold.to(x.dtype), self.z_max, self.negative_spikes,
+                            history=self.is_output)
+        events = Events(pos=trace.pos, neg=trace.neg, active=(trace.pos + trace.neg) > 0)
+        events.history = (trace.count_history, trace.membrane_history) if self.is_output else None
+        return trace.output.flatten(0, 1), (membrane, count), events
 
-    def final_counts(self) -> torch.Tensor | None:
-        """Every sample's signed spike counts at the end of the run (also those dropped when quiet),
-        in the membrane's floating type (the QANN's levels' type)."""
-        if self.settled is None or self.count is None:
-            return None if self.count is None else self.count.to(self.membrane.dtype)
-        full = self.settled.clone()
-        if self.rows is not None and self.rows.numel():
-            full[self.rows] = self.count
-        return full.to(self.membrane.dtype)
-
-    def _forward_sequence(self, current: torch.Tensor) -> torch.Tensor:
-        """Layer-by-layer: ``current`` holds all T steps, [T·B, ...]; scan them (:func:`if_sequence`)."""
-        T = self.timesteps
-        steps = current.view(T, current.shape[0] // T, *current.shape[1:])
-        self._init_state(steps[0])
-        trace = if_sequence(steps, self.membrane, self.count, self.threshold.to(current.dtype), self.z_max,
-                            self.negative_spikes, history=self.is_output)
-        if self.monitor is not None:
-            self.monitor.spikes(self, trace.pos.flatten(), trace.neg.flatten())
-        self.active = (trace.pos + trace.neg) > 0                   # [T, B]: per step, as the network reads it
-        self.history = (trace.count_history, trace.membrane_history) if self.is_output else None
-        return trace.output.flatten(0, 1)
+    def notes(self) -> dict[str, Any]:
+        return {**super().notes(), "negative_spikes": self.negative_spikes, "reset": "subtract",
+                "fires_at": "v >= v_threshold"}
 
     def extra_repr(self) -> str:
         return (f"threshold={float(self.threshold):.4g}, z_max={self.z_max}, precharge={self.precharge}, "
                 f"negative_spikes={self.negative_spikes}" + (", output" if self.is_output else ""))
+
+
+__all__ = ["IFNeuron", "SpikingNeuron", "spike_tally"]

@@ -2,8 +2,8 @@
 
 Event max pooling keeps the cumulative input C_t of the pool and emits the change of its
 pooled maximum, e_t = maxpool(C_t) − maxpool(C_{t−1}) (value units; several spikes' worth or
-negative), so Σ_t e_t = maxpool(C_T). The naive variant (ablation only) max-pools each step's
-spikes independently, which overcounts.
+negative), so Σ_t e_t = maxpool(C_T); its state is ``(C, maxpool(C))``. The naive variant
+(ablation only) max-pools each step's spikes independently, which overcounts.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 
 from qffs.snn import native
 from qffs.snn.dynamics import event_max_pool_sequence
-from qffs.snn.state import Stateful
+from qffs.snn.spiking import NO_EVENTS, Clock, Events, SpikingModule, State
 
 
 class BoundPool:
@@ -57,63 +57,63 @@ def max_pool2d_window(pool: Callable) -> native.PoolWindow | None:
     return window
 
 
-class EventMaxPool(Stateful):
-    """Emits the step-to-step change of max-pooling of the cumulative input."""
+class EventMaxPool(SpikingModule):
+    """Emits the step-to-step change of max-pooling of the cumulative input; state (C, maxpool(C))."""
+
+    kind = "event max pool"
+    state_parts = ("cumulative", "pooled")
 
     def __init__(self, pool: Callable[[torch.Tensor], torch.Tensor], description: str = ""):
         super().__init__()
         self.pool = pool
         self.description = description
         self.window = max_pool2d_window(pool)      # for the fused kernel (None: PyTorch only)
-        self.reset()
 
-    def reset(self) -> None:
-        self.cumulative: torch.Tensor | None = None
-        self.pooled: torch.Tensor | None = None
-        self.rows = None
+    def init_state(self, events: torch.Tensor) -> State:
+        """C = 0 and M₋₁ = 0 (so the first output is M − 0 = M exactly)."""
+        cumulative = torch.zeros_like(events)
+        return cumulative, torch.zeros_like(self.pool(cumulative))
 
-    def keep(self, mask: torch.Tensor) -> None:
-        if self.cumulative is not None:
-            self.cumulative = self.cumulative[mask]
-            self.pooled = None if self.pooled is None else self.pooled[mask]
+    def transition(self, events: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
+        cumulative, pooled = self.init_state(events) if state is None else state
+        cumulative = cumulative + events
+        now = self.pool(cumulative)
+        return now - pooled, (cumulative, now), NO_EVENTS
 
-    def forward(self, events: torch.Tensor) -> torch.Tensor:
-        if self.timesteps is not None:                       # layer by layer: cumsum → pool → difference
-            T = self.timesteps
-            out = event_max_pool_sequence(events.view(T, events.shape[0] // T, *events.shape[1:]), self.pool)
-            return out.flatten(0, 1)
-        if self.cumulative is None or self.cumulative.shape != events.shape or self.cumulative.dtype != events.dtype:
-            self.cumulative = torch.zeros_like(events)
-            self.pooled = None
-        size = self.window.output_size(*events.shape[2:]) if self.window is not None and events.dim() == 4 else (0,)
-        if min(size) > 0 and native.usable(events, self.cumulative):
-            if self.pooled is None:                        # M_{-1} = 0: out = M − 0 = M exactly
-                self.pooled = events.new_zeros((*events.shape[:2], *size))
-            if native.usable(self.pooled):
-                return native.event_pool_step(self.cumulative, events, self.pooled, self.window)
-        self.cumulative.add_(events)                       # the state is ours: update in place
-        pooled = self.pool(self.cumulative)
-        out = pooled.clone() if self.pooled is None else pooled - self.pooled   # out is not the state
-        self.pooled = pooled
-        return out
+    def step(self, events: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
+        cumulative, pooled = self.init_state(events) if state is None else state
+        if self.window is not None and events.dim() == 4 and min(self.window.output_size(*events.shape[2:])) > 0 \
+                and native.usable(events, cumulative, pooled):
+            return native.event_pool_step(cumulative, events, pooled, self.window), (cumulative, pooled), NO_EVENTS
+        cumulative.add_(events)                       # the state is the engine's to update in place
+        now = self.pool(cumulative)
+        return now - pooled, (cumulative, now), NO_EVENTS
+
+    def scan(self, events: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
+        """Layer by layer: cumsum → pool → difference (:func:`event_max_pool_sequence`)."""
+        T = clock.timesteps
+        out = event_max_pool_sequence(events.view(T, events.shape[0] // T, *events.shape[1:]), self.pool)
+        return out.flatten(0, 1), (), NO_EVENTS
 
     def extra_repr(self) -> str:
         return self.description
 
 
-class NaiveMaxPool(Stateful):
+class NaiveMaxPool(SpikingModule):
     """Ablation: max pooling applied to each step's spike tensor on its own."""
+
+    kind = "naive max pool"
 
     def __init__(self, pool: Callable[[torch.Tensor], torch.Tensor], description: str = ""):
         super().__init__()
         self.pool = pool
         self.description = description
 
-    def reset(self) -> None:
-        pass
+    def transition(self, events: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
+        return self.pool(events), (), NO_EVENTS
 
-    def forward(self, events: torch.Tensor) -> torch.Tensor:
-        return self.pool(events)
+    def scan(self, events: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
+        return self.pool(events), (), NO_EVENTS
 
     def extra_repr(self) -> str:
         return self.description

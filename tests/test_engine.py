@@ -1,0 +1,83 @@
+"""The engine's protocol: a neuron kind added by subclassing alone, and gradients through the functional form."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+
+from qffs.errors import QffsError
+from qffs.snn import convert
+from qffs.snn.neuron import IFNeuron, SpikingNeuron
+from qffs.snn.spiking import Clock, Events
+from tests.snn_graphs import Genome, build_qann, genomes
+from tests.test_invariant import assert_same
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class ClippedIF(SpikingNeuron):
+    """A toy kind: IF without negative spikes and without pre-charge (it floors), written once."""
+
+    kind = "clipped IF"
+
+    def transition(self, x: torch.Tensor, state, clock: Clock):
+        membrane, count = self.init_state(x) if state is None else state
+        theta = self.threshold.to(x.dtype)
+        u = membrane + x
+        spikes = ((u >= theta) & (count < self.z_max)).to(x.dtype)
+        out = spikes * theta
+        return out, (u - out, count + spikes), Events(spikes=spikes)
+
+
+def with_neuron(snn, kind):
+    """``snn`` with every IF layer replaced by a ``kind`` of the same threshold, step size and Z_max."""
+    for name, n in snn.named_neurons():
+        parent, _, leaf = name.rpartition(".")
+        setattr(snn.graph.get_submodule(parent) if parent else snn.graph, leaf,
+                kind(n.threshold, n.step_size, n.z_max, is_output=n.is_output))
+    snn.graph.recompile()
+    return snn
+
+
+@settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(genomes())
+def test_a_neuron_added_by_subclassing_runs_in_all_three_forms_and_summarises(g):
+    qann, x = build_qann(g)
+    toy = with_neuron(convert(qann), ClippedIF)
+    reference = convert(qann, negative_spikes=False, precharge=False)   # the same dynamics, as an ablation
+    runs = {mode: toy.simulate(x, 60, until_quiet=True, record_counts=True, mode=mode)
+            for mode in ("step", "layer", "functional")}
+    for mode in ("layer", "functional"):
+        assert_same(runs[mode], runs["step"], toy.output_neuron is not None)
+    expected = reference.simulate(x, 60, until_quiet=True, record_counts=True)
+    assert_same(runs["step"], expected, toy.output_neuron is not None)
+    neurons = [row for row in toy.summary() if "threshold" in row]
+    assert neurons and all(row["kind"] in ("clipped IF", "clipped IF output") for row in neurons)
+    assert sorted(row["z_max"] for row in neurons) == sorted(n.z_max for _, n in reference.named_neurons())
+
+
+def test_a_gradient_flows_through_the_functional_form():
+    qann, x = build_qann(Genome(in_channels=1, size=4, blocks=("conv", "avgpool"), hidden=4, head_bn=False, bits=2,
+                                output_bits=2, seed=3))
+    snn = convert(qann).double()
+    x = x[:2].double().requires_grad_(True)
+
+    def readout(inputs: torch.Tensor) -> torch.Tensor:
+        result = snn.simulate(inputs, 4, mode="functional", grad=True, record=False,
+                              heaviside=lambda v: torch.sigmoid(v / 0.25))   # a surrogate for the step function
+        return result.readouts["count"]
+
+    assert readout(x).requires_grad
+    assert torch.autograd.gradcheck(readout, (x,), eps=1e-6, atol=1e-5)
+
+
+def test_the_exact_functional_form_equals_the_kernels_and_in_place_forms_refuse_gradients():
+    qann, x = build_qann(Genome(in_channels=1, size=4, blocks=("conv", "maxpool"), hidden=None, head_bn=False,
+                                bits=2, output_bits=2, seed=1))
+    snn = convert(qann)
+    exact = snn.simulate(x, 12, mode="functional", grad=True)
+    assert torch.equal(exact.output, snn.simulate(x, 12).output)
+    with pytest.raises(QffsError, match="mode='functional'"):
+        snn.simulate(x, 4, grad=True)
+    assert isinstance(snn.graph.get_submodule(snn.output_neuron), IFNeuron)
