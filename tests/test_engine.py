@@ -81,3 +81,33 @@ def test_the_exact_functional_form_equals_the_kernels_and_in_place_forms_refuse_
     with pytest.raises(QffsError, match="mode='functional'"):
         snn.simulate(x, 4, grad=True)
     assert isinstance(snn.graph.get_submodule(snn.output_neuron), IFNeuron)
+
+
+
+class _WithConstant(torch.nn.Module):
+    """A hand-built QANN whose forward reads a tensor constant (a get_attr node in the graph)."""
+
+    def __init__(self):
+        super().__init__()
+        from qffs.quant.lsq import LSQActivation
+
+        torch.manual_seed(0)
+        self.register_buffer("scale", torch.full((1, 1, 1, 1), 1.5))
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.act = LSQActivation(2, step=0.2)
+        self.head = torch.nn.Linear(4 * 16, 5)
+        self.out = LSQActivation(3, step=0.1, is_output=True)
+
+    def forward(self, x):
+        return self.out(self.head(self.act(self.conv(x * self.scale)).flatten(1)))
+
+
+def test_a_network_moved_to_another_type_after_a_run_runs_in_that_type():
+    qann = _WithConstant().eval()
+    snn = convert(qann.double())
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    before = snn.simulate(x, 8).output
+    assert before.dtype == torch.float64
+    snn.float()                   # the engine's generated forms must follow the graph's constants
+    after = snn.simulate(x.float(), 8).output
+    assert after.dtype == torch.float32 and torch.equal(after.double().argmax(-1), before.argmax(-1))

@@ -24,9 +24,9 @@ from qffs.snn.allocator import keep_freed_memory
 from qffs.snn.dynamics import if_step
 from qffs.snn.pooling import BoundPool, EventMaxPool, max_pool2d_window
 from qffs.snn.spiking import Clock
+from tests.conftest import calibrated_shipped_qann
 
 CLOCK = Clock(input_window=1)
-from tests.conftest import calibrated_shipped_qann
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler: the PyTorch path is tested elsewhere")
 

@@ -1,10 +1,11 @@
-"""The spiking dynamics as functions over explicit state (SPEC §3, §4), in two forms.
+"""The spiking dynamics as functions over explicit state (SPEC §3, §4).
 
-``if_step`` advances IF neurons by one step; ``if_sequence`` runs all T steps of a layer at
-once (the layer-by-layer runtime). ``event_max_pool_sequence`` is event max pooling over a
+``if_step`` advances IF neurons by one step in place (the per-step form), ``if_sequence`` runs
+all T steps of a layer at once (the layer-by-layer form), ``if_transition`` is one step without
+mutation (the functional form), and ``event_max_pool_sequence`` is event max pooling over a
 whole sequence: cumsum → pool → difference. The modules in :mod:`qffs.snn.neuron` and
-:mod:`qffs.snn.pooling` hold parameters and state and call these; both runtimes therefore
-share one definition of the arithmetic, and their results are identical.
+:mod:`qffs.snn.pooling` hold parameters and call these on the state the engine passes in, so
+the three forms share one definition of the arithmetic and give identical counts.
 """
 
 from __future__ import annotations
@@ -73,14 +74,16 @@ def if_transition(membrane: torch.Tensor, count: torch.Tensor, current: torch.Te
 
     The same operations in the same order, so the same values bit for bit; it is the form a
     graph exporter traces (ONNX has no in-place update and no int8 arithmetic) and autograd
-    differentiates. ``heaviside`` replaces each firing condition ``a ≥ b`` by ``heaviside(a − b)``
-    (a smooth one makes z differentiable in u and θ; None: the exact comparisons).
+    differentiates. ``heaviside(v)`` (1 for v ≥ 0, or a smooth surrogate that makes z
+    differentiable in u and θ) replaces the comparisons: u ≥ θ is H(u − θ), Z < Z_max is
+    H(Z_max − ½ − Z), u < 0 is 1 − H(u) (strict, as SPEC §3) and Z > 0 is H(Z − ½); None: the
+    exact comparisons.
     """
     u = membrane + current
     if heaviside is not None:
         spikes = heaviside(u - threshold) * heaviside(z_max - 0.5 - count)
         if negative_spikes:
-            spikes = spikes - heaviside(-u) * heaviside(count - 0.5)
+            spikes = spikes - (1 - heaviside(u)) * heaviside(count - 0.5)
         out = spikes * threshold
         return u - out, count + spikes, spikes
     fire = (u >= threshold) & (count < z_max)

@@ -15,6 +15,7 @@ The engine owns the clock and the state; the monitor only observes the events it
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -43,10 +44,16 @@ def spiking_sites(gm: fx.GraphModule) -> list[Site]:
             if n.op == "call_module" and isinstance(gm.get_submodule(str(n.target)), SpikingModule)]
 
 
+def neuron_modules(gm: fx.GraphModule) -> list[tuple[str, SpikingNeuron]]:
+    """The neuron layers in module order (``named_modules``): the order of records and exports."""
+    return [(name, m) for name, m in gm.named_modules() if isinstance(m, SpikingNeuron)]
+
+
 def threaded(gm: fx.GraphModule, form: str) -> fx.GraphModule:
     """``gm`` as ``f(x, states, clock) -> (output, states, events)``: each spiking module's call
     becomes ``module.<form method>(input, states[i], clock)`` (i in :func:`spiking_sites` order)."""
     method = FORMS[form]
+    spiking = {site.node for site in spiking_sites(gm)}
     graph = fx.Graph()
     x, states, clock = graph.placeholder("x"), graph.placeholder("states"), graph.placeholder("clock")
     env: dict[fx.Node, fx.Node] = {}
@@ -55,7 +62,7 @@ def threaded(gm: fx.GraphModule, form: str) -> fx.GraphModule:
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             env[node] = x
-        elif node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), SpikingModule):
+        elif node.name in spiking:
             (arg,) = node.args
             module = graph.get_attr(str(node.target))
             state = graph.call_function(operator.getitem, (states, len(new_states)))
@@ -88,22 +95,23 @@ class Engine:
         self.input_window = int(input_window)
         self.sites = spiking_sites(gm)
         self.neurons = [i for i, s in enumerate(self.sites) if isinstance(s.module, SpikingNeuron)]
-        #: the neuron layers in module order (``named_modules``): the order of records and exports
-        self.neuron_names = [name for name, m in gm.named_modules() if isinstance(m, SpikingNeuron)]
         self.output = next((i for i, s in enumerate(self.sites) if s.target == output_neuron), None)
         self._forms: dict[str, fx.GraphModule] = {}
 
     def form(self, name: str) -> fx.GraphModule:
+        """The graph threaded for form ``name`` (:data:`FORMS`), generated on first use."""
         if name not in self._forms:
             self._forms[name] = threaded(self.gm, name)
         return self._forms[name]
 
-    def clock(self, timesteps: int, measure: bool, **kwargs) -> Clock:
-        return Clock(input_window=self.input_window, timesteps=timesteps, measure=measure, **kwargs)
+    def clock(self, timesteps: int, measure: bool, heaviside: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              ) -> Clock:
+        """The clock of a run of ``timesteps`` steps (``measure``: tally events for a monitor)."""
+        return Clock(input_window=self.input_window, timesteps=timesteps, measure=measure, heaviside=heaviside)
 
-    def _active(self, events: tuple[Events, ...], rows: int, device: torch.device) -> torch.Tensor:
-        """Whether any neuron spiked, per row."""
-        active = torch.zeros(rows, dtype=torch.bool, device=device)
+    def _active(self, events: tuple[Events, ...], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """Whether any neuron spiked, per row ([rows]; layer by layer [T, B])."""
+        active = torch.zeros(shape, dtype=torch.bool, device=device)
         for i in self.neurons:
             active |= events[i].active
         return active
@@ -114,12 +122,13 @@ class Engine:
                 monitor.observe(site.target, ev, rows)
 
     def run_steps(self, x: torch.Tensor, timesteps: int, until_quiet: bool, drop_quiet: bool,
-                  monitor: Monitor | None, functional: bool = False, heaviside=None) -> Run:
+                  monitor: Monitor | None, functional: bool = False,
+                  heaviside: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Run:
         """Per step (``functional``: without mutation, nothing dropped). A sample quiet at a step
         t ≥ T_in − 1 can never spike again and its readout is final, so (``drop_quiet``) it leaves
         every state; once none is left, the remaining rows repeat the last."""
         form = self.form("functional" if functional else "step")
-        clock = self.clock(timesteps, monitor is not None, heaviside=heaviside)
+        clock = self.clock(timesteps, monitor is not None, heaviside)
         batch, device = x.shape[0], x.device
         alive = torch.arange(batch, device=device)     # the samples still simulated
         inputs, silent = x, torch.zeros_like(x)
@@ -150,7 +159,7 @@ class Engine:
                 integrated = integrated.index_add(0, alive, out)
                 run.analog.append(integrated / self.input_window)
             self._observe(monitor, events, alive if alive.numel() < batch else None)
-            active = self._active(events, alive.numel(), device)
+            active = self._active(events, (alive.numel(),), device)
             actives.append(torch.zeros(batch, dtype=torch.bool, device=device).index_copy_(0, alive, active))
             if t >= self.input_window - 1:
                 quiet[alive] |= ~active
@@ -203,7 +212,7 @@ class Engine:
         out, states, events = self.form("layer")(sequence.flatten(0, 1), [None] * len(self.sites),
                                                  self.clock(T, monitor is not None))
         self._observe(monitor, events, None)
-        run = Run(self._active_sequence(events, T, batch, x.device))
+        run = Run(self._active(events, (T, batch), x.device))
         if self.output is not None:
             run.history["count"], run.history["membrane"] = events[self.output].history
         else:
@@ -213,11 +222,5 @@ class Engine:
             run.finals[self.sites[i].target] = self.sites[i].module.readout_state(states[i])[0]
         return run
 
-    def _active_sequence(self, events: tuple[Events, ...], T: int, batch: int, device: torch.device) -> torch.Tensor:
-        active = torch.zeros((T, batch), dtype=torch.bool, device=device)
-        for i in self.neurons:
-            active |= events[i].active
-        return active
 
-
-__all__ = ["Engine", "FORMS", "Run", "Site", "spiking_sites", "threaded"]
+__all__ = ["Engine", "FORMS", "Run", "Site", "neuron_modules", "spiking_sites", "threaded"]

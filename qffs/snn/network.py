@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
 
 from qffs.snn.allocator import keep_freed_memory
-from qffs.snn.engine import Engine
+from qffs.snn.engine import FORMS, Engine, neuron_modules
 from qffs.snn.layers import GatedLayer
 from qffs.snn.memory import default_budget, samples_at_once
 from qffs.snn.monitor import Monitor
@@ -48,7 +49,7 @@ def check_timesteps(value: object, option: str = "timesteps",
 #: (each layer over all T steps at once) and "functional" (per step without mutation:
 #: differentiable, what the exporters trace). They give identical spike counts; on CPU "step",
 #: which drops quiet samples and runs fused kernels, is the fastest (benchmarks/speed.py).
-MODES = ("step", "layer", "functional")
+MODES = tuple(FORMS)
 
 
 class _Shapes(fx.Interpreter):
@@ -67,8 +68,8 @@ class _Shapes(fx.Interpreter):
 
 def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, torch.Size]:
     """Per fx node name, its output's shape in one step from rest on ``example`` (spiking modules'
-    ``forward``). A graph that cannot take this batch size raises RuntimeError (a reshape to a
-    fixed size, say)."""
+    ``forward``). A graph that cannot take this batch size raises what PyTorch raises there (a
+    reshape to a fixed size: RuntimeError; an index past the batch: IndexError)."""
     run = _Shapes(gm)
     with torch.no_grad():
         run.run(example)
@@ -97,6 +98,10 @@ class SpikingNetwork(nn.Module):
         self._probes: dict[tuple[int, ...], _Probe] = {}   # per sample shape: see _probe()
         self._engine: Engine | None = None                  # built on first use
 
+    def _apply(self, fn, recurse: bool = True):
+        self._engine = None     # .to()/.double(): the generated forms hold references to the graph's constants
+        return super()._apply(fn, recurse)
+
     @property
     def engine(self) -> Engine:
         """The engine that runs this graph in its three forms (:mod:`qffs.snn.engine`)."""
@@ -106,7 +111,7 @@ class SpikingNetwork(nn.Module):
 
     # -- structure ---------------------------------------------------------------------------
     def named_neurons(self) -> list[tuple[str, SpikingNeuron]]:
-        return [(n, m) for n, m in self.graph.named_modules() if isinstance(m, SpikingNeuron)]
+        return neuron_modules(self.graph)
 
     def named_synapses(self) -> list[tuple[str, GatedLayer]]:
         return [(n, m) for n, m in self.graph.named_modules() if isinstance(m, GatedLayer)]
@@ -130,7 +135,7 @@ class SpikingNetwork(nn.Module):
         if key not in self._probes:
             try:
                 shapes = propagate_shapes(self.graph, x[:1])
-            except RuntimeError:          # this graph cannot take one sample: a fixed batch size
+            except (RuntimeError, IndexError, ValueError):   # it cannot take one sample: a fixed batch size
                 self._probes[key] = _Probe(False, 0, 0, 0)
                 return self._probes[key]
             state = activations = 0
@@ -165,7 +170,8 @@ class SpikingNetwork(nn.Module):
 
     def simulate(self, x: torch.Tensor, timesteps: int, *, until_quiet: bool = False, record: bool = True,
                  record_counts: bool = False, mode: str = "step", memory: int | None = None,
-                 grad: bool = False, heaviside=None) -> SimulationResult:
+                 grad: bool = False, heaviside: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 ) -> SimulationResult:
         """Run ``timesteps`` steps on the batch ``x``, from rest.
 
         ``until_quiet`` stops as soon as every sample is quiet; the remaining rows of
@@ -204,14 +210,15 @@ class SpikingNetwork(nn.Module):
                 mode = "functional" if mode == "functional" else "step"
             else:
                 budget = default_budget(x.device) if memory is None else memory
-                chunk = samples_at_once(x.shape[0], self.bytes_per_sample(x, timesteps, mode), budget)
+                kept = "layer" if grad else mode      # with grad, autograd keeps every step's activations
+                chunk = samples_at_once(x.shape[0], self.bytes_per_sample(x, timesteps, kept), budget)
                 if chunk < x.shape[0]:
                     return concat_results([self._simulate(part, timesteps, until_quiet, record, record_counts, mode,
                                                           free, heaviside) for part in x.split(chunk)])
             return self._simulate(x, timesteps, until_quiet, record, record_counts, mode, free, heaviside)
 
     def _simulate(self, x: torch.Tensor, timesteps: int, until_quiet: bool, record: bool, record_counts: bool,
-                  mode: str, free: bool, heaviside) -> SimulationResult:
+                  mode: str, free: bool, heaviside: Callable[[torch.Tensor], torch.Tensor] | None) -> SimulationResult:
         """One simulation of the whole batch ``x`` in ``mode``."""
         engine = self.engine
         monitor = Monitor(x.shape[0]) if record else None

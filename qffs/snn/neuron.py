@@ -19,6 +19,7 @@ the readouts follow from the base; its NIR form is one entry of :data:`NIR_FORMS
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -89,11 +90,10 @@ class SpikingNeuron(SpikingModule):
             tallies.append(events)
             if self.is_output:
                 count, membrane = self.readout_state(state)
-                counts.append(count.to(membrane.dtype))
+                counts.append(count.to(membrane.dtype, copy=True))
                 membranes.append(membrane.clone())
-        events = stack_events(tallies)
-        events.history = (torch.stack(counts), torch.stack(membranes)) if self.is_output else None
-        return torch.stack(outputs).flatten(0, 1), state, events
+        history = (torch.stack(counts), torch.stack(membranes)) if self.is_output else None
+        return torch.stack(outputs).flatten(0, 1), state, replace(stack_events(tallies), history=history)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": f"{self.kind} output" if self.is_output else self.kind, "threshold": float(self.threshold),
@@ -152,9 +152,9 @@ class IFNeuron(SpikingNeuron):
         membrane, count = self._integer_state(steps[0]) if state is None else state
         trace = if_sequence(steps, membrane, count, self.threshold.to(x.dtype), self.z_max, self.negative_spikes,
                             history=self.is_output)
-        events = Events(pos=trace.pos, neg=trace.neg, active=(trace.pos + trace.neg) > 0)
-        events.history = (trace.count_history, trace.membrane_history) if self.is_output else None
-        return trace.output.flatten(0, 1), (membrane, count), events
+        history = (trace.count_history, trace.membrane_history) if self.is_output else None
+        return trace.output.flatten(0, 1), (membrane, count), Events(pos=trace.pos, neg=trace.neg,
+                                                                     active=(trace.pos + trace.neg) > 0, history=history)
 
     def notes(self) -> dict[str, Any]:
         return {**super().notes(), "negative_spikes": self.negative_spikes, "reset": "subtract",

@@ -90,7 +90,8 @@ class EventMaxPool(SpikingModule):
         return now - pooled, (cumulative, now), NO_EVENTS
 
     def scan(self, events: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
-        """Layer by layer: cumsum → pool → difference (:func:`event_max_pool_sequence`)."""
+        """Layer by layer: cumsum → pool → difference (:func:`event_max_pool_sequence`); no state
+        comes back (nothing after the run reads a pool's)."""
         T = clock.timesteps
         out = event_max_pool_sequence(events.view(T, events.shape[0] // T, *events.shape[1:]), self.pool)
         return out.flatten(0, 1), (), NO_EVENTS

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from qffs.snn.engine import Engine, Run
+from qffs.snn.engine import Engine, Run, neuron_modules
 from qffs.snn.monitor import Monitor
+from qffs.snn.neuron import SpikingNeuron
 from qffs.snn.readout import READOUTS, output_readout
 
 
@@ -107,7 +108,7 @@ def result_of(engine: Engine, run: Run, timesteps: int, until_quiet: bool) -> Si
     return SimulationResult(readouts["count"], steps_run, engine.input_window, convergence, quiet, readouts=readouts)
 
 
-def readouts_of(output, run: Run, steps_run: int, timesteps: int, input_window: int) -> dict[str, torch.Tensor]:
+def readouts_of(output: SpikingNeuron | None, run: Run, steps_run: int, timesteps: int, input_window: int) -> dict[str, torch.Tensor]:
     """Every readout as ``[timesteps, B, ...]``; rows after an early stop repeat the last one."""
     if output is None:
         analog = run.analog[:steps_run]
@@ -127,7 +128,7 @@ def add_records(result: SimulationResult, engine: Engine, run: Run, monitor: Mon
     none = torch.zeros(monitor.batch, dtype=torch.long, device=result.output.device)
     dtype = result.output.dtype
     modules = dict(engine.gm.named_modules())
-    for name in engine.neuron_names:
+    for name, _ in neuron_modules(engine.gm):
         counts = run.finals.get(name)
         per_sample = counts[0].numel() if counts is not None else 0
         result.neurons.append(NeuronRecord(name, per_sample, monitor.pos_spikes.get(name, none),

@@ -11,8 +11,10 @@ state and the :class:`Clock`, and calls one of three forms of each module:
   operation differentiable and traceable (the functional form: export and fine-tuning).
 
 ``state`` is a tuple of tensors (``()`` for a module without state); ``None`` asks the module for
-its initial state at the input's shape (:meth:`SpikingModule.init_state`). What a call produced
-for reports is returned as :class:`Events`; nothing is written back into the module.
+its initial state at the input's shape (:meth:`SpikingModule.init_state`, or the kernels' own
+layout, e.g. integer counts, in a form that has one). What a call produced for reports is
+returned as :class:`Events`; nothing is written back into the module, and forward hooks on it
+do not fire during a simulation (the engine calls the forms, not ``forward``).
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ class Clock:
 
     @property
     def in_window(self) -> bool:
-        """True while t < T_in: inputs and biases flow only then (input and bias shutoff)."""
+        """True while t < T_in: inputs and biases flow only then (input and bias shutoff). A
+        streaming clock (``window`` given) has no step to compare: use :meth:`gate`."""
+        if self.window is not None:
+            raise TypeError("a streaming clock's window is a tensor: gate with Clock.gate, not in_window")
         return self.t < self.input_window
 
     def at(self, t: int) -> "Clock":
@@ -66,7 +71,7 @@ class Clock:
         return folded.view(T, folded.shape[0] // T, *folded.shape[1:])[: self.input_window]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Events:
     """What one call produced, for the monitor (all optional; a module fills what it has).
 
