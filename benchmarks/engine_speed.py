@@ -6,7 +6,8 @@
 The baseline's ``qffs`` package is taken from git (``git archive``) into a temporary folder and
 imported as ``qffs_baseline`` (its imports rewritten), so both runtimes simulate the same
 converted QANN on the same batches in the same process, their runs interleaved over
-``--rounds`` rounds and the minimum kept (these machines are shared and noisy). Reports per
+``--rounds`` rounds (each pair in alternating order) and the minimum kept (these machines are
+shared and noisy, and a large run's time depends on what the allocator kept from the one before). Reports per
 mode and T the seconds of each and the ratio new / baseline, after checking that both give
 the same results (curve, readouts, convergence and every layer's record, on every batch).
 For a refactor of the engine: a ratio within 1.05 keeps the speed.
@@ -98,7 +99,12 @@ def main(argv: list[str] | None = None) -> dict:
             for T in steps:
                 runs[f"baseline {mode} T={T}"] = lambda x, T=T, m=mode: baseline.simulate(x, T, record=False, mode=m)
                 runs[f"new {mode} T={T}"] = lambda x, T=T, m=mode: current.simulate(x, T, record=False, mode=m)
-        best = interleaved_minimum(runs, work.batches, args.rounds)
+        best = {name: float("inf") for name in runs}
+        for round_ in range(args.rounds):   # each pair in both orders: the allocator's state after a run
+            order = list(runs) if round_ % 2 == 0 else [n.replace("new ", "@").replace("baseline ", "new ")
+                                                        .replace("@", "baseline ") for n in runs]
+            times = interleaved_minimum({name: runs[name] for name in order}, work.batches, 1)   # favours the next
+            best = {name: min(best[name], times[name]) for name in runs}
     rows = {f"{mode} T={T}": {"baseline_s": round(best[f"baseline {mode} T={T}"], 4),
                               "new_s": round(best[f"new {mode} T={T}"], 4),
                               "ratio": round(best[f"new {mode} T={T}"] / best[f"baseline {mode} T={T}"], 3)}
