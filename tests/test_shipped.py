@@ -61,3 +61,39 @@ def test_shipped_resnet20_reaches_its_card_accuracy_on_1000_test_images():
     assert result["samples"] == 1000
     assert 100 * result["accuracy"] == pytest.approx(_card_accuracy(card, "accuracy on 1,000 test images"), abs=1.0)
     assert re.search(r"qffs train .*--model resnet20 .*--dataset cifar10-jpeg", card)
+
+
+RESNET20_QANN = MODELS / "resnet20_cifar10_q2_3.pt"
+RESNET20_QANN_CARD = MODELS / "resnet20_cifar10_q2_3.md"
+
+
+def test_shipped_resnet20_qann_was_chosen_on_validation_and_its_card_says_how_it_was_made():
+    from qffs.recipes import describe_recipe, load_qann
+
+    card = RESNET20_QANN_CARD.read_text()
+    qann, meta = load_qann(RESNET20_QANN)
+    assert RESNET20_QANN.stat().st_size < 5 * 2**20
+    assert (meta["bits"], meta["output_bits"], meta["dataset"]) == (2, 3, "cifar10-jpeg")
+    metrics = meta["metrics"]
+    assert metrics["selected_on"] == "validation" and meta["selection"]["validation"]["size"] == 5000
+    assert _card_accuracy(card, "test accuracy") == pytest.approx(100 * metrics["qann_accuracy"], abs=0.005)
+    assert _card_accuracy(card, "validation accuracy") == pytest.approx(100 * metrics["qann_val_accuracy"], abs=0.005)
+    assert re.search(r"qffs quantize models/resnet20_cifar10\.pt .*--epochs 20", card)
+    assert describe_recipe(meta).startswith("qffs — QAT 20 epoch(s)")
+
+
+def test_shipped_resnet20_qann_reaches_its_card_accuracy_and_converts_exactly():
+    from qffs.recipes import load_qann
+    from qffs.snn import convert
+
+    qann, _ = load_qann(RESNET20_QANN)
+    result = evaluate(qann, make_loader(load_dataset("cifar10-jpeg", "test", limit=1000), 250))
+    card = RESNET20_QANN_CARD.read_text()
+    assert 100 * result["accuracy"] == pytest.approx(_card_accuracy(card, "accuracy on 1,000 test images"), abs=0.2)
+    x = next(iter(make_loader(load_dataset("cifar10-jpeg", "test", limit=8), 8)))[0].double()
+    qann = qann.double()
+    snn = convert(qann)
+    run = snn.simulate(x, 64, until_quiet=True)
+    assert run.converged.all()
+    with torch.no_grad():
+        assert torch.equal(run.output[-1], qann(x))          # invariant E on the shipped QANN, float64
