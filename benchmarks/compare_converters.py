@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     from qffs.data import load_dataset, make_loader
     from qffs.evaluate import evaluate_snn
     from qffs.io import load_model
-    from qffs.recipes import load_qann
+    from qffs.artifacts import load_qann
     from qffs.snn import convert
 
     torch.manual_seed(0)

@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 
 EVALUATE = """
 import json, sys, qffs
-from qffs.recipes import DataOptions, evaluate_checkpoint
+from qffs.jobs.evaluation import evaluate_checkpoint
+from qffs.jobs.options import DataOptions
 report = evaluate_checkpoint(sys.argv[1], DataOptions(), int(sys.argv[2]), device="cpu")
 print(json.dumps({"file": qffs.__file__, "curve": report["snn_accuracy"]}))
 """

@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> dict:
     from qffs.evaluate import _quantizer_levels
     from qffs.quant import quantizers
     from qffs.quant.graph import OUTPUT_QUANTIZER
-    from qffs.recipes import DataOptions, load_qann, test_data_for
+    from qffs.artifacts import load_qann
+    from qffs.jobs.loaders import test_data_for
+    from qffs.jobs.options import DataOptions
 
     qann, meta = load_qann(args.qann)
     output = dict(quantizers(qann)).get(OUTPUT_QUANTIZER)

@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qffs.recipes import describe_recipe  # noqa: E402
+from qffs.artifacts import describe_recipe  # noqa: E402
 
 
 def pct(x: float | None) -> str:

@@ -24,7 +24,7 @@ def load_workload(checkpoint: str | None, samples: int, batch_size: int) -> Work
     from qffs.data import load_dataset, make_loader
     from qffs.io import load_model
     from qffs.quant import calibrate, quantize
-    from qffs.recipes import SHIPPED_FMNIST
+    from qffs.artifacts import SHIPPED_FMNIST
     from qffs.snn import convert
 
     torch.manual_seed(0)

@@ -100,7 +100,7 @@ def print_report(report: dict[str, Any]) -> None:
 
 def ablation_table(result: dict[str, Any]) -> Table:
     """One row per ablation setting: accuracy at the table's t, latency to lossless, neurons off level."""
-    from qffs.ablate import table_steps
+    from qffs.jobs.ablate import table_steps
 
     steps = table_steps(len(result["timesteps"]))
     table = Table(title=from_file(result["title"]), title_justify="left")

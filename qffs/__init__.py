@@ -26,7 +26,7 @@ _PUBLIC = {
     "build_model": "qffs.models",
     "LSQActivation": "qffs.quant", "calibrate": "qffs.quant", "quantize": "qffs.quant", "quantizers": "qffs.quant",
     "evaluate_snn": "qffs.evaluate",
-    "load_qann": "qffs.recipes", "load_snn": "qffs.recipes",
+    "load_qann": "qffs.artifacts", "load_snn": "qffs.artifacts",
     "SimulationResult": "qffs.snn", "SpikingNetwork": "qffs.snn", "convert": "qffs.snn",
 }
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from qffs.io import load_checkpoint, load_model, save_checkpoint
     from qffs.models import build_model
     from qffs.quant import LSQActivation, calibrate, quantize, quantizers
-    from qffs.recipes import load_qann, load_snn
+    from qffs.artifacts import load_qann, load_snn
     from qffs.snn import SimulationResult, SpikingNetwork, convert
 
 __all__ = [

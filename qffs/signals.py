@@ -3,7 +3,7 @@ job the same way, with one line and the exit code 128 + the signal (130, 143).
 
 The command line calls :func:`stop_on_signals` once; a signal then raises ``KeyboardInterrupt``
 wherever the job is, so the job's own clean-up runs (a training job keeps its partial files and
-resume state, :func:`qffs.recipes.staged_output`). :func:`held` defers signals over the few
+resume state, :func:`qffs.jobs.outputs.staged_output`). :func:`held` defers signals over the few
 renames that publish a set of files together; :func:`ignore_further` makes the line that reports
 the stop (and the exit after a finished command) immune to a second signal.
 """

@@ -50,8 +50,9 @@ def test_full_qffs_is_exact_and_each_ablation_leaves_neurons_off_their_level(abl
 
 
 def test_rows_of_another_layout_name_what_differs():
-    from qffs.ablate import _output_label
+    from qffs.artifacts import QuantConfig
+    from qffs.jobs.ablate import _output_label
 
-    assert _output_label({"bits": 2, "output_bits": 3}) == "3-bit output"
-    assert _output_label({"bits": 2, "output_bits": 0}, 2) == "analog output"
-    assert _output_label({"bits": 3, "output_bits": 3}, 2) == "3-bit hidden / 3-bit output"
+    assert _output_label(QuantConfig(bits=2, output_bits=3)) == "3-bit output"
+    assert _output_label(QuantConfig(bits=2, output_bits=None), 2) == "analog output"
+    assert _output_label(QuantConfig(bits=3, output_bits=3), 2) == "3-bit hidden / 3-bit output"

@@ -24,7 +24,7 @@ import torch
 from qffs.io import save_checkpoint
 from qffs.models import build_model
 from qffs.quant import quantize
-from qffs.recipes import convert_checkpoint
+from qffs.jobs.convert import convert_checkpoint
 from tests.test_cli import SHIPPED
 
 # (id, arguments, a fragment the one line must contain). In the arguments, {in} is the folder of
@@ -90,7 +90,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("readout-unknown", ["evaluate", "{in}/snn.pt", "--readout", "first", "--out-dir", "{out}/ev"], "first"),
     ("memory-unit-unknown", ["evaluate", "{in}/snn.pt", "--memory", "4XB", "--out-dir", "{out}/ev"], "--memory must be"),
     ("memory-on-run-zero", ["run", "{in}/fp.pt", "--memory", "0", "--out-dir", "{out}/r"], "--memory must be"),
-    ("max-pool-unknown", ["convert", "{in}/qann.pt", "--out", "{out}/s.pt", "--max-pool", "soft"], "max_pool"),
+    ("max-pool-unknown", ["convert", "{in}/qann.pt", "--out", "{out}/s.pt", "--max-pool", "soft"], "--max-pool must be one of"),
     ("dataset-unknown", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--dataset", "imagenet21k"], "imagenet21k"),
     ("dataset-mismatch", ["evaluate", "{in}/snn.pt", "--dataset", "cifar10", "--out-dir", "{out}/ev"], "trained on"),
     ("model-unknown", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--model", "resnet1000"], "unknown model"),

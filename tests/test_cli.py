@@ -147,6 +147,6 @@ def test_outputs_never_overwrite_an_input_or_its_sidecar(cli, tmp_path):
     (tmp_path / "dir.pt").rmdir()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     # another format beside the input: its own sidecar, the input's untouched
-    from qffs.recipes import metrics_path
+    from qffs.jobs.outputs import metrics_path
 
     assert metrics_path(tmp_path / "net.safetensors").name == "net.safetensors.metrics.json"

@@ -41,7 +41,7 @@ def test_shards_hold_every_sample_once(length, world):
 
 @pytest.fixture(scope="module")
 def snn_artifact(tmp_path_factory) -> Path:
-    from qffs.recipes import convert_checkpoint
+    from qffs.jobs.convert import convert_checkpoint
 
     folder = tmp_path_factory.mktemp("dist")
     save_checkpoint(folder / "qann.pt", calibrated_shipped_qann(256).state_dict(), kind="qann", model=SPEC, dataset="fashion-mnist",
@@ -66,7 +66,7 @@ def test_evaluate_on_two_processes_reports_what_one_process_does(cli, snn_artifa
 
 
 def test_quantize_on_two_processes_trains_one_set_of_weights(tmp_path):
-    from qffs.recipes import load_qann
+    from qffs.artifacts import load_qann
 
     r = torchrun("quantize", SHIPPED, "--out", tmp_path / "q.pt", "--epochs", "1", "--limit", "512",
                  "--test-limit", "128", "--batch-size", "64", cwd=tmp_path)

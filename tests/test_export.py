@@ -104,7 +104,7 @@ def test_a_random_graph_with_residual_concat_and_pooling_exports_exactly(tmp_pat
 @pytest.fixture(scope="module")
 def artifacts(shipped, tmp_path_factory):
     """The shipped QANN and SNN as artifact files (what qffs quantize and qffs convert write)."""
-    from qffs.recipes import convert_checkpoint
+    from qffs.jobs.convert import convert_checkpoint
 
     qann, _, _ = shipped
     folder = tmp_path_factory.mktemp("export")

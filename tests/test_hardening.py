@@ -173,7 +173,7 @@ def test_sys_path_additions_never_shadow_installed_modules():
 def artifacts(tmp_path_factory):
     """A calibrated QANN and its SNN of the shipped network (no training)."""
     from qffs.io import save_checkpoint
-    from qffs.recipes import convert_checkpoint
+    from qffs.jobs.convert import convert_checkpoint
     from tests.conftest import calibrated_shipped_qann
 
     folder = tmp_path_factory.mktemp("artifacts")
@@ -203,7 +203,7 @@ SHIPPED_COPY = Path(__file__).resolve().parents[1] / "models" / "fmnist_vgg_smal
 
 
 def test_a_stop_in_stage_3_of_run_leaves_no_earlier_curve_beside_the_new_networks(cli, tmp_path, monkeypatch):
-    import qffs.recipes
+    import qffs.jobs.pipeline
 
     for name in ("curve.csv", "curve.json", "curve.png", "snn.pt"):   # an earlier, complete run
         (tmp_path / name).write_text("an earlier run")
@@ -211,7 +211,7 @@ def test_a_stop_in_stage_3_of_run_leaves_no_earlier_curve_beside_the_new_network
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(qffs.recipes, "evaluate_checkpoint", stopped)
+    monkeypatch.setattr(qffs.jobs.pipeline, "evaluate_checkpoint", stopped)
     r = cli("run", SHIPPED_COPY, "--out-dir", tmp_path, "--epochs", "0", *SUBSET)
     assert r.returncode == 130 and r.stderr.count("\n") == 1, r.stderr
     assert "interrupted in stage 3 (evaluate)" in r.stderr and f"qffs evaluate {tmp_path / 'snn.pt'}" in r.stderr

@@ -18,7 +18,7 @@ from tests.conftest import REPO
 def test_the_runtime_imports_without_training_code_torchvision_or_rich():
     code = ("import sys, qffs.snn; heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torchvision', 'rich', 'typer', 'matplotlib', 'onnx', 'onnxruntime') or m in "
-            "('qffs.train', 'qffs.recipes', 'qffs.data', 'qffs.evaluate', 'qffs.report')); print(heavy)")
+            "('qffs.train', 'qffs.jobs.quantize', 'qffs.artifacts', 'qffs.data', 'qffs.evaluate', 'qffs.report')); print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qffs.errors import QffsError
-from qffs.qat_recipe import DEFAULT_RECIPE, RECIPES, by_recipe, resolve_recipe
+from qffs.jobs.recipes import DEFAULT_RECIPE, RECIPES, by_recipe, resolve_recipe
 
 
 def test_the_papers_recipe_is_its_table_2():
@@ -38,6 +38,6 @@ def test_quantize_records_the_recipe_and_its_settings(cli, tmp_path):
             "--epochs", "0", "--limit", "200", "--test-limit", "64")
     assert r.returncode == 0, r.stderr
     meta = load_checkpoint(tmp_path / "q.pt").meta
-    assert meta["recipe"] == "paper" and meta["batch_size"] == 32
+    assert meta["quant"]["recipe"] == "paper" and meta["quant"]["bn_reestimate"] is False and meta["batch_size"] == 32
     assert meta["train_config"]["schedule"] == "exp" and meta["train_config"]["epochs"] == 0
     assert "recipe: paper — QAT 0 epoch(s), SGD lr 0.01 exp" in cli("info", tmp_path / "q.pt").stdout

@@ -86,10 +86,13 @@ def test_batchnorm_reestimation_uses_the_batches_and_restores_modes():
 
 
 def _quantize_job(out, resume=False, log=lambda _: None):
-    from qffs.recipes import DataOptions, qat_config, quantize_checkpoint
+    from qffs.artifacts import QuantConfig
+    from qffs.jobs.options import DataOptions
+    from qffs.jobs.quantize import quantize_checkpoint
+    from qffs.jobs.recipes import qat_config
 
     return quantize_checkpoint(SHIPPED_FMNIST, out, DataOptions(limit=384, test_limit=64, batch_size=64, val_size=64),
-                               qat_config(2), bit_schedule="3,2", resume=resume, log=log)
+                               qat_config(2), QuantConfig(bit_schedule="3,2"), resume=resume, log=log)
 
 
 @pytest.mark.slow
@@ -110,4 +113,7 @@ def test_resume_across_a_stage_boundary_equals_an_uninterrupted_run(tmp_path):
     assert a.state_dict.keys() == b.state_dict.keys()
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
     assert resumed["qann_accuracy"] == straight["qann_accuracy"] and resumed["best_epoch"] == 2
-    assert a.meta["bit_schedule"] == [3, 2] and a.meta["bits"] == 2
+    from qffs.artifacts import QuantConfig
+
+    recorded = QuantConfig.from_meta(a.meta)
+    assert recorded.bit_schedule == (3, 2) and recorded.bits == 2 and a.meta["quant"]["bit_schedule"] == [3, 2]

@@ -68,7 +68,7 @@ RESNET20_QANN_CARD = MODELS / "resnet20_cifar10_q2_3.md"
 
 
 def test_shipped_resnet20_qann_was_chosen_on_validation_and_its_card_says_how_it_was_made():
-    from qffs.recipes import describe_recipe, load_qann
+    from qffs.artifacts import describe_recipe, load_qann
 
     card = RESNET20_QANN_CARD.read_text()
     qann, meta = load_qann(RESNET20_QANN)
@@ -83,7 +83,7 @@ def test_shipped_resnet20_qann_was_chosen_on_validation_and_its_card_says_how_it
 
 
 def test_shipped_resnet20_qann_reaches_its_card_accuracy_and_converts_exactly():
-    from qffs.recipes import load_qann
+    from qffs.artifacts import load_qann
     from qffs.snn import convert
 
     qann, _ = load_qann(RESNET20_QANN)

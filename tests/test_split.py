@@ -51,7 +51,7 @@ def test_impossible_splits_are_refused(pool, size, message):
                                              ({"val_size": 10, "select_on_test": True}, "drop one"),
                                              ({"val_size": -1}, ">= 0"), ({"val_seed": -1}, "--val-seed")])
 def test_data_options_check_the_split_options(kwargs, message):
-    from qffs.recipes import DataOptions
+    from qffs.jobs.options import DataOptions
 
     with pytest.raises(QffsError, match=message):
         DataOptions(**kwargs)
@@ -87,7 +87,9 @@ def test_the_kept_epoch_is_the_validation_best_even_where_the_test_set_disagrees
 
 @pytest.mark.slow
 def test_quantize_chooses_on_validation_and_tests_the_kept_weights_once(cli, tmp_path):
-    from qffs.recipes import DataOptions, load_qann, make_test_loader
+    from qffs.artifacts import load_qann
+    from qffs.jobs.loaders import make_test_loader
+    from qffs.jobs.options import DataOptions
 
     out = tmp_path / "q.pt"
     r = cli("quantize", "models/fmnist_vgg_small.pt", "--out", out, "--epochs", "2", "--limit", "600",

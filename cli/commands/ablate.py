@@ -35,20 +35,15 @@ def ablate(
     memory: Optional[str] = MEMORY_OPTION,
 ) -> None:
     """Each QFFS mechanism switched off in turn: accuracy at fixed t, latency to lossless, neurons off level."""
-    from qffs.ablate import ablate as run_ablation, write_ablation
     from qffs.cli.render import ablation_table, console
-    from qffs.io import exclusive
-    from qffs.recipes import DataOptions, check_output_dir
+    from qffs.jobs.ablate import ablate as run_ablation
+    from qffs.jobs.options import DataOptions
 
     data = DataOptions(dataset=dataset, root=data_root, test_limit=limit, batch_size=batch_size,
                        mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size)
-    from qffs.report import report_files
-
-    check_output_dir(out_dir, writes=report_files("ablation"), inputs=(qann,))
-    with exclusive(out_dir, "--out-dir"):
-        result = run_ablation(qann, data, timesteps, others=tuple(also or ()), device=device, double=double,
-                              memory=memory, model=model, log=typer.echo)
-        paths = write_ablation(result, out_dir)
+    result = run_ablation(qann, data, timesteps, others=tuple(also or ()), device=device, double=double,
+                          memory=memory, model=model, out_dir=out_dir, log=typer.echo)
+    paths = result["files"]
     console.print(ablation_table(result))
     for note in result["skipped"]:
         typer.echo(f"not run: {note}")

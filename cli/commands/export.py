@@ -48,7 +48,7 @@ def export(
     model: Optional[str] = ARTIFACT_MODEL_OPTION,
 ) -> None:
     """Write an artifact as ONNX or NIR and check the file against the torch network."""
-    from qffs.export.checkpoint import export_checkpoint
+    from qffs.jobs.export import export_checkpoint
 
     summary = export_checkpoint(artifact, out, to=to, timesteps=timesteps, model=model, input_shape=_shape(input_shape),
                                 single_step=single_step, log=typer.echo)

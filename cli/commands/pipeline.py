@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from qffs.qat_recipe import DEFAULT_RECIPE, RECIPES, by_recipe, resolve_recipe
+from qffs.jobs.recipes import DEFAULT_RECIPE, RECIPES, by_recipe, resolve_recipe
 from qffs.cli.app import IMAGE_SIZE_OPTION, SELECT_ON_TEST_OPTION, VAL_SEED_OPTION, VAL_SIZE_OPTION, MEAN_OPTION, MEMORY_OPTION, READOUT_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
 
 
@@ -64,17 +64,17 @@ def run(
     resume: bool = RESUME_OPTION,
 ) -> None:
     """Quantize, convert and evaluate in one go: a pretrained checkpoint → latency–accuracy curve."""
-    from qffs.recipes import DataOptions, run_pipeline
+    from qffs.jobs.options import DataOptions
+    from qffs.jobs.pipeline import run_pipeline
 
     chosen = resolve_recipe(recipe, epochs=epochs, lr=lr, batch_size=batch_size)
     report = run_pipeline(
         checkpoint, out_dir, DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
                                          batch_size=chosen.batch_size, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size,
                     val_size=val_size, val_seed=val_seed, select_on_test=select_on_test),
-        chosen.train_config(), timesteps=timesteps,
-        bits=bits, output_bits=output_bits or None, model=model, device=device, double=double, readout=readout,
-        memory=memory, resume=resume, bit_schedule=chosen.bit_schedule, bn_reestimate=chosen.bn_reestimate,
-        recipe=recipe, log=typer.echo)
+        chosen.train_config(), chosen.quant_config(bits=bits, output_bits=output_bits or None, recipe=recipe),
+        timesteps=timesteps, model=model, device=device, double=double, readout=readout, memory=memory,
+        resume=resume, log=typer.echo)
     _finish(report)
 
 
@@ -90,7 +90,9 @@ def demo(
 ) -> None:
     """The embedded default: shipped Fashion-MNIST VGG → 2/3-bit QANN → SNN → curve, table and plot."""
     from qffs.errors import QffsError
-    from qffs.recipes import SHIPPED_FMNIST, DataOptions, run_pipeline
+    from qffs.artifacts import SHIPPED_FMNIST
+    from qffs.jobs.options import DataOptions
+    from qffs.jobs.pipeline import run_pipeline
 
     chosen = resolve_recipe(DEFAULT_RECIPE, epochs=epochs)
     if epochs < RECIPES[DEFAULT_RECIPE].epochs:
@@ -101,6 +103,6 @@ def demo(
     report = run_pipeline(
         SHIPPED_FMNIST, out_dir, DataOptions(dataset="fashion-mnist", limit=limit, test_limit=test_limit,
                                              batch_size=chosen.batch_size),
-        chosen.train_config(), timesteps=timesteps, readout=readout, resume=resume,
-        bit_schedule=chosen.bit_schedule, bn_reestimate=chosen.bn_reestimate, recipe=DEFAULT_RECIPE, log=typer.echo)
+        chosen.train_config(), chosen.quant_config(recipe=DEFAULT_RECIPE), timesteps=timesteps, readout=readout,
+        resume=resume, log=typer.echo)
     _finish(report)

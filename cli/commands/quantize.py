@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from qffs.qat_recipe import DEFAULT_RECIPE, by_recipe
+from qffs.jobs.recipes import DEFAULT_RECIPE, by_recipe
 from qffs.cli.app import IMAGE_SIZE_OPTION, SELECT_ON_TEST_OPTION, VAL_SEED_OPTION, VAL_SIZE_OPTION, MEAN_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
 
 
@@ -62,8 +62,10 @@ def quantize(
     resume: bool = RESUME_OPTION,
 ) -> None:
     """Fine-tune a pretrained model into a quantized ANN (2-bit hidden, 3-bit output by default)."""
-    from qffs.qat_recipe import resolve_recipe
-    from qffs.recipes import DataOptions, quantize_checkpoint
+    from qffs.distributed import main_only
+    from qffs.jobs.options import DataOptions
+    from qffs.jobs.quantize import quantize_checkpoint
+    from qffs.jobs.recipes import resolve_recipe
 
     chosen = resolve_recipe(recipe, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                             schedule=schedule, gamma=gamma, batch_size=batch_size, freeze_bn=freeze_bn,
@@ -75,12 +77,10 @@ def quantize(
                     batch_size=chosen.batch_size, workers=workers, seed=seed, mean=channel_values(mean, "--mean"),
                     std=channel_values(std, "--std"), image_size=image_size,
                     val_size=val_size, val_seed=val_seed, select_on_test=select_on_test),
-        chosen.train_config(), bits=bits, output_bits=output_bits or None, calibration=calibration, model=model,
-        device=device, bit_schedule=chosen.bit_schedule, bn_reestimate=chosen.bn_reestimate, recipe=recipe,
-        resume=resume, log=typer.echo,
+        chosen.train_config(),
+        chosen.quant_config(bits=bits, output_bits=output_bits or None, calibration=calibration, recipe=recipe),
+        model=model, device=device, resume=resume, log=typer.echo,
     )
-    from qffs.distributed import main_only
-
     echo = main_only(typer.echo)   # under torchrun: one summary, from rank 0
     echo(quantize_summary(result))
 

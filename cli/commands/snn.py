@@ -28,10 +28,12 @@ def convert(
 ) -> None:
     """Convert a quantized ANN into a spiking network artifact and print its layers."""
     from qffs.cli.render import console, layer_table
-    from qffs.recipes import convert_checkpoint
+    from qffs.artifacts import ConversionConfig
+    from qffs.jobs.convert import convert_checkpoint
 
-    path, summary = convert_checkpoint(qann, out, input_window=input_window, precharge=precharge,
-                                       negative_spikes=negative_spikes, max_pool=max_pool, model=model)
+    conversion = ConversionConfig(input_window=input_window, precharge=precharge, negative_spikes=negative_spikes,
+                                  max_pool=max_pool)
+    path, summary = convert_checkpoint(qann, out, conversion, model=model)
     console.print(layer_table(summary))
     typer.echo(f"wrote {path}")
 
@@ -67,21 +69,16 @@ def evaluate(
     """Simulate an SNN on a test set: accuracy at every time step, spikes, SOPs, energy; CSV/JSON/PNG."""
     from qffs.cli.render import print_report
     from qffs.distributed import is_main_process
-    from qffs.io import exclusive
-    from qffs.recipes import DataOptions, check_output_dir, evaluate_checkpoint
-    from qffs.report import write_report
+    from qffs.jobs.evaluation import evaluate_checkpoint
+    from qffs.jobs.options import DataOptions
 
     data = DataOptions(dataset=dataset, root=data_root, test_limit=limit,
                        batch_size=batch_size, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"),
                        image_size=image_size)
-    from qffs.report import report_files
-
-    check_output_dir(out_dir, writes=report_files(), inputs=(snn,))
-    with exclusive(out_dir, "--out-dir"):   # two evaluations never mix their files
-        report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double, readout=readout, model=model,
-                                     memory=memory, backend=backend)
-        if not is_main_process():            # under torchrun rank 0 alone writes and prints the whole report
-            return
-        paths = write_report(report, out_dir)
+    report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double, readout=readout, model=model,
+                                 memory=memory, backend=backend, out_dir=out_dir)
+    if not is_main_process():            # under torchrun rank 0 alone writes and prints the whole report
+        return
+    paths = report["files"]
     print_report(report)
     typer.echo(f"results: {paths['csv']}, {paths['json']}, {paths['png']}")

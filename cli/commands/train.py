@@ -45,7 +45,8 @@ def train(
     resume: bool = RESUME_OPTION,
 ) -> None:
     """Train or fine-tune a full-precision model; keeps the best epoch's checkpoint."""
-    from qffs.recipes import DataOptions, train_fp
+    from qffs.jobs.options import DataOptions
+    from qffs.jobs.training import train_fp
     from qffs.train import TrainConfig
 
     result = train_fp(

@@ -5,7 +5,7 @@ ResNet-20 is at 43 % on CIFAR-10). Lowering the hidden width in stages (APoT's 4
 stage start near the previous one. At each change every
 hidden quantizer's step is carried over as s·Q_old/Q_new (the clipping range s·Q stays), then
 re-calibrated on training batches, and BatchNorm's running statistics are re-estimated with the
-new quantizers in place (the job in ``qffs.recipes`` does these); the output quantizer keeps its
+new quantizers in place (the job in ``qffs.jobs.quantize`` does these); the output quantizer keeps its
 width and step. Epochs are split evenly across
 the stages (earlier stages take the remainder), and only epochs of the last stage, at the final
 width, may be kept.

@@ -15,9 +15,13 @@ not given there, 0.9 per epoch is our choice).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qffs.errors import QffsError
+
+if TYPE_CHECKING:
+    from qffs.artifacts import QuantConfig
+    from qffs.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,22 @@ class QatRecipe:
     bit_schedule: str | None = None
     bn_reestimate: bool = True
 
-    def train_config(self):
-        from qffs.train import TrainConfig
+    def train_config(self) -> TrainConfig:
+        """The optimiser and schedule of this recipe."""
+        from qffs.train import TrainConfig   # start-up time: the command line reads the recipes for its help
 
         return TrainConfig(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
                            schedule=self.schedule, gamma=self.gamma, distill=self.distill,
                            temperature=self.temperature, label_smoothing=self.label_smoothing,
                            freeze_bn=self.freeze_bn, no_decay_names=("step",))
+
+    def quant_config(self, *, bits: int = 2, output_bits: int | None = 3, calibration: str = "mse",
+                     recipe: str | None = None) -> QuantConfig:
+        """The quantization this recipe trains: the widths given, its bit schedule and BatchNorm re-estimation."""
+        from qffs.artifacts import QuantConfig   # start-up time, as above
+
+        return QuantConfig(bits=bits, output_bits=output_bits, calibration=calibration,
+                           bit_schedule=self.bit_schedule, bn_reestimate=self.bn_reestimate, recipe=recipe)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,3 +89,12 @@ def by_recipe(setting: str) -> str:
         return {True: "yes", False: "no", None: "none"}.get(value, str(value)) if isinstance(value, (bool, type(None))) \
             else str(value)
     return "Recipes: " + ", ".join(f"{name} {shown(getattr(r, setting))}" for name, r in RECIPES.items()) + "."
+
+
+def qat_config(epochs: int, lr: float = 0.01, **overrides: Any) -> TrainConfig:
+    """A plain QAT optimiser for tests and scripts: SGD lr 0.01, momentum 0.9, weight decay 5e-4
+    except on step sizes, cosine decay; ``overrides`` on top (the recipes above are what the CLI runs)."""
+    from qffs.train import TrainConfig   # start-up time, as above
+
+    return TrainConfig(**{"epochs": epochs, "lr": lr, "schedule": "cosine", "no_decay_names": ("step",),
+                          **overrides})

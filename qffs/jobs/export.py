@@ -8,13 +8,21 @@ NIR the weights and thresholds that :func:`nir.read` returns.
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from qffs.artifacts import load_network, sample_input_shape
 from qffs.errors import QffsError
+from qffs.export.nir import check_nir, to_nir
+from qffs.export.onnx import OPSET, read_metadata, snn_step_to_onnx, to_onnx
+from qffs.export.runtime import session
+from qffs.export.unrolled import SingleStepSNN
+from qffs.io import MAX_SAMPLE_VALUES
+from qffs.jobs.outputs import writing
+from qffs.metrics import predict
 from qffs.snn.network import check_timesteps
 
 FORMATS = ("onnx", "nir")
@@ -24,10 +32,6 @@ CHECK_BATCH = 4
 
 
 def _input_shape(meta: dict[str, Any], given: tuple[int, ...] | None, path: str | Path) -> tuple[int, ...]:
-    from qffs.recipes import sample_input_shape
-
-    from qffs.io import MAX_SAMPLE_VALUES
-
     shape = given or sample_input_shape(meta)
     if shape is None:
         raise QffsError(f"{path} does not record its input shape: pass --input-shape C,H,W")
@@ -54,26 +58,8 @@ def _takes(network: torch.nn.Module, example: torch.Tensor, kind: str, given: bo
         raise QffsError(f"the network does not take {what}: {str(exc).splitlines()[0]}") from None
 
 
-def load_network(path: str | Path, model: str | None = None) -> tuple[torch.nn.Module, str, dict[str, Any]]:
-    """(network, kind "fp" | "qann" | "snn", metadata) of an artifact, rebuilt in eval mode."""
-    from qffs.io import load_checkpoint, load_model
-    from qffs.recipes import load_qann, load_snn
-
-    kind = load_checkpoint(path).kind
-    if kind == "snn":
-        snn, _, meta = load_snn(path, model)
-        return snn, kind, meta
-    if kind == "qann":
-        qann, meta = load_qann(path, model)
-        return qann, kind, meta
-    net, ckpt = load_model(path, model)
-    return net.eval(), "fp", ckpt.meta
-
-
 def _check_onnx(network: torch.nn.Module, path: Path, example: torch.Tensor, timesteps: int | None) -> dict[str, Any]:
     """onnxruntime against torch on ``example``: differing values, max |difference|, predictions."""
-    from qffs.export.runtime import session
-
     got = torch.from_numpy(session(path).run(None, {"x": example.numpy()})[0])
     with torch.no_grad():
         ref = network(example, timesteps=timesteps) if timesteps else network(example)
@@ -82,35 +68,13 @@ def _check_onnx(network: torch.nn.Module, path: Path, example: torch.Tensor, tim
 
 def _compare(got: torch.Tensor, ref: torch.Tensor) -> dict[str, Any]:
     """onnxruntime's output ``got`` against torch's ``ref``: what the export check reports."""
-    from qffs.metrics import predict
-
     return {"samples": int(ref.shape[-2]), "values": int(ref.numel()),
             "differing_values": int((got != ref).sum()), "max_abs_difference": float((got - ref).abs().max()),
             "same_predictions": bool((predict(got)[0] == predict(ref)[0]).all())}
 
 
-def _check_out(out: Path, source: Path, suffix: str, to: str) -> Path:
-    """--out: a file name with the format's suffix, in a writable folder, not the input."""
-    from qffs.recipes import check_output_dir
-
-    if out.is_dir():
-        raise QffsError(f"--out {out} is a directory: give a file name, e.g. {out / ('model' + suffix)}")
-    if out.suffix != suffix:
-        raise QffsError(f"--out must end in {suffix} for --to {to}, got {out.name}")
-    if out.resolve() == source.resolve():
-        raise QffsError(f"--out {out} would overwrite the input")
-    check_output_dir(out.parent, f"--out {out}: the folder")
-    return out
-
-
 def _check_stream(snn, path: Path, example: torch.Tensor, timesteps: int) -> dict[str, Any]:
     """The single-step graph driven by onnxruntime for ``timesteps`` steps against ``snn(x, T)``."""
-    import numpy as np
-
-    from qffs.export.onnx import read_metadata
-    from qffs.export.runtime import session
-    from qffs.export.unrolled import SingleStepSNN
-
     run, meta = session(path), read_metadata(path)
     state = [t.numpy() for t in SingleStepSNN(snn.float()).initial_state(example)]
     rows = []
@@ -133,10 +97,11 @@ def export_checkpoint(path: str | Path, out: str | Path, *, to: str = "onnx", ti
     """
     if to not in FORMATS:
         raise QffsError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
-    out = _check_out(Path(out), Path(path), {"onnx": ".onnx", "nir": ".nir"}[to], to)
-    from qffs.io import exclusive
-
-    with exclusive(out, "--out"):   # two exports to one file: the second is refused, not silently overwritten
+    suffix = {"onnx": ".onnx", "nir": ".nir"}[to]
+    if Path(out).resolve() == Path(path).resolve():
+        raise QffsError(f"--out {out} would overwrite the input")
+    # two exports to one file: the second is refused, not silently overwritten
+    with writing(out, path, suffixes=(suffix,), writes=(Path(out),)) as out:
         return _export(path, out, to=to, timesteps=timesteps, model=model, input_shape=input_shape,
                        single_step=single_step, log=log)
 
@@ -162,17 +127,14 @@ def _export(path: str | Path, out: Path, *, to: str, timesteps: int | None, mode
     summary: dict[str, Any] = {"source": str(path), "kind": kind, "format": to, "path": str(out)}
     provenance = {"source": Path(path).name, "model": meta.get("model"), "dataset": meta.get("dataset")}
     if to == "nir":
-        from qffs.export.nir import check_nir, to_nir
 
         to_nir(network, out, example, metadata=provenance)
         summary["check"] = check_nir(network, out)
     else:
-        from qffs.export.onnx import OPSET, to_onnx
 
         if kind == "snn":
             timesteps = DEFAULT_TIMESTEPS if timesteps is None else timesteps
         if single_step:   # checked by streaming --timesteps steps through it
-            from qffs.export.onnx import snn_step_to_onnx
 
             snn_step_to_onnx(network, out, example, metadata=provenance)
             summary.update(opset=OPSET, single_step=True, timesteps=timesteps,
@@ -186,4 +148,4 @@ def _export(path: str | Path, out: Path, *, to: str, timesteps: int | None, mode
     return summary
 
 
-__all__ = ["DEFAULT_TIMESTEPS", "FORMATS", "export_checkpoint", "load_network"]
+__all__ = ["DEFAULT_TIMESTEPS", "FORMATS", "export_checkpoint"]

@@ -15,6 +15,19 @@ from typing import Any
 
 import torch
 
+from qffs.artifacts import ConversionConfig, QuantConfig, load_qann
+from qffs.distributed import is_main_process
+from qffs.evaluate import evaluate_snn
+from qffs.io import atomic_files
+from qffs.jobs.loaders import test_data_for
+from qffs.jobs.options import DataOptions, check_trained_on
+from qffs.jobs.outputs import writing_dir
+from qffs.jobs.training import Log
+from qffs.report import environment, latency_to_lossless, report_files, save_accuracy_plot
+from qffs.snn.memory import parse_memory
+from qffs.snn.network import check_timesteps
+from qffs.train import resolve_device
+
 #: The t at which the table reports accuracy (those ≤ T).
 TABLE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -25,25 +38,23 @@ class Setting:
 
     name: str
     what: str
-    conversion: dict[str, Any] = field(default_factory=dict)
+    conversion: ConversionConfig = field(default_factory=ConversionConfig)
     stop_at_window: bool = False
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("QFFS", "negative spikes, pre-charge, event max pooling, run until quiet"),
-    Setting("no negative spikes", "an overshoot cannot be taken back", {"negative_spikes": False}),
+    Setting("no negative spikes", "an overshoot cannot be taken back", ConversionConfig(negative_spikes=False)),
     Setting("stopped at T_in", "simulation not extended beyond the input window", stop_at_window=True),
-    Setting("naive max pooling", "each step's spikes max-pooled on their own", {"max_pool": "naive"}),
-    Setting("no pre-charge", "membranes start at 0: neurons floor instead of round", {"precharge": False}),
+    Setting("naive max pooling", "each step's spikes max-pooled on their own", ConversionConfig(max_pool="naive")),
+    Setting("no pre-charge", "membranes start at 0: neurons floor instead of round", ConversionConfig(precharge=False)),
 )
 
 
-def _output_label(meta: dict[str, Any], hidden_bits: int | None = None) -> str:
+def _output_label(quant: QuantConfig, hidden_bits: int | None = None) -> str:
     """"3-bit output" or "analog output", prefixed by the hidden width where it is not ``hidden_bits``."""
-    bits = meta.get("output_bits")
-    label = "analog output" if not bits else f"{bits}-bit output"
-    hidden = meta.get("bits")
-    return label if hidden_bits is None or hidden == hidden_bits else f"{hidden}-bit hidden / {label}"
+    label = "analog output" if not quant.output_bits else f"{quant.output_bits}-bit output"
+    return label if hidden_bits is None or quant.bits == hidden_bits else f"{quant.bits}-bit hidden / {label}"
 
 
 def off_level_fraction(report: dict[str, Any]) -> float | None:
@@ -54,8 +65,6 @@ def off_level_fraction(report: dict[str, Any]) -> float | None:
 
 
 def _row(setting: str, what: str, qann_name: str, report: dict[str, Any], timesteps: int) -> dict[str, Any]:
-    from qffs.report import latency_to_lossless
-
     curve = list(report["snn_accuracy"])
     curve += [curve[-1]] * (timesteps - len(curve))          # stopped early: the answer is frozen
     return {"setting": setting, "what": what, "qann": qann_name, "qann_accuracy": report["qann_accuracy"],
@@ -66,19 +75,25 @@ def _row(setting: str, what: str, qann_name: str, report: dict[str, Any], timest
             "unconverged": report["convergence"]["unconverged"]}   # samples still spiking at the last step
 
 
-def ablate(qann_path: str | Path, data, timesteps: int, *, others: tuple[str | Path, ...] = (), device: str = "auto",
-           double: bool = False, memory: str | int | None = None, model: str | None = None,
-           log=print) -> dict[str, Any]:
-    """Run every :data:`SETTINGS` row on ``qann_path`` (and full QFFS on each of ``others``)."""
-    from qffs.evaluate import evaluate_snn
-    from qffs.recipes import check_trained_on, load_qann, test_data_for
-    from qffs.snn import convert
-    from qffs.snn.memory import parse_memory
-    from qffs.snn.network import check_timesteps
-    from qffs.train import resolve_device
-
+def ablate(qann_path: str | Path, data: DataOptions, timesteps: int, *, others: tuple[str | Path, ...] = (),
+           device: str = "auto", double: bool = False, memory: str | int | None = None, model: str | None = None,
+           out_dir: str | Path | None = None, log: Log = print) -> dict[str, Any]:
+    """Run every :data:`SETTINGS` row on ``qann_path`` (and full QFFS on each of ``others``).
+    ``out_dir``: also write ``ablation.csv/.json/.png`` there (checked first, locked while the job
+    runs; paths under ``"files"``)."""
     check_timesteps(timesteps, "--timesteps")
     budget = None if memory is None else parse_memory(memory)
+    if out_dir is None:
+        return _ablate(qann_path, data, timesteps, others, device, double, budget, model, log)
+    with writing_dir(out_dir, writes=report_files("ablation"), inputs=(qann_path, *others)) as folder:
+        result = _ablate(qann_path, data, timesteps, others, device, double, budget, model, log)
+        if is_main_process():
+            result["files"] = {k: str(v) for k, v in write_ablation(result, folder).items()}
+        return result
+
+
+def _ablate(qann_path: str | Path, data: DataOptions, timesteps: int, others: tuple[str | Path, ...], device: str,
+            double: bool, budget: int | None, model: str | None, log: Log) -> dict[str, Any]:
     dev, dtype = resolve_device(device), torch.float64 if double else torch.float32
     qanns = []
     for p in (qann_path, *others):          # all load before any runs
@@ -88,27 +103,28 @@ def ablate(qann_path: str | Path, data, timesteps: int, *, others: tuple[str | P
     data, prep, loader = test_data_for(path, meta, data)
     for other, _, other_meta in qanns[1:]:
         check_trained_on(other, other_meta, data.dataset)    # the same dataset, or a one-line error
+    quant = QuantConfig.from_meta(meta, str(path))
     rows, skipped, samples = [], [], 0
-    name = f"{path.name} ({_output_label(meta)})"
+
+    def run(setting: str, what: str, qann_name: str, snn: Any, network: torch.nn.Module, steps: int) -> None:
+        nonlocal samples
+        log(f"{setting}: T = {steps}")
+        report = evaluate_snn(snn, loader, steps, qann=network, device=dev, dtype=dtype, memory=budget)
+        samples = report["samples"]
+        rows.append(_row(setting, what, qann_name, report, timesteps))
+
     for setting in SETTINGS:
-        snn = convert(qann, **setting.conversion)
-        if setting.conversion.get("max_pool") == "naive" and not any(
-                r["kind"] == "naive max pool" for r in snn.summary()):
+        snn = setting.conversion.convert(qann)
+        if setting.conversion.max_pool == "naive" and not any(r["kind"] == "naive max pool" for r in snn.summary()):
             skipped.append(f"{setting.name}: the network has no max pooling")
             continue
         steps = min(snn.input_window, timesteps) if setting.stop_at_window else timesteps
-        log(f"{setting.name}: T = {steps}")
-        report = evaluate_snn(snn, loader, steps, qann=qann, device=dev, dtype=dtype, memory=budget)
-        samples = report["samples"]
-        rows.append(_row(setting.name, setting.what, name, report, timesteps))
+        run(setting.name, setting.what, f"{path.name} ({_output_label(quant)})", snn, qann, steps)
     for other, other_qann, other_meta in qanns[1:]:
-        label = _output_label(other_meta, meta.get("bits"))
-        log(f"QFFS, {label} ({other.name}): T = {timesteps}")
-        report = evaluate_snn(convert(other_qann), loader, timesteps, qann=other_qann, device=dev, dtype=dtype,
-                              memory=budget)
-        rows.append(_row(f"QFFS, {label}", "the full method on a QANN of another precision layout",
-                         f"{other.name} ({label})", report, timesteps))
-    return {"title": f"ablation: {meta['model']} on {data.dataset}, {meta.get('bits')}-bit hidden, "
+        label = _output_label(QuantConfig.from_meta(other_meta, str(other)), quant.bits)
+        run(f"QFFS, {label}", "the full method on a QANN of another precision layout", f"{other.name} ({label})",
+            ConversionConfig().convert(other_qann), other_qann, timesteps)
+    return {"title": f"ablation: {meta['model']} on {data.dataset}, {quant.bits}-bit hidden, "
                      f"{samples} test images, {'float64' if double else 'float32'}",
             "timesteps": list(range(1, timesteps + 1)), "rows": rows, "skipped": skipped,
             "config": {"qann": str(qann_path), "others": [str(o) for o in others], "timesteps": timesteps,
@@ -137,12 +153,11 @@ def ablation_csv(result: dict[str, Any]) -> str:
 
 def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
     """Every setting's accuracy curve in one PNG, with each QANN's accuracy as a dashed line."""
+    # matplotlib loads only when a plot is drawn (start-up time of every other command)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from qffs.report import save_accuracy_plot
 
     fig, ax = plt.subplots(figsize=(7.2, 4.6), dpi=120)
     ts = result["timesteps"]
@@ -158,9 +173,6 @@ def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
 
 def write_ablation(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """``ablation.csv``, ``ablation.json`` and ``ablation.png`` in ``out_dir``, all three or none."""
-    from qffs.io import atomic_files
-    from qffs.report import environment, report_files
-
     out = Path(out_dir)
     paths = dict(zip(("csv", "json", "png"), (out / name for name in report_files("ablation"))))
     with atomic_files(list(paths.values())) as (csv, json_file, png):

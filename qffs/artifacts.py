@@ -1,0 +1,274 @@
+"""qffs' artifacts read back: the QANN and SNN checkpoints, the configs they record, the shipped models.
+
+An artifact holds a state dict and the records that rebuild its network deterministically: the
+model spec, a :class:`QuantConfig` (how it was quantized) and, for an SNN, a
+:class:`ConversionConfig` (how it was converted). Each config is saved whole and read back whole;
+artifacts written before the records existed (loose ``bits``/``output_bits`` fields) still load.
+Everything above (the jobs, the exporters, ``qffs info``) loads artifacts here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qffs.data import dataset_info
+from qffs.errors import QffsError
+from qffs.io import load_checkpoint, load_into, load_model
+from qffs.models import build_model
+from qffs.quant import quantize
+from qffs.quant.calibrate import check_method
+from qffs.quant.lsq import check_bits
+from qffs.quant.schedule import parse_bit_schedule
+from qffs.snn import SpikingNetwork, convert
+from qffs.snn.convert import MAX_POOL_MODES
+from qffs.snn.network import check_timesteps
+from qffs.trust import authorized_spec
+
+
+def _altered(source: str, what: str) -> QffsError:
+    return QffsError(f"{source}: its recorded {what}: the file was altered or not written by qffs")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How a QANN is quantized: activation widths (``output_bits`` None: analog logits), step-size
+    calibration, an optional progressive bit schedule ending at ``bits``, BatchNorm re-estimation
+    after QAT, and the named recipe the training settings came from (a label)."""
+
+    bits: int = 2
+    output_bits: int | None = 3
+    calibration: str = "mse"
+    calibration_batches: int = 4
+    bit_schedule: tuple[int, ...] | None = None
+    bn_reestimate: bool = True
+    recipe: str | None = None
+
+    def __post_init__(self) -> None:
+        """Every value checked when the config is made (the options' one validation)."""
+        check_bits("--bits", self.bits)
+        if self.output_bits is not None:
+            check_bits("--output-bits", self.output_bits)
+        check_method(self.calibration)
+        if isinstance(self.calibration_batches, bool) or not isinstance(self.calibration_batches, int) \
+                or self.calibration_batches < 1:
+            raise QffsError(f"calibration batches must be an integer >= 1, got {self.calibration_batches!r}")
+        schedule = self.bit_schedule
+        if schedule is not None and not isinstance(schedule, str):
+            schedule = ",".join(str(b) for b in schedule)
+        object.__setattr__(self, "bit_schedule", parse_bit_schedule(schedule, self.bits))
+
+    def record(self) -> dict[str, Any]:
+        """The artifact field ``quant``: this config, whole."""
+        return {**asdict(self), "bit_schedule": list(self.bit_schedule) if self.bit_schedule else None}
+
+    def training_key(self) -> dict[str, Any]:
+        """What a resume must keep: the training itself. BatchNorm re-estimation comes after the last
+        epoch and the recipe is a label, so neither is part of it; a bit schedule is, when there is one
+        (a run begun before these options existed still resumes)."""
+        key: dict[str, Any] = {"bits": self.bits, "output_bits": self.output_bits, "calibration": self.calibration,
+                               "calibration_batches": self.calibration_batches}
+        if self.bit_schedule:
+            key["bit_schedule"] = list(self.bit_schedule)
+        return key
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], source: str = "artifact") -> QuantConfig:
+        """The config an artifact records (``quant``), or its loose fields if written before it."""
+        recorded = meta.get("quant")
+        if recorded is None:   # qffs <= 0.x: loose fields, the defaults of their time where absent
+            recorded = {"bits": meta.get("bits"), "output_bits": meta.get("output_bits"),
+                        "calibration": meta.get("calibration") or "mse",
+                        "bit_schedule": meta.get("bit_schedule"),
+                        "bn_reestimate": bool(meta.get("bn_reestimate", False)), "recipe": meta.get("recipe")}
+        if not isinstance(recorded, dict) or set(recorded) - {f.name for f in fields(cls)}:
+            raise _altered(source, "quantization config is not one qffs writes")
+        if recorded.get("bits") is None:
+            raise _altered(source, "quantization config has no bit width")
+        try:
+            return cls(**recorded)
+        except (QffsError, TypeError) as err:
+            raise _altered(source, f"quantization config is invalid ({err})") from None
+
+
+@dataclass(frozen=True)
+class ConversionConfig:
+    """How a QANN becomes an SNN (SPEC §2): T_in (None: the hidden Q), pre-charge, negative spikes,
+    max pooling ("event", exact; "naive" for the ablation)."""
+
+    input_window: int | None = None
+    precharge: bool = True
+    negative_spikes: bool = True
+    max_pool: str = "event"
+
+    def __post_init__(self) -> None:
+        if self.input_window is not None:
+            check_timesteps(self.input_window, "input_window (--input-window)")
+        if self.max_pool not in MAX_POOL_MODES:
+            raise QffsError(f"--max-pool must be one of {', '.join(MAX_POOL_MODES)}, got {self.max_pool!r}")
+        for name in ("precharge", "negative_spikes"):
+            if not isinstance(getattr(self, name), bool):
+                raise QffsError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+    def convert(self, qann: torch.nn.Module) -> SpikingNetwork:
+        """``qann`` converted with these options."""
+        return convert(qann, **asdict(self))
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], source: str = "artifact") -> ConversionConfig:
+        """The options an SNN artifact records (``conversion``: the network's config, whose derived
+        fields such as folded BatchNorms are not options)."""
+        recorded = meta.get("conversion") or {}
+        try:
+            return cls(**{f.name: recorded[f.name] for f in fields(cls) if f.name in recorded})
+        except (QffsError, TypeError) as err:
+            raise _altered(source, f"conversion options are invalid ({err})") from None
+
+
+#: The artifact kinds qffs writes, and what a user should run to get the one a command needs.
+_KIND_NAMES = {"fp": "a full-precision", "foreign": "a plain (non-qffs)", "qann": "a quantized-ANN", "snn": "an SNN"}
+
+
+def expect_kind(ckpt: Any, kind: str, path: str | Path) -> None:
+    """Refuse a checkpoint of another kind than ``kind`` ("qann" or "snn"), saying what to run first."""
+    if ckpt.kind == kind:
+        return
+    advice = {
+        ("qann", "fp"): f"quantize it first: qffs quantize {path} --out qann.pt",
+        ("qann", "foreign"): f"quantize it first: qffs quantize {path} --model SPEC --out qann.pt",
+        ("qann", "snn"): "it is already converted; pass it to qffs evaluate",
+        ("snn", "qann"): f"convert it first: qffs convert {path} --out snn.pt",
+        ("snn", "fp"): f"quantize and convert it first (or use qffs run {path})",
+        ("snn", "foreign"): "quantize and convert it first (qffs run)",
+    }.get((kind, ckpt.kind), "")
+    want = {"qann": "a quantized ANN", "snn": "an SNN artifact"}[kind]
+    raise QffsError(f"{path} is {_KIND_NAMES.get(ckpt.kind, ckpt.kind)} checkpoint, not {want}"
+                    + (f"; {advice}" if advice else ""))
+
+
+def rebuild_qann(meta: dict[str, Any], state_dict: dict[str, torch.Tensor], source: str,
+                 model: str | None = None) -> torch.nn.Module:
+    """The QANN described by ``meta`` (model spec, :class:`QuantConfig`) with ``state_dict`` loaded.
+
+    A recorded model *file* is run only if ``model`` names that same file (:mod:`qffs.trust`).
+    """
+    spec = authorized_spec(meta, model, source)
+    quant = QuantConfig.from_meta(meta, source)
+    qann = quantize(build_model(spec), bits=quant.bits, output_bits=quant.output_bits)
+    load_into(qann, state_dict, source=source, spec=spec)
+    return qann.eval()
+
+
+def load_qann(path: str | Path, model: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a quantized ANN from its checkpoint alone: (GraphModule in eval mode, metadata).
+
+    The QANN is re-derived from the recorded model spec and bit widths by ``qffs.quantize``
+    (deterministic names), then its state dict — weights, BN statistics, step sizes — is loaded.
+    ``model`` names the model file when the QANN was made from one (it is never imported on
+    the artifact's word alone).
+    """
+    ckpt = load_checkpoint(path)
+    expect_kind(ckpt, "qann", path)
+    return rebuild_qann(ckpt.meta, ckpt.state_dict, str(path), model), ckpt.meta
+
+
+def load_snn(path: str | Path, model: str | None = None,
+             dtype: torch.dtype | None = None) -> tuple[SpikingNetwork, torch.nn.Module, dict[str, Any]]:
+    """Rebuild an SNN artifact: (SpikingNetwork, the QANN it came from, metadata).
+
+    The artifact holds the QANN (spec, bits, state dict) and the conversion options; the
+    conversion is deterministic, so this is the SNN that was written. ``model``: as for
+    :func:`load_qann`. ``dtype``: convert in this type (float64 for an exact simulation: BatchNorm
+    is folded in it, not folded in float32 and then widened).
+    """
+    ckpt = load_checkpoint(path)
+    expect_kind(ckpt, "snn", path)
+    qann = rebuild_qann(ckpt.meta, ckpt.state_dict, str(path), model)
+    if dtype is not None:
+        qann = qann.to(dtype)
+    return ConversionConfig.from_meta(ckpt.meta, str(path)).convert(qann), qann, ckpt.meta
+
+
+def load_network(path: str | Path, model: str | None = None) -> tuple[torch.nn.Module, str, dict[str, Any]]:
+    """(network, kind "fp" | "qann" | "snn", metadata) of any artifact, rebuilt in eval mode."""
+    kind = load_checkpoint(path).kind
+    if kind == "snn":
+        snn, _, meta = load_snn(path, model)
+        return snn, kind, meta
+    if kind == "qann":
+        qann, meta = load_qann(path, model)
+        return qann, kind, meta
+    net, ckpt = load_model(path, model)
+    return net.eval(), "fp", ckpt.meta
+
+
+def sample_input_shape(meta: dict[str, Any]) -> tuple[int, ...] | None:
+    """One sample's input shape: recorded by quantize (``input_shape``), else the dataset's, else unknown."""
+    if meta.get("input_shape"):
+        return tuple(int(d) for d in meta["input_shape"])
+    if meta.get("dataset") and meta["dataset"] != "imagefolder":
+        info = dataset_info(meta["dataset"])
+        return (info.in_channels, info.image_size, info.image_size)
+    return None
+
+
+def qann_selected_on(metrics: dict[str, Any]) -> str | None:
+    """Where a QANN's kept epoch was chosen: "validation", "test", or None (calibration only). QANNs
+    written before the validation split record nothing and were chosen on the test set."""
+    if metrics.get("selected_on") in ("validation", "test"):
+        return metrics["selected_on"]
+    return "test" if metrics.get("best_epoch") else None
+
+
+def shipped_model(name: str) -> Path:
+    """A checkpoint shipped with qffs: installed as package data (``qffs/shipped/``), or, in a
+    checkout, in ``models/`` at the top of the repository."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "shipped", here.parent / "models"):
+        if (folder / name).is_file():
+            return folder / name
+    return here / "shipped" / name
+
+
+#: The shipped Fashion-MNIST network the demo starts from.
+SHIPPED_FMNIST = shipped_model("fmnist_vgg_small.pt")
+
+def describe_recipe(meta: dict[str, Any]) -> str | None:
+    """One line on how a trained artifact was made: epochs, optimiser, schedule, distillation, bit
+    schedule, BatchNorm re-estimation, and where its epoch was chosen (None: nothing recorded)."""
+    cfg = meta.get("train_config")
+    if not isinstance(cfg, dict):
+        return None
+    quant = QuantConfig.from_meta(meta) if meta.get("kind") in ("qann", "snn") else None
+    kind = "QAT" if quant is not None else "training"
+    named = f"{quant.recipe} — " if quant is not None and quant.recipe else ""
+    parts = [f"{named}{kind} {cfg.get('epochs')} epoch(s), SGD lr {cfg.get('lr')} {cfg.get('schedule')}, momentum "
+             f"{cfg.get('momentum')}, weight decay {cfg.get('weight_decay')}, batch {meta.get('batch_size')}"]
+    if cfg.get("distill"):
+        parts.append(f"distillation from the FP network {cfg['distill']} (temperature {cfg.get('temperature')})")
+    if cfg.get("label_smoothing"):
+        parts.append(f"label smoothing {cfg['label_smoothing']}")
+    if cfg.get("freeze_bn"):
+        parts.append("BatchNorm frozen")
+    if quant is not None and quant.bit_schedule:
+        parts.append("bit schedule " + ",".join(str(b) for b in quant.bit_schedule))
+    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    reestimated = metrics.get("batchnorm_reestimated")
+    if isinstance(reestimated, dict) and "kept" in reestimated:
+        parts.append("BatchNorm re-estimated after QAT" if reestimated["kept"] else
+                     "BatchNorm re-estimation tried, not kept")
+    selection = meta.get("selection") if isinstance(meta.get("selection"), dict) else {}
+    split = selection.get("validation")
+    if isinstance(split, dict):
+        parts.append(f"epoch chosen on validation ({split.get('size')} training images held out, seed "
+                     f"{split.get('seed')}, sha256 {split.get('sha256')})")
+    else:
+        parts.append("epoch chosen on the TEST set")
+    return "; ".join(parts)
+
+
+__all__ = ["SHIPPED_FMNIST", "ConversionConfig", "QuantConfig", "expect_kind", "load_network", "load_qann",
+           "describe_recipe", "load_snn", "qann_selected_on", "rebuild_qann", "sample_input_shape", "shipped_model"]

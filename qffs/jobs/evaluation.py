@@ -1,0 +1,114 @@
+"""QFFS stage 3 as a job: an SNN artifact simulated on a test set, with qffs' runtime or onnxruntime."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qffs.artifacts import QuantConfig, load_snn, qann_selected_on
+from qffs.distributed import init_distributed, is_main_process, main_only
+from qffs.errors import QffsError
+from qffs.evaluate import evaluate_snn
+from qffs.jobs.loaders import test_data_for
+from qffs.jobs.options import DataOptions
+from qffs.jobs.outputs import writing_dir
+from qffs.report import report_files, write_report
+from qffs.snn.memory import parse_memory
+from qffs.snn.network import check_timesteps
+from qffs.snn.readout import DEFAULT_READOUT, check_readout
+from qffs.train import resolve_device
+
+#: Runtimes ``qffs evaluate`` can simulate with: qffs' own, or the SNN exported to ONNX.
+BACKENDS = ("torch", "onnxruntime")
+
+
+def bits_label(bits: int | None) -> str:
+    """"3-bit", or "analog" for an output without quantizer."""
+    return "analog" if bits is None else f"{bits}-bit"
+
+
+def check_evaluation(timesteps: int, readout: str, backend: str, double: bool, memory: str | int | None) -> int | None:
+    """Every evaluation option checked before any work; returns the memory budget in bytes (None: none)."""
+    check_timesteps(timesteps, "--timesteps")
+    check_readout(readout)
+    if backend not in BACKENDS:
+        raise QffsError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "onnxruntime" and double:
+        raise QffsError("--backend onnxruntime runs the exported float32 graph; --double needs --backend torch")
+    return None if memory is None else parse_memory(memory)
+
+
+def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int, *, device: str = "auto",
+                        double: bool = False, readout: str = DEFAULT_READOUT, model: str | None = None,
+                        memory: str | int | None = None, backend: str = "torch",
+                        out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Simulate an SNN artifact on a test set; returns the report dict (every readout measured,
+    ``readout`` the headline; ``memory``: the simulation's budget, as for ``--memory``).
+    ``backend="onnxruntime"`` exports the SNN unrolled over ``timesteps`` (float32) and runs that
+    file with onnxruntime instead (:mod:`qffs.export.runtime`). ``out_dir``: also write
+    ``curve.csv/.json/.png`` there (checked first, locked while the job runs; paths under ``"files"``)."""
+    check_evaluation(timesteps, readout, backend, double, memory)
+    if out_dir is None:
+        return _evaluate(snn_path, data, timesteps, device, double, readout, model, memory, backend)
+    with writing_dir(out_dir, writes=report_files(), inputs=(snn_path,)) as folder:   # two evaluations never mix
+        report = _evaluate(snn_path, data, timesteps, device, double, readout, model, memory, backend)
+        if is_main_process():            # under torchrun rank 0 alone writes the whole report
+            report["files"] = {k: str(v) for k, v in write_report(report, folder).items()}
+        return report
+
+
+def _evaluate(snn_path: str | Path, data: DataOptions, timesteps: int, device: str, double: bool, readout: str,
+              model: str | None, memory: str | int | None, backend: str) -> dict[str, Any]:
+    budget = None if memory is None else parse_memory(memory)
+    init_distributed()   # under torchrun each process simulates its shard of the test set
+    dev = resolve_device(device)
+    snn, qann, meta = load_snn(snn_path, model, torch.float64 if double else None)
+    data, prep, test_loader = test_data_for(snn_path, meta, data)
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if backend == "onnxruntime":
+            snn = _onnxruntime_network(snn, test_loader, timesteps, dev, stack)
+        report = evaluate_snn(snn, test_loader, timesteps, qann=qann, device=dev if backend == "torch" else "cpu",
+                              dtype=torch.float64 if double else torch.float32, readout=readout, memory=budget)
+    metrics, quant = meta.get("metrics", {}), QuantConfig.from_meta(meta, str(snn_path))
+    selected_on = qann_selected_on(metrics)
+    report.update({
+        "title": f"{meta['model']} on {data.dataset}: {quant.bits}-bit hidden / "
+                 f"{bits_label(quant.output_bits)} output, T_in={snn.input_window}"
+                 + ("; QANN epoch chosen on the test set" if selected_on == "test" else ""),
+        "qann_selected_on": selected_on,
+        "fp_accuracy": metrics.get("fp_accuracy"),
+        "fp_samples": metrics.get("test_samples"),
+        "qann_accuracy_trained": metrics.get("qann_accuracy"),
+        "model": meta["model"], "dataset": data.dataset, "snn_artifact": str(snn_path),
+        "bits": quant.bits, "output_bits": quant.output_bits,
+        "seconds": round(time.perf_counter() - started, 1),
+        "backend": backend,
+        "config": {"timesteps": timesteps, "batch_size": data.batch_size, "test_limit": data.test_limit,
+                   "device": device, "double": double, "readout": readout, "memory": budget, "data_root": data.root,
+                   "backend": backend, "preprocessing": prep.as_dict()},
+    })
+    return report
+
+
+def _onnxruntime_network(snn: Any, loader: Any, timesteps: int, device: torch.device,
+                         stack: contextlib.ExitStack) -> Any:
+    """``snn`` exported (with the report's diagnostic outputs) into a temporary folder that
+    ``stack`` removes, and opened with onnxruntime."""
+    # onnxruntime and the exporter load only for this backend (start-up time of every other evaluation)
+    import onnxruntime
+
+    from qffs.export.onnx import snn_to_onnx
+    from qffs.export.runtime import OnnxSpikingNetwork, export_folder
+
+    x = loader.dataset[0][0].unsqueeze(0)   # the whole test set's first sample (a rank's shard may be empty)
+    if device.type == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        device = torch.device("cpu")      # "auto" found a GPU, this onnxruntime cannot use it
+    folder = export_folder(stack)
+    main_only(print)(f"exporting the SNN unrolled over {timesteps} steps to ONNX ...", flush=True)
+    path = snn_to_onnx(snn, folder / "snn.onnx", x, timesteps, diagnostics=True)
+    return OnnxSpikingNetwork(path, device)
