@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qffs._version import __version__
 from qffs.signals import held
 from qffs.errors import QffsError
 
@@ -550,8 +551,6 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], *,
 
     ``kind`` is "fp", "qann" or "snn"; ``model`` the spec string that rebuilds the network.
     """
-    from qffs import __version__
-
     file = Path(path)
     if file.suffix not in CHECKPOINT_SUFFIXES:
         raise QffsError(f"unsupported checkpoint suffix {file.suffix!r}; use one of {CHECKPOINT_SUFFIXES}")
