@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from qffs import settings
 from qffs.errors import QffsError
 
 DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar10-jpeg", "imagefolder")
@@ -151,7 +152,7 @@ def _check_split(split: str) -> None:
 
 
 def _default_root(root: str | Path | None) -> Path | None:
-    root = root or os.environ.get("QFFS_DATA_ROOT")
+    root = root or settings.data_root()
     return Path(root).expanduser() if root else None
 
 
@@ -268,7 +269,7 @@ def _read_cifar_batch(f: Path) -> tuple[np.ndarray, list[int]]:
 # --- CIFAR-10 JPEG zip --------------------------------------------------------------------------
 def cifar10_jpeg_path(root: str | Path | None = None) -> Path:
     """Locate ``cifar10-jpeg.zip``: ``root`` (file or dir), ``$QFFS_CIFAR10_JPEG``, ``../shared/datasets``."""
-    given = root or os.environ.get("QFFS_CIFAR10_JPEG")
+    given = root or settings.cifar10_jpeg()
     if given:  # an explicit location must hold the zip: never fall back silently
         p = Path(given).expanduser()
         candidates = [p, p / "cifar10-jpeg.zip"]

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qffs import settings
 from qffs._version import __version__
 from qffs.signals import held
 from qffs.errors import QffsError
@@ -210,7 +211,7 @@ def exclusive(path: str | Path, option: str) -> Iterator[None]:
     except ImportError:   # Windows: no advisory locks
         yield
         return
-    if int(os.environ.get("RANK", "0")) != 0:   # under torchrun rank 0 holds it for the job; the others write nothing
+    if settings.torchrun_rank() != 0:   # under torchrun rank 0 holds it for the job; the others write nothing
         yield
         return
     import hashlib

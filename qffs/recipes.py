@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from qffs import settings
 from qffs.errors import QffsError
 from qffs.io import exclusive, interrupts_held, load_checkpoint, load_into, save_checkpoint, write_text_atomic
 from qffs.models import build_model, with_defaults
@@ -290,7 +291,7 @@ def _job(data: DataOptions, prep: Preprocessing, spec: str, cfg: TrainConfig, **
     return {"model": spec, "dataset": data.dataset, "preprocessing": prep.as_dict(), "batch_size": data.batch_size,
             "seed": data.seed, "limit": data.limit, "test_limit": data.test_limit, "train_config": config_dict(cfg),
             "val_size": data.val_size, "val_seed": data.val_seed, "select_on_test": data.select_on_test,
-            "workers": data.workers, "processes": int(os.environ.get("WORLD_SIZE", "1")), **options}
+            "workers": data.workers, "processes": settings.torchrun_world_size(), **options}
 
 
 def train_fp(model: str, out: str | Path, data: DataOptions, cfg: TrainConfig, *,
