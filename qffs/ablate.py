@@ -158,7 +158,7 @@ def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
 
 def write_ablation(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """``ablation.csv``, ``ablation.json`` and ``ablation.png`` in ``out_dir``, all three or none."""
-    from qffs.io import atomic_files
+    from qffs.files import atomic_files
     from qffs.report import environment, report_files
 
     out = Path(out_dir)

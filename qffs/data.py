@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from qffs import settings
 from qffs.errors import QffsError
+from qffs.unpickle import PlainDataUnpickler
 
 DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar10-jpeg", "imagefolder")
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -224,20 +225,6 @@ def _idx_dataset(name: str, split: str, root: Path | None, torchvision_dir: str,
 
 
 # --- CIFAR-10 python batches --------------------------------------------------------------------
-class _PlainDataUnpickler(pickle.Unpickler):
-    """Unpickles plain data only (containers, numbers, bytes, numpy arrays; the allow-list of
-    :func:`qffs.io.plain_data_globals`): a file in the dataset's place that asks for anything else
-    could run code, so it is refused."""
-
-    def find_class(self, module: str, name: str):
-        from qffs.io import plain_data_globals
-
-        found = plain_data_globals().get(f"{module}.{name}")
-        if found is None:
-            raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
-        return found
-
-
 def _cifar_batches(split: str, root: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
     if root is None:
         raise QffsError("cifar10 needs its location: pass --data-root DIR (a torchvision root containing "
@@ -262,7 +249,7 @@ def _cifar_batches(split: str, root: Path | None) -> tuple[torch.Tensor, torch.T
 def _read_cifar_batch(f: Path) -> tuple[np.ndarray, list[int]]:
     """(uint8 images [N, 3, 32, 32], labels) of one python batch, unpickling plain data only."""
     with f.open("rb") as fh:
-        batch = _PlainDataUnpickler(fh, encoding="bytes").load()
+        batch = PlainDataUnpickler(fh, encoding="bytes").load()
     return np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), list(batch[b"labels"])
 
 

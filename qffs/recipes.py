@@ -19,7 +19,8 @@ import torch
 
 from qffs import settings
 from qffs.errors import QffsError
-from qffs.io import exclusive, interrupts_held, load_checkpoint, load_into, save_checkpoint, write_text_atomic
+from qffs.files import exclusive, interrupts_held, write_text_atomic
+from qffs.io import load_checkpoint, load_into, save_checkpoint
 from qffs.models import build_model, with_defaults
 from qffs.quant.graph import NOTES
 from qffs.resume import TrainState, check_resumable, load_state, resume_path, save_state

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qffs._version import __version__
-from qffs.io import atomic_files, atomic_path
+from qffs.files import atomic_files, atomic_path
 
 #: Horowitz (ISSCC 2014), 45 nm, 32-bit float: accumulate 0.9 pJ, multiply–accumulate 4.6 pJ.
 ENERGY_AC_PJ = 0.9

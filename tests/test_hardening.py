@@ -221,7 +221,7 @@ def test_a_stop_in_stage_3_of_run_leaves_no_earlier_curve_beside_the_new_network
 
 @pytest.mark.parametrize("command", ["convert", "export"])
 def test_convert_and_export_refuse_an_out_that_another_run_is_writing(cli, tmp_path, artifacts, command):
-    from qffs.io import exclusive
+    from qffs.files import exclusive
 
     out = tmp_path / ("s.pt" if command == "convert" else "s.onnx")
     source = artifacts / ("qann.pt" if command == "convert" else "snn.pt")
@@ -359,7 +359,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(cli, tmp_path, artifacts, mo
     import errno
     import os
 
-    import qffs.io
+    import qffs.files
 
     real_replace = os.replace
 
@@ -368,14 +368,14 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(cli, tmp_path, artifacts, mo
             raise OSError(errno.ENOSPC, "No space left on device")
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: PytorchStreamWriter failed writing file data/0")
 
-    monkeypatch.setattr(qffs.io.os, "replace", full)
+    monkeypatch.setattr(qffs.files.os, "replace", full)
     out = tmp_path / "new" / "folder"
     args = {"quantize": ("quantize", SHIPPED_COPY, "--out", out / "q.pt", "--epochs", "0", *SUBSET),
             "convert": ("convert", artifacts / "qann.pt", "--out", out / "s.pt"),
             "evaluate": ("evaluate", artifacts / "snn.pt", "-T", "2", "--limit", "8", "--out-dir", out),
             "export": ("export", artifacts / "qann.pt", "--out", out / "q.onnx")}[command]
     r = cli(*args)
-    monkeypatch.setattr(qffs.io.os, "replace", real_replace)
+    monkeypatch.setattr(qffs.files.os, "replace", real_replace)
     _one_line_error(r, "cannot write", "the disk is full" if failure == "ENOSPC" else "is the disk full?")
     assert not (tmp_path / "new").exists()
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from qffs.errors import QffsError
-from qffs.io import atomic_files, atomic_path, exclusive, write_text_atomic
+from qffs.files import atomic_files, atomic_path, exclusive, write_text_atomic
 from tests.test_cli import ENV, QFFS, _one_line_error
 
 
@@ -30,7 +30,7 @@ def test_a_second_run_writing_the_same_output_is_refused_until_the_first_ends(tm
 
 
 def test_the_lock_is_held_across_processes_and_dies_with_its_holder(tmp_path):
-    hold = ("import sys, time; from qffs.io import exclusive\n"
+    hold = ("import sys, time; from qffs.files import exclusive\n"
             "with exclusive(sys.argv[1], '--out'):\n    print('held', flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "q.pt")], stdout=subprocess.PIPE, text=True)
     try:

@@ -37,7 +37,7 @@ def ablate(
     """Each QFFS mechanism switched off in turn: accuracy at fixed t, latency to lossless, neurons off level."""
     from qffs.ablate import ablate as run_ablation, write_ablation
     from qffs.cli.render import ablation_table, console
-    from qffs.io import exclusive
+    from qffs.files import exclusive
     from qffs.recipes import DataOptions, check_output_dir
 
     data = DataOptions(dataset=dataset, root=data_root, test_limit=limit, batch_size=batch_size,

@@ -67,7 +67,7 @@ def evaluate(
     """Simulate an SNN on a test set: accuracy at every time step, spikes, SOPs, energy; CSV/JSON/PNG."""
     from qffs.cli.render import print_report
     from qffs.distributed import is_main_process
-    from qffs.io import exclusive
+    from qffs.files import exclusive
     from qffs.recipes import DataOptions, check_output_dir, evaluate_checkpoint
     from qffs.report import write_report
 

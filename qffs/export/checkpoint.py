@@ -134,7 +134,7 @@ def export_checkpoint(path: str | Path, out: str | Path, *, to: str = "onnx", ti
     if to not in FORMATS:
         raise QffsError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
     out = _check_out(Path(out), Path(path), {"onnx": ".onnx", "nir": ".nir"}[to], to)
-    from qffs.io import exclusive
+    from qffs.files import exclusive
 
     with exclusive(out, "--out"):   # two exports to one file: the second is refused, not silently overwritten
         return _export(path, out, to=to, timesteps=timesteps, model=model, input_shape=input_shape,
