@@ -1,6 +1,6 @@
 """qffs' one cache folder, and the rule for trusting what is in it.
 
-Compiled kernels (:mod:`qffs.snn.native`) and decoded datasets (:mod:`qffs.data`) are kept in
+Compiled kernels (:mod:`qffs.snn.native`) and decoded datasets (:mod:`qffs.data.cifar_jpeg`) are kept in
 :func:`cache_dir` (:func:`qffs.settings.cache_dir`: ``$QFFS_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/qffs``, else ``~/.cache/qffs``). A library found there runs inside every qffs
 process and a decoded dataset decides every accuracy, so both are used only from a folder that

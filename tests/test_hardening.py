@@ -492,12 +492,12 @@ def test_an_empty_class_folder_is_allowed_and_keeps_the_labels(tmp_path):
 
 
 def test_an_image_too_large_to_decode_is_refused_from_its_header(tmp_path, monkeypatch):
-    import qffs.data
+    import qffs.data.imagefolder
     from qffs.data import load_dataset
     from qffs.errors import QffsError
 
     root = _tree(tmp_path, {"train": ["ant"], "val": ["ant"]})
-    monkeypatch.setattr(qffs.data, "_MAX_FOLDER_PIXELS", 100)     # the 16x16 images stand in for a bomb
+    monkeypatch.setattr(qffs.data.imagefolder, "_MAX_FOLDER_PIXELS", 100)     # the 16x16 images stand in for a bomb
     with pytest.raises(QffsError, match="is 16x16 pixels: too large to decode"):
         load_dataset("imagefolder", "test", root=root)[0]
 
