@@ -110,7 +110,7 @@ def plot_curve(report: dict[str, Any], path: str | Path) -> Path:
     import matplotlib   # start-up time: matplotlib is loaded only when a plot is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt   # after the backend is chosen
 
     ts, acc = report["timesteps"], [100 * a for a in report["snn_accuracy"]]
     curves = _by_readout(report, "snn_accuracy")

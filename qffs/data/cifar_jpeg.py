@@ -80,7 +80,7 @@ def _read_jpeg_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     empty split or a folder that is no CIFAR-10 class is a one-line error naming it."""
     from PIL import Image, UnidentifiedImageError   # start-up time: Pillow and rich only when a zip is decoded
 
-    from qffs.progress import track
+    from qffs.progress import track   # (rich)
 
     try:
         with zipfile.ZipFile(path) as zf:
