@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
               "qann_accuracy": report["qann_accuracy"], "curves": curves, "not_converted": refused}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from qffs.io import write_text_atomic
+    from qffs.files import write_text_atomic
 
     write_text_atomic(out / "converters.json", json.dumps(result, indent=2))
     write_text_atomic(out / "converters.md", _table(result))

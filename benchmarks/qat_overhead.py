@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from qffs.data import dataset_info, load_dataset, make_loader  # noqa: E402
-from qffs.io import write_text_atomic  # noqa: E402
+from qffs.files import write_text_atomic  # noqa: E402
 from qffs.models import build_model, with_defaults  # noqa: E402
 from qffs.quant import calibrate, quantize  # noqa: E402
 from qffs.report import environment  # noqa: E402

@@ -60,7 +60,7 @@ def finish(result: dict, out: str | None) -> dict:
     if out:
         import json
 
-        from qffs.io import write_text_atomic
+        from qffs.files import write_text_atomic
 
         write_text_atomic(out, json.dumps(result, indent=2))
     return result

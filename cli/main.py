@@ -13,6 +13,7 @@ import typer
 
 from qffs.cli import commands  # noqa: F401  (registers the commands on the app)
 from qffs.cli.app import app, printable
+from qffs import settings
 from qffs.errors import Interrupted, QffsError
 from qffs.signals import exit_code, ignore_further, restore, stop_on_signals, stop_word
 
@@ -33,9 +34,7 @@ def _stopped(message: str) -> int:
 
 def _rank() -> str:
     """' (rank 1 of 2)' in a torchrun worker other than rank 0, whose errors may be its own; '' otherwise."""
-    import os
-
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world = settings.torchrun_rank(), settings.torchrun_world_size()
     return f" (rank {rank} of {world})" if world > 1 and rank > 0 else ""
 
 

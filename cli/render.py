@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from qffs import settings
 from qffs.cli.app import printable
 from qffs.report import fp_label
 
 console = Console(highlight=False)
-if not console.is_terminal and "COLUMNS" not in os.environ:
+if not console.is_terminal and not settings.columns_given():
     # A pipe or a log file has no width; rich would assume 80 and cut layer names short.
     console.width = 120
 

@@ -13,10 +13,10 @@ The public API, stage by stage (each usable alone):
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import importlib
 from typing import TYPE_CHECKING, Any
+
+from qffs._version import __version__
 
 #: Public name → the module that defines it. Imported on first use (PEP 562), so that
 #: ``import qffs.snn`` (the runtime) does not pull in training code, torchvision or rich.

@@ -1,8 +1,8 @@
 """qffs' one cache folder, and the rule for trusting what is in it.
 
-Compiled kernels (:mod:`qffs.snn.native`) and decoded datasets (:mod:`qffs.data`) are kept in
-:func:`cache_dir`: ``$QFFS_CACHE_DIR`` (``$QFFS_CACHE``, its older name, is read too), else
-``$XDG_CACHE_HOME/qffs``, else ``~/.cache/qffs``. A library found there runs inside every qffs
+Compiled kernels (:mod:`qffs.snn.native`) and decoded datasets (:mod:`qffs.data.cifar_jpeg`) are kept in
+:func:`cache_dir` (:func:`qffs.settings.cache_dir`: ``$QFFS_CACHE_DIR``, else
+``$XDG_CACHE_HOME/qffs``, else ``~/.cache/qffs``). A library found there runs inside every qffs
 process and a decoded dataset decides every accuracy, so both are used only from a folder that
 is this user's alone (:func:`private_cache`: created 0700 whatever the umask) and only if they
 are the files qffs wrote (:func:`verified`: ours alone, with the SHA-256 recorded beside them
@@ -17,15 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-
-def cache_dir() -> Path:
-    """``$QFFS_CACHE_DIR`` (or ``$QFFS_CACHE``), else ``$XDG_CACHE_HOME/qffs``, else ``~/.cache/qffs``
-    (``Path.home()`` raises RuntimeError where there is no home)."""
-    given = os.environ.get("QFFS_CACHE_DIR") or os.environ.get("QFFS_CACHE")
-    if given:
-        return Path(given).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "qffs"
+from qffs.settings import cache_dir   # looked up here at call time: tests replace qffs.cache.cache_dir
 
 
 def ours_alone(path: Path) -> bool:

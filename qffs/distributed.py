@@ -11,7 +11,6 @@ that every rank holds the same weights after training. Without torchrun (WORLD_S
 from __future__ import annotations
 
 import atexit
-import os
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -19,10 +18,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
+from qffs import settings
+
 
 def init_distributed() -> bool:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); idempotent."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+    if settings.torchrun_world_size() <= 1 or not dist.is_available():
         return False
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -31,7 +32,7 @@ def init_distributed() -> bool:
         # seen once in CI after a successful evaluate)
         atexit.register(_leave)
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(settings.torchrun_local_rank() or 0)
     return True
 
 
@@ -47,14 +48,14 @@ def active() -> bool:
 
 def rank() -> int:
     """This process's rank: the group's once joined, torchrun's RANK before (0 alone)."""
-    return dist.get_rank() if active() else int(os.environ.get("RANK", "0"))
+    return dist.get_rank() if active() else settings.torchrun_rank()
 
 
 def world_size() -> int:
     """Processes that share the job (1 without torchrun): what every JSON report records."""
     if active():
         return dist.get_world_size()
-    return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    return max(settings.torchrun_world_size(), 1)
 
 
 def is_main_process() -> bool:

@@ -24,20 +24,12 @@ leaves half a file.
 
 from __future__ import annotations
 
-import argparse
-import codecs
-import contextlib
 import datetime as _dt
-import errno
-import functools
-import glob
 import json
 import math
-import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +37,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from qffs.signals import held
+from qffs._version import __version__
 from qffs.errors import QffsError
+from qffs.files import atomic_path
+from qffs.mismatch import few, mismatch_hint
+from qffs.models import build_model
+from qffs.trust import authorized_spec, records_model_file
+from qffs.unpickle import torch_safe_globals, unsafe_globals_named
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".safetensors")
 #: Where training scripts nest the weights, in the order they are looked for.
@@ -73,184 +70,6 @@ class Checkpoint:
     def kind(self) -> str:
         """"fp", "qann", "snn", or "foreign" for a file qffs did not write."""
         return str(self.meta.get("kind", "foreign"))
-
-
-def pid_alive(pid: int) -> bool:
-    """Is process ``pid`` running (another user's counts as running)?"""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True   # someone else's process: leave its file alone
-    return True
-
-
-def remove_orphans(target: Path) -> None:
-    """Remove temporary files of ``target`` left by a killed run (``.NAME.PID.*.tmp`` whose
-    process is gone): a SIGKILL mid-write leaves one, and the next run clears it."""
-    for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-        pid = tmp.name[len(target.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-
-
-def _temporary_beside(target: Path) -> Path:
-    """A new empty ``.NAME.PID.xxxx.tmp`` beside ``target`` (killed runs' ones removed first)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_orphans(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes it private (0600); outputs get the usual permissions
-    return Path(tmp)
-
-
-#: torch's writer reports a failed write (a full disk among others) as a RuntimeError with these words.
-_WRITER_FAILURES = ("PytorchStreamWriter", "file write failed", "unexpected pos")
-
-
-@contextlib.contextmanager
-def _removing_made_folders(target: Path) -> Iterator[None]:
-    """If the block fails, remove the folders that did not exist before it and are left empty."""
-    missing = []
-    folder = Path(target).parent
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    try:
-        yield
-    except BaseException:
-        for made in missing:   # deepest first
-            with contextlib.suppress(OSError):
-                made.rmdir()
-        raise
-
-
-@contextlib.contextmanager
-def _translated(target: Path) -> Iterator[None]:
-    """A failed write of ``target`` (a full disk, a quota, a read-only or vanished folder, torch's
-    writer giving up) as one line naming the file and the cause."""
-    try:
-        yield
-    except OSError as exc:
-        full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-        cause = "the disk is full: free some space or write elsewhere" if full else (exc.strerror or str(exc))
-        raise QffsError(f"cannot write {target}: {cause}") from exc
-    except RuntimeError as exc:
-        if not any(words in str(exc) for words in _WRITER_FAILURES):
-            raise
-        raise QffsError(f"cannot write {target}: {str(exc).splitlines()[0]} (is the disk full?)") from exc
-
-
-@contextlib.contextmanager
-def failed_writes_named(target: Path) -> Iterator[None]:
-    """Around every atomic write: a failure is one line naming the file and the cause, and leaves
-    no empty folder behind."""
-    with _removing_made_folders(target), _translated(target):
-        yield
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (``.NAME.PID.xxxx.tmp``); rename it onto ``path``
-    only on success. Temporary files of killed runs are removed first (:func:`remove_orphans`)."""
-    target = Path(path)
-    with failed_writes_named(target):
-        tmp = _temporary_beside(target)
-        try:
-            yield tmp
-            os.replace(tmp, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-
-
-#: Hold off Ctrl-C and SIGTERM over the renames that publish a set of files together (qffs.signals).
-interrupts_held = held
-
-
-@contextlib.contextmanager
-def atomic_files(paths: list[Path]) -> Iterator[list[Path]]:
-    """Temporary paths for several files, moved into place together when the block succeeds
-    (Ctrl-C held off during the moves), else removed: never a mix of two runs' files."""
-    temps: list[Path] = []
-    with failed_writes_named(Path(paths[0]) if paths else Path(".")):
-        try:
-            temps.extend(_temporary_beside(Path(p)) for p in paths)
-            yield temps
-            with interrupts_held():
-                for tmp, target in zip(temps, paths):
-                    os.replace(tmp, target)
-        finally:
-            for tmp in temps:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-
-
-@contextlib.contextmanager
-def exclusive(path: str | Path, option: str) -> Iterator[None]:
-    """Hold an exclusive lock on a job's output, a file or a directory, while the job runs; a
-    second qffs run writing the same output is refused at once. The lock lives in the
-    temporary directory, keyed by the output's absolute path (nothing is created beside the
-    output), and dies with its process, so none is ever stale (no-op without fcntl, and on
-    torchrun ranks other than 0, which write nothing)."""
-    try:
-        import fcntl
-    except ImportError:   # Windows: no advisory locks
-        yield
-        return
-    if int(os.environ.get("RANK", "0")) != 0:   # under torchrun rank 0 holds it for the job; the others write nothing
-        yield
-        return
-    import hashlib
-
-    target = Path(path)
-    from qffs.cache import ours_alone
-
-    folder = Path(tempfile.gettempdir()) / f"qffs-locks-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    if folder.is_symlink() or not ours_alone(folder):   # its name is predictable: someone else may have made it first
-        raise QffsError(f"the lock folder {folder} belongs to another user or others can write to it: remove it, "
-                        "or point TMPDIR at a folder of your own")
-    key = hashlib.sha256(str(target.expanduser().resolve()).encode()).hexdigest()[:32]
-    lock = folder / f"{key}.lock"
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise QffsError(f"another qffs run is writing {target}: wait for it to finish, or choose another "
-                            f"{option}") from None
-        try:
-            if os.fstat(fd).st_ino == os.stat(lock).st_ino:   # still the file at that path: ours
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)   # its holder removed it as we locked it: take the new one
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock)
-        os.close(fd)
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write a text file atomically (reports, JSON, CSV)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
 
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
@@ -285,7 +104,7 @@ def _find_weights(obj: Any, path: Path, entry: str = "", depth: int = 0) -> tupl
 META_TYPES: dict[str, type] = {
     "kind": str, "model": str, "model_file_sha256": str, "dataset": str, "data_root": str, "recipe": str,
     "metrics": dict, "preprocessing": dict, "conversion": dict, "step_sizes": dict, "selection": dict,
-    "train_config": dict, "layers": list, "input_shape": list, "bit_schedule": list, "bits": int, "output_bits": int,
+    "train_config": dict, "layers": list, "input_shape": list, "bit_schedule": list, "bits": int, "output_bits": int, "quant": dict,
 }
 #: One sample's input may hold at most this many values (a recorded shape is allocated as it is).
 MAX_SAMPLE_VALUES = 1 << 26
@@ -301,11 +120,6 @@ def _checked_meta(meta: Any, file: Path) -> dict[str, Any]:
         if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
             raise QffsError(f"{file}: its metadata field {key!r} is a {type(value).__name__}, not a {kind.__name__}: "
                             "the file was altered or not written by qffs")
-    for key in ("bits", "output_bits"):
-        if meta.get(key) is not None:
-            from qffs.quant.lsq import check_bits
-
-            check_bits(f"{file}: recorded {key}", meta[key])
     shape = meta.get("input_shape")
     if shape is not None:
         if not (1 <= len(shape) <= 4 and all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 65536
@@ -325,42 +139,6 @@ def _unwrap(obj: Any, path: Path) -> Checkpoint:
     tensors = {str(k): v for k, v in weights.items() if isinstance(v, torch.Tensor)}
     state_dict, stripped = strip_wrapper_prefixes(tensors)
     return Checkpoint(state_dict, meta, path, entry, stripped)
-
-
-@functools.cache
-def plain_data_globals() -> dict[str, Any]:
-    """The pickled globals that carry only data, by dotted name: what training scripts save beside
-    the weights (``argparse.Namespace``, numpy scalars, arrays, dtypes). numpy's reconstructors are
-    listed under their numpy 1.x names too (``numpy.core``): most downloaded files predate numpy 2.
-    The one allow-list for every unpickling qffs does (checkpoints, CIFAR-10 batches)."""
-    import numpy as np
-
-    core = getattr(np, "_core", None) or np.core
-    allowed: dict[str, Any] = {"argparse.Namespace": argparse.Namespace, "numpy.ndarray": np.ndarray,
-                               "numpy.dtype": np.dtype,
-                               "_codecs.encode": codecs.encode}   # how protocol 2 pickles bytes in Python 3
-    for fn, module in ((core.multiarray.scalar, "multiarray"), (core.multiarray._reconstruct, "multiarray"),
-                       (core.numeric._frombuffer, "numeric")):   # _frombuffer: arrays pickled with protocol 5
-        for package in ("numpy.core", "numpy._core"):
-            allowed[f"{package}.{module}.{fn.__name__}"] = fn
-    for name in dir(np.dtypes):
-        if name.endswith("DType") and name != "ObjectDType":
-            allowed[f"numpy.dtypes.{name}"] = getattr(np.dtypes, name)
-    return allowed
-
-
-def _safe_globals() -> list[tuple[Any, str]]:
-    return [(obj, name) for name, obj in plain_data_globals().items()]
-
-
-def _unsafe_globals(file: Path) -> str:
-    with contextlib.suppress(Exception):
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(file)
-        names = [n for n in names if n not in plain_data_globals()]
-        if names:
-            more = f" (+{len(names) - 4} more)" if len(names) > 4 else ""
-            return f" ({', '.join(names[:4])}{more})"
-    return ""
 
 
 def _not_a_checkpoint(file: Path) -> str | None:
@@ -390,93 +168,47 @@ def _torchscript(file: Path) -> bool:
     return any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names)
 
 
+def _load_safetensors(file: Path, map_location: str | torch.device) -> Checkpoint:
+    from safetensors import SafetensorError, safe_open   # start-up time: only .safetensors files need it
+
+    try:
+        with safe_open(str(file), framework="pt", device=str(map_location)) as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            raw_meta = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise QffsError(f"{file}: not a readable safetensors file ({exc})") from exc
+    try:
+        meta = _checked_meta(json.loads(raw_meta["qffs"]), file) if "qffs" in raw_meta else {}
+    except json.JSONDecodeError as exc:
+        raise QffsError(f"{file}: its qffs metadata is not JSON ({exc.msg}): the file was altered") from None
+    state_dict, stripped = strip_wrapper_prefixes(tensors)
+    return Checkpoint(state_dict, meta, file, "", stripped)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint file without running code from it (see the module docstring)."""
     file = Path(path)
     if not file.is_file():
         raise QffsError(f"checkpoint not found: {file}" + (" (a directory)" if file.is_dir() else ""))
     if file.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(file), framework="pt", device=str(map_location)) as f:
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-                raw_meta = f.metadata() or {}
-        except (SafetensorError, OSError) as exc:
-            raise QffsError(f"{file}: not a readable safetensors file ({exc})") from exc
-        try:
-            meta = _checked_meta(json.loads(raw_meta["qffs"]), file) if "qffs" in raw_meta else {}
-        except json.JSONDecodeError as exc:
-            raise QffsError(f"{file}: its qffs metadata is not JSON ({exc.msg}): the file was altered") from None
-        state_dict, stripped = strip_wrapper_prefixes(tensors)
-        return Checkpoint(state_dict, meta, file, "", stripped)
+        return _load_safetensors(file, map_location)
     what = _not_a_checkpoint(file)
     if what:
         raise QffsError(f"{file} is {what}")
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with torch.serialization.safe_globals(torch_safe_globals()):
             obj = torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):   # not a pickle at all
             raise QffsError(f"{file}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from exc
         raise QffsError(
-            f"refusing to load {file}: it contains pickled Python objects beyond tensors{_unsafe_globals(file)} "
+            f"refusing to load {file}: it contains pickled Python objects beyond tensors{unsafe_globals_named(file)} "
             "(torch.load weights_only=True). Re-save it as a plain state dict "
             "(torch.save(model.state_dict(), path)) in a trusted session."
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise QffsError(f"{file}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from exc
     return _unwrap(obj, file)
-
-
-def _few(items: list[str]) -> str:
-    more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-    return ", ".join(items[:5]) + more
-
-
-def _weighted_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
-
-
-def _spec_with(spec: str | None, what: str, **kwargs: Any) -> str:
-    """'pass --model ...' setting ``kwargs`` on ``spec`` where its factory takes them, else what to change."""
-    from qffs.models import ModelSpec, keyword_options, parse_spec
-
-    settings = ", ".join(f"{k}={v}" for k, v in kwargs.items())
-    if not spec:
-        return f"pass {settings} in the model spec"
-    try:
-        accepted = keyword_options(spec)
-    except QffsError:
-        accepted = set()
-    if accepted is not None and not set(kwargs) <= accepted:
-        return f"{spec} takes no {', '.join(kwargs)} option, so change {what} in its code"
-    parsed = parse_spec(spec)
-    return f"pass --model '{ModelSpec(parsed.source, parsed.name, {**parsed.kwargs, **kwargs}, parsed.path)}'"
-
-
-def _mismatch_hint(model: nn.Module, shapes: dict[str, tuple[tuple, tuple]], spec: str | None) -> str:
-    """Name the two mismatches people hit most: the number of classes and of input channels."""
-    weighted = _weighted_modules(model)
-    if not weighted or not shapes:
-        return ""
-    owners = {k.rpartition(".")[0] for k in shapes}
-    first, last = weighted[0], weighted[-1]
-    if owners == {last[0]} and all(a[1:] == b[1:] for a, b in shapes.values()):
-        theirs, ours = next(iter(shapes.values()))
-        return (f" — only the classifier head ({last[0] or 'the last layer'}) differs: the checkpoint predicts "
-                f"{theirs[0]} classes, the model {ours[0]}; to keep the checkpoint's head "
-                f"{_spec_with(spec, 'the number of classes', num_classes=theirs[0])} and use data with {theirs[0]} classes")
-    weight = f"{first[0]}.weight".lstrip(".")
-    if owners == {first[0]} and set(shapes) == {weight} and len(shapes[weight][0]) > 1:
-        theirs, ours = shapes[weight]
-        if theirs[0] == ours[0] and theirs[2:] == ours[2:] and theirs[1] != ours[1]:
-            groups = getattr(first[1], "groups", 1)
-            c_theirs, c_ours = theirs[1] * groups, ours[1] * groups
-            return (f" — only the input channels differ: the checkpoint's first layer takes {c_theirs}, the model "
-                    f"{c_ours}; {_spec_with(spec, 'the input channels', in_channels=c_theirs)} and use data with "
-                    f"{c_theirs} channel{'s' if c_theirs != 1 else ''}")
-    return ""
 
 
 def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint", *,
@@ -498,13 +230,13 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: 
     missing = [k for k in result.missing_keys if k not in shapes]
     problems = []
     if missing:
-        problems.append(f"missing keys: {_few(missing)}")
+        problems.append(f"missing keys: {few(missing)}")
     if result.unexpected_keys:
-        problems.append(f"unexpected keys: {_few(list(result.unexpected_keys))}")
+        problems.append(f"unexpected keys: {few(list(result.unexpected_keys))}")
     if shapes:
-        problems.append("shape mismatch: " + _few([f"{k} {a} vs model {b}" for k, (a, b) in shapes.items()]))
+        problems.append("shape mismatch: " + few([f"{k} {a} vs model {b}" for k, (a, b) in shapes.items()]))
     if problems:
-        hint = _mismatch_hint(model, shapes, spec) if not missing and not result.unexpected_keys else ""
+        hint = mismatch_hint(model, shapes, spec) if not missing and not result.unexpected_keys else ""
         raise QffsError(f"{source} does not match the model: " + "; ".join(problems) + hint)
     return model
 
@@ -515,9 +247,6 @@ def load_model(path: str | Path, spec: str | None = None) -> tuple[nn.Module, Ch
     A model *file* the checkpoint names is imported only if ``spec`` names that same file
     (:mod:`qffs.trust`): loading a checkpoint never runs code on its word alone.
     """
-    from qffs.models import build_model
-    from qffs.trust import authorized_spec, records_model_file
-
     ckpt = load_checkpoint(path)
     if ckpt.kind not in ("fp", "foreign"):
         raise QffsError(f"{path} is a {ckpt.kind} checkpoint, not a full-precision model")
@@ -550,8 +279,6 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], *,
 
     ``kind`` is "fp", "qann" or "snn"; ``model`` the spec string that rebuilds the network.
     """
-    from qffs import __version__
-
     file = Path(path)
     if file.suffix not in CHECKPOINT_SUFFIXES:
         raise QffsError(f"unsupported checkpoint suffix {file.suffix!r}; use one of {CHECKPOINT_SUFFIXES}")
@@ -563,7 +290,7 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], *,
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     with atomic_path(file) as tmp:
         if file.suffix == ".safetensors":
-            from safetensors.torch import save_file
+            from safetensors.torch import save_file   # start-up time: only .safetensors files need it
 
             save_file(tensors, str(tmp), metadata={"qffs": json.dumps(info)})
         else:
@@ -571,6 +298,5 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], *,
     return file
 
 
-__all__ = ["NESTED_KEYS", "WRAPPER_PREFIXES", "Checkpoint", "atomic_path", "load_checkpoint", "load_into", "load_model",
-           "plain_data_globals",
-           "save_checkpoint", "strip_wrapper_prefixes", "write_text_atomic"]
+__all__ = ["NESTED_KEYS", "WRAPPER_PREFIXES", "Checkpoint", "load_checkpoint", "load_into", "load_model", "save_checkpoint",
+           "strip_wrapper_prefixes"]

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from qffs import settings
+
 T = TypeVar("T")
 
 
 def progress_enabled() -> bool:
     """Bars only for a human: a terminal, rank 0, and not disabled by ``QFFS_PROGRESS=0``."""
-    if os.environ.get("QFFS_PROGRESS", "") == "0" or int(os.environ.get("RANK", "0")) != 0:
+    forced = settings.progress_forced()
+    if forced is False or settings.torchrun_rank() != 0:
         return False
-    return os.environ.get("QFFS_PROGRESS", "") == "1" or sys.stderr.isatty()
+    return forced is True or sys.stderr.isatty()
 
 
 def track(items: Iterable[T], description: str, total: int | None = None,

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qffs.io import atomic_files, atomic_path
+from qffs._version import __version__
+from qffs.files import atomic_files, atomic_path
 
 #: Horowitz (ISSCC 2014), 45 nm, 32-bit float: accumulate 0.9 pJ, multiply–accumulate 4.6 pJ.
 ENERGY_AC_PJ = 0.9
@@ -59,11 +60,9 @@ def energy_estimate(sops: float, macs: float, e_ac: float = ENERGY_AC_PJ,
 
 def environment() -> dict[str, Any]:
     """Versions, and the number of processes (torchrun), recorded in every JSON report."""
-    import torch
+    import torch   # start-up time: the command line renders reports before (or without) loading torch
 
-    from qffs import __version__
-
-    from qffs.distributed import world_size
+    from qffs.distributed import world_size   # start-up time: it imports torch.distributed
 
     return {"qffs": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "world_size": world_size()}
@@ -108,10 +107,10 @@ READOUT_STYLE = {"count": ("#1f77b4", "o", "spike counts"), "tiebreak": ("#ff7f0
 def plot_curve(report: dict[str, Any], path: str | Path) -> Path:
     """PNG of SNN accuracy vs time step, one curve per readout (the headline one bold), with the
     QANN, its pre-output-quantizer accuracy and the FP accuracy as reference lines."""
-    import matplotlib
+    import matplotlib   # start-up time: matplotlib is loaded only when a plot is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt   # after the backend is chosen
 
     ts, acc = report["timesteps"], [100 * a for a in report["snn_accuracy"]]
     curves = _by_readout(report, "snn_accuracy")
@@ -144,7 +143,7 @@ def save_accuracy_plot(fig, ax, title: str, path: str | Path, legend_size: int =
                        xlabel: str = "time step t") -> Path:
     """Label an accuracy axis (against time steps unless ``xlabel`` says otherwise), then write the
     figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt   # start-up time: loaded only when a plot is drawn
 
     ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 accuracy (%)")

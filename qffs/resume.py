@@ -82,7 +82,7 @@ def _plain(value: Any) -> Any:
 
 def save_state(path: str | Path, state: TrainState) -> Path:
     """Write ``state`` atomically (a kill mid-write leaves the previous epoch's state)."""
-    from qffs.io import atomic_path
+    from qffs.files import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, **asdict(state)}, tmp)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qffs import settings
 from qffs.distributed import active, all_reduce_sum, broadcast_module, is_main_process
 from qffs.metrics import predict
 from qffs.progress import track
@@ -82,7 +82,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
     if device in (None, "auto"):
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            return torch.device("cuda", settings.torchrun_local_rank() or 0)
         return torch.device("cpu")
     try:
         dev = torch.device(device)
@@ -92,8 +92,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (dev.index is not None and dev.index >= count):
             raise QffsError(f"--device {device}: this machine has {count} CUDA device(s); use --device cpu or auto")
-        if dev.index is None and "LOCAL_RANK" in os.environ:   # torchrun: each process its own GPU
-            dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        if dev.index is None and (local := settings.torchrun_local_rank()) is not None:   # torchrun: each its own GPU
+            dev = torch.device("cuda", local)
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise QffsError(f"--device {device}: MPS is not available on this machine; use --device cpu or auto")
     elif dev.type not in ("cpu", "mps"):

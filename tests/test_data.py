@@ -102,7 +102,7 @@ def _fake_jpeg_tree(tmp_path: Path, classes=("cat", "dog"), per_class=3) -> Path
 
 
 def test_jpeg_zip_reader_and_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("QFFS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("QFFS_CACHE_DIR", str(tmp_path / "cache"))
     zpath = _fake_jpeg_tree(tmp_path)
     ds = load_dataset("cifar10-jpeg", "test", root=zpath)
     assert len(ds) == 6 and sorted(ds[i][1] for i in range(6)) == [3, 3, 3, 5, 5, 5]   # CIFAR-10's own indices

@@ -221,7 +221,7 @@ def test_a_stop_in_stage_3_of_run_leaves_no_earlier_curve_beside_the_new_network
 
 @pytest.mark.parametrize("command", ["convert", "export"])
 def test_convert_and_export_refuse_an_out_that_another_run_is_writing(cli, tmp_path, artifacts, command):
-    from qffs.io import exclusive
+    from qffs.files import exclusive
 
     out = tmp_path / ("s.pt" if command == "convert" else "s.onnx")
     source = artifacts / ("qann.pt" if command == "convert" else "snn.pt")
@@ -330,7 +330,9 @@ def _tampered(tmp_path: Path, artifacts: Path, **changes) -> Path:
 
 @pytest.mark.parametrize("changes, fragment", [
     ({"metrics": "high"}, "its metadata field 'metrics' is a str, not a dict"),
-    ({"bits": 40}, "recorded bits must be an integer from 1 to 8"),
+    ({"quant": {"bits": 40}}, "recorded quantization config is invalid (--bits must be an integer from 1 to 8"),
+    ({"quant": {"bits": 2, "levels": 3}}, "recorded quantization config is not one qffs writes"),
+    ({"quant": "2-bit"}, "its metadata field 'quant' is a str, not a dict"),
     ({"bits": True}, "its metadata field 'bits' is a bool, not a int"),
     ({"input_shape": [100000, 100000, 100000]}, "recorded input_shape [100000, 100000, 100000] is not a sample's shape"),
     ({"preprocessing": ["mean"]}, "its metadata field 'preprocessing' is a list, not a dict"),
@@ -359,7 +361,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(cli, tmp_path, artifacts, mo
     import errno
     import os
 
-    import qffs.io
+    import qffs.files
 
     real_replace = os.replace
 
@@ -368,14 +370,14 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(cli, tmp_path, artifacts, mo
             raise OSError(errno.ENOSPC, "No space left on device")
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: PytorchStreamWriter failed writing file data/0")
 
-    monkeypatch.setattr(qffs.io.os, "replace", full)
+    monkeypatch.setattr(qffs.files.os, "replace", full)
     out = tmp_path / "new" / "folder"
     args = {"quantize": ("quantize", SHIPPED_COPY, "--out", out / "q.pt", "--epochs", "0", *SUBSET),
             "convert": ("convert", artifacts / "qann.pt", "--out", out / "s.pt"),
             "evaluate": ("evaluate", artifacts / "snn.pt", "-T", "2", "--limit", "8", "--out-dir", out),
             "export": ("export", artifacts / "qann.pt", "--out", out / "q.onnx")}[command]
     r = cli(*args)
-    monkeypatch.setattr(qffs.io.os, "replace", real_replace)
+    monkeypatch.setattr(qffs.files.os, "replace", real_replace)
     _one_line_error(r, "cannot write", "the disk is full" if failure == "ENOSPC" else "is the disk full?")
     assert not (tmp_path / "new").exists()
 
@@ -492,12 +494,12 @@ def test_an_empty_class_folder_is_allowed_and_keeps_the_labels(tmp_path):
 
 
 def test_an_image_too_large_to_decode_is_refused_from_its_header(tmp_path, monkeypatch):
-    import qffs.data
+    import qffs.data.imagefolder
     from qffs.data import load_dataset
     from qffs.errors import QffsError
 
     root = _tree(tmp_path, {"train": ["ant"], "val": ["ant"]})
-    monkeypatch.setattr(qffs.data, "_MAX_FOLDER_PIXELS", 100)     # the 16x16 images stand in for a bomb
+    monkeypatch.setattr(qffs.data.imagefolder, "_MAX_FOLDER_PIXELS", 100)     # the 16x16 images stand in for a bomb
     with pytest.raises(QffsError, match="is 16x16 pixels: too large to decode"):
         load_dataset("imagefolder", "test", root=root)[0]
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from qffs.errors import QffsError
-from qffs.io import atomic_path, load_checkpoint, load_model, save_checkpoint
+from qffs.files import atomic_path
+from qffs.io import load_checkpoint, load_model, save_checkpoint
 from qffs.models import build_model
 
 SPEC = "resnet20(num_classes=10, in_channels=3)"

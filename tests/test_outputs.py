@@ -12,7 +12,7 @@ import time
 import pytest
 
 from qffs.errors import QffsError
-from qffs.io import atomic_files, atomic_path, exclusive, write_text_atomic
+from qffs.files import atomic_files, atomic_path, exclusive, write_text_atomic
 from tests.test_cli import ENV, QFFS, _one_line_error
 
 
@@ -30,7 +30,7 @@ def test_a_second_run_writing_the_same_output_is_refused_until_the_first_ends(tm
 
 
 def test_the_lock_is_held_across_processes_and_dies_with_its_holder(tmp_path):
-    hold = ("import sys, time; from qffs.io import exclusive\n"
+    hold = ("import sys, time; from qffs.files import exclusive\n"
             "with exclusive(sys.argv[1], '--out'):\n    print('held', flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "q.pt")], stdout=subprocess.PIPE, text=True)
     try:
@@ -42,6 +42,63 @@ def test_the_lock_is_held_across_processes_and_dies_with_its_holder(tmp_path):
         proc.wait()
     with exclusive(tmp_path / "q.pt", "--out"):   # a killed holder leaves no stale lock
         pass
+
+
+def test_the_lock_is_a_filelock_on_a_file_named_by_the_output_and_only_rank_0_takes_it(tmp_path, monkeypatch):
+    import hashlib
+
+    import filelock
+
+    from qffs.files import lock_file, lock_folder
+
+    out = tmp_path / "runs" / "x"
+    key = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:32]
+    assert lock_file(out) == lock_folder() / f"{key}.lock"
+    with exclusive(out, "--out-dir"):
+        with pytest.raises(filelock.Timeout):   # the same OS lock filelock takes: a second holder is refused
+            filelock.FileLock(lock_file(out), timeout=0).acquire()
+        with pytest.raises(QffsError, match=r"^another qffs run is writing .*runs/x: wait for it to finish, or "
+                                            r"choose another --out-dir$"):
+            with exclusive(out, "--out-dir"):
+                pass
+        monkeypatch.setenv("RANK", "1")
+        with exclusive(out, "--out-dir"):   # a torchrun rank other than 0 writes nothing and takes no lock
+            pass
+        monkeypatch.delenv("RANK")
+    held = filelock.FileLock(lock_file(out), timeout=0)
+    held.acquire()                          # released: anyone may take it, and qffs refuses while they hold it
+    try:
+        with pytest.raises(QffsError, match="another qffs run is writing"):
+            with exclusive(out, "--out"):
+                pass
+    finally:
+        held.release()
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_atomic_write_leaves_no_temporary_file_and_the_old_file_whole(tmp_path, monkeypatch, existing):
+    import errno
+
+    import qffs.files
+
+    target = tmp_path / "curve.csv"
+    if existing:
+        target.write_text("the earlier run")
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(qffs.files.os, "replace", full)
+    with pytest.raises(QffsError, match=f"cannot write {target}: the disk is full"):
+        write_text_atomic(target, "t,acc\n")
+    with pytest.raises(QffsError, match="cannot write"):
+        with atomic_files([target, tmp_path / "curve.json"]) as temps:
+            for tmp in temps:
+                tmp.write_text("new")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["curve.csv"] if existing else [])
+    if existing:
+        assert target.read_text() == "the earlier run"
 
 
 def test_a_set_of_files_appears_together_or_not_at_all(tmp_path):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from qffs.errors import QffsError, UnsupportedGraphError
-from qffs.io import atomic_path
+from qffs.files import atomic_path
 from qffs.snn.layers import GatedLayer
 from qffs.snn.network import SpikingNetwork, propagate_shapes
 from qffs.snn.neuron import IFNeuron, SpikingNeuron

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from qffs.errors import QffsError
-from qffs.io import atomic_path
+from qffs.files import atomic_path
 from qffs.quant.lsq import STEP_EPS, LSQActivation
 from qffs.snn.network import SpikingNetwork, check_timesteps
 

@@ -125,7 +125,7 @@ def export_folder(stack: contextlib.ExitStack) -> Path:
     """A private temporary folder for an evaluation's ONNX file, removed when ``stack`` closes; the
     folders of runs that were killed (SIGKILL, a crash) before removing theirs go first."""
     from qffs.cache import ours_alone
-    from qffs.io import pid_alive
+    from qffs.files import pid_alive
 
     base = Path(tempfile.gettempdir())
     for old in base.glob(f"{_EXPORT_PREFIX}*-*"):

@@ -18,7 +18,7 @@ import torch
 from qffs.artifacts import ConversionConfig, QuantConfig, load_qann
 from qffs.distributed import is_main_process
 from qffs.evaluate import evaluate_snn
-from qffs.io import atomic_files
+from qffs.files import atomic_files
 from qffs.jobs.loaders import test_data_for
 from qffs.jobs.options import DataOptions, check_trained_on
 from qffs.jobs.outputs import writing_dir

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from qffs.distributed import is_main_process
 from qffs.errors import Interrupted, QffsError
-from qffs.io import CHECKPOINT_SUFFIXES, exclusive
+from qffs.files import exclusive, interrupts_held
+from qffs.io import CHECKPOINT_SUFFIXES
 from qffs.resume import resume_path
-from qffs.signals import held as interrupts_held
 
 
 def metrics_path(checkpoint: str | Path) -> Path:

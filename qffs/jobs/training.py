@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,10 +16,12 @@ from typing import Any
 
 import torch
 
+from qffs import settings
 from qffs.data import Preprocessing
 from qffs.distributed import init_distributed, is_main_process, main_only, replicas_identical, world_size
 from qffs.errors import QffsError
-from qffs.io import exclusive, load_checkpoint, load_into, save_checkpoint, write_text_atomic
+from qffs.files import exclusive, write_text_atomic
+from qffs.io import load_checkpoint, load_into, save_checkpoint
 from qffs.jobs.loaders import TrainingData, training_data
 from qffs.jobs.options import DataOptions, data_meta, model_spec_for, recorded_preprocessing, with_recorded
 from qffs.jobs.outputs import check_output, metrics_path, partial_path, staged_output
@@ -38,7 +39,7 @@ def job_record(data: DataOptions, prep: Preprocessing, spec: str, cfg: TrainConf
     return {"model": spec, "dataset": data.dataset, "preprocessing": prep.as_dict(), "batch_size": data.batch_size,
             "seed": data.seed, "limit": data.limit, "test_limit": data.test_limit, "train_config": config_dict(cfg),
             "val_size": data.val_size, "val_seed": data.val_seed, "select_on_test": data.select_on_test,
-            "workers": data.workers, "processes": int(os.environ.get("WORLD_SIZE", "1")), **options}
+            "workers": data.workers, "processes": settings.torchrun_world_size(), **options}
 
 
 def check_replicas(record: dict[str, Any], model: torch.nn.Module) -> None:

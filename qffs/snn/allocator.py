@@ -22,7 +22,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import os
+
+from qffs import settings
 
 #: Freed memory at the top of the heap that malloc keeps instead of returning it to the system.
 RETAIN = 1 << 30
@@ -34,7 +35,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4     # glibc <malloc.h>
 def keep_freed_memory() -> bool:
     """Serve every block from the heap and keep up to :data:`RETAIN` freed bytes at its top
     (glibc only, once per process); False where nothing was changed."""
-    if os.environ.get("QFFS_MALLOC", "1") == "0":
+    if not settings.malloc_tuning():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from qffs import settings
 from qffs.cache import cache_dir, private_cache, publish, verified
 
 SOURCE = Path(__file__).with_name("native.c")
@@ -48,7 +49,7 @@ _FLOATS = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes
 
 
 def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+    for name in (settings.c_compiler(), "cc", "gcc", "clang"):
         if name and shutil.which(name):
             return shutil.which(name)
     return None
@@ -99,7 +100,7 @@ def _build(compiler: str) -> Path:
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The loaded kernels, or None (disabled with ``QFFS_NATIVE=0``, or no compiler: warned once)."""
-    if os.environ.get("QFFS_NATIVE", "1") == "0":
+    if not settings.native_kernels():
         return None
     compiler = _compiler()
     try:
