@@ -84,11 +84,10 @@ class OpRecord:
             allowed = ", ".join(k.value for k in OpKind if k is not OpKind.IO)
             raise QffsError(f"an op's kind must be one of {allowed}, got {self.kind!r}")
         object.__setattr__(self, "kind", kind)
-        if inspect.isclass(self.target) and not issubclass(self.target, nn.Module):
-            raise QffsError(f"an op's target must be an nn.Module class, a function or a method name, got the class "
-                            f"{self.target.__qualname__}")
-        if not isinstance(self.target, str) and not callable(self.target):
-            raise QffsError(f"an op's target must be an nn.Module class, a function or a method name, got {self.target!r}")
+        if (inspect.isclass(self.target) and not issubclass(self.target, nn.Module)) or \
+                (not isinstance(self.target, str) and not callable(self.target)):
+            what = f"the class {self.target.__qualname__}" if inspect.isclass(self.target) else repr(self.target)
+            raise QffsError(f"an op's target must be an nn.Module class, a function or a method name, got {what}")
         if self.bounds is not None and self.bounds not in BOUNDS:
             raise QffsError(f"an op's bounds must be one of {BOUNDS} or None, got {self.bounds!r}")
         if self.check is not None and not callable(self.check):
