@@ -3,7 +3,7 @@
 :func:`quantize` traces a copy of the model with ``torch.fx`` and runs small passes, each
 with one job (the idea of brevitas' ``graph/standardize.py``):
 
-1. :func:`refuse_unconvertible` — the graph check of ``qffs/ops.py``, the same one
+1. :func:`refuse_unconvertible` — the graph check of :mod:`qffs.ops`, the same one
    ``convert`` runs: a node with no SNN equivalent (sigmoid, GELU, abs, a product of two
    activations, a constant added every step, …) is refused here, naming the fx node and the
    op, before any data is read or any training runs.
@@ -26,29 +26,32 @@ of the same module gets ``<owner>.<name>_1``, ``_2`` …, and a functional/metho
 ``<owner>.relu`` (``_1`` … when taken), where ``<owner>`` is the module whose ``forward``
 made the call. The output quantizer is ``output_quantizer``.
 
-What each node is (ReLU site, in-place, linear, refused) is decided by the one op table in
-``qffs/ops.py``; this module only rewrites.
+What each node is (ReLU site, in-place, linear, refused) is decided by an op table
+(:class:`qffs.ops.OpTable`, ``ops=``, by default :data:`qffs.ops.OPS`); this module only rewrites.
+:func:`check_quantizable` runs the same checks without rewriting, for a job to call before it reads data.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from qffs.errors import QffsError, UnsupportedGraphError
-from qffs.ops import check_graph, describe, is_inplace, is_relu_site, owner_path
+from qffs.ops import OPS, OpTable, check_graph, describe, is_inplace, is_relu_site, owner_path
 from qffs.quant.lsq import LSQActivation, check_bits
+from qffs.quant.tracing import trace
 
 __all__ = [
+    "NOTES",
     "OUTPUT_QUANTIZER",
+    "check_quantizable",
     "quantize",
     "quantizers",
     "refuse_unconvertible",
-    "trace",
     "functionalize_inplace_relus",
     "replace_relus",
     "add_output_quantizer",
@@ -84,49 +87,6 @@ def _float_like(model: nn.Module) -> dict[str, Any]:
 
 
 # --- passes ------------------------------------------------------------------------------------
-def trace(model: nn.Module, concrete_args: dict[str, Any] | None = None) -> fx.GraphModule:
-    """``torch.fx.symbolic_trace`` with a one-line, actionable error.
-
-    Inputs fixed by ``concrete_args`` are baked in: their placeholders and fx's guards on
-    them are removed, so the QANN (and its SNN) take the one remaining input.
-    """
-    try:
-        gm = fx.symbolic_trace(model, concrete_args=concrete_args)
-    except Exception as err:  # the tracer raises TraceError, TypeError, RuntimeError, …
-        from qffs.models import user_code_location
-
-        lines = str(err).strip().splitlines()
-        reason = lines[0] if lines else type(err).__name__
-        where = user_code_location(err)
-        raise UnsupportedGraphError(
-            f"cannot trace {type(model).__name__} with torch.fx{' at ' + where if where else ''}: {reason} — make the forward's "
-            "control flow static (no Python if/for/len on tensor values) or pass "
-            "concrete_args= to fix the inputs it branches on"
-        ) from err
-    if concrete_args:
-        _bake_in_concrete_args(gm)
-    return gm
-
-
-def _bake_in_concrete_args(gm: fx.GraphModule) -> None:
-    """Drop fx's guards on specialised inputs and what only they used, then those inputs.
-
-    Only nodes computed from the fixed inputs alone go (a general dead-code pass would also
-    drop an in-place ReLU whose result is unused, and with it a quantizer).
-    """
-    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    fixed = set(inputs[1:])
-    from_fixed = set(fixed)
-    for node in gm.graph.nodes:
-        deps = [a for a in node.all_input_nodes if a.op != "get_attr"]
-        if node.op != "placeholder" and deps and all(a in from_fixed for a in deps):
-            from_fixed.add(node)
-    for node in reversed(list(gm.graph.nodes)):
-        if node in from_fixed and (not node.users or node.target is torch._assert):
-            gm.graph.erase_node(node)
-    gm.recompile()
-
-
 _SOFTMAX_FUNCTIONS = {F.softmax, torch.softmax, F.log_softmax, torch.log_softmax}
 _SOFTMAX_METHODS = {"softmax", "log_softmax"}
 
@@ -161,16 +121,16 @@ def drop_final_softmax(gm: fx.GraphModule) -> str | None:
             "is applied to the logits")
 
 
-def refuse_unconvertible(gm: fx.GraphModule) -> None:
+def refuse_unconvertible(gm: fx.GraphModule, ops: OpTable = OPS) -> None:
     """Raise :class:`UnsupportedGraphError` at the first node that cannot become part of an SNN."""
-    check_graph(gm, "quantize")
+    check_graph(gm, "quantize", ops)
 
 
-def functionalize_inplace_relus(gm: fx.GraphModule) -> None:
+def functionalize_inplace_relus(gm: fx.GraphModule, ops: OpTable = OPS) -> None:
     """Point readers of an in-place ReLU's input that run after it at the ReLU's output."""
     order = {node: i for i, node in enumerate(gm.graph.nodes)}
     for node in list(gm.graph.nodes):
-        if not is_relu_site(node, gm) or not is_inplace(node, gm) or not node.args:
+        if not is_relu_site(node, gm, ops) or not is_inplace(node, gm, ops) or not node.args:
             continue
         source = node.args[0]
         if not isinstance(source, fx.Node):
@@ -180,13 +140,13 @@ def functionalize_inplace_relus(gm: fx.GraphModule) -> None:
                 user.replace_input_with(source, node)
 
 
-def replace_relus(gm: fx.GraphModule, bits: int) -> list[str]:
+def replace_relus(gm: fx.GraphModule, bits: int, ops: OpTable = OPS) -> list[str]:
     """Give every ReLU call site its own ``LSQActivation(bits)``; returns their names."""
     taken = _existing_names(gm)
     claimed: set[str] = set()  # module paths whose first call site already kept the path
     like = _float_like(gm)
     names = []
-    sites = [node for node in gm.graph.nodes if is_relu_site(node, gm)]
+    sites = [node for node in gm.graph.nodes if is_relu_site(node, gm, ops)]
     for node in sites:  # classified up front: replacing a shared module changes its type
         if node.op == "call_module" and node.target not in claimed:
             name = str(node.target)  # the first call keeps the module's own path
@@ -229,12 +189,36 @@ def add_output_quantizer(gm: fx.GraphModule, bits: int, model_name: str = "model
     return name
 
 
+def _checked_graph(model: nn.Module, concrete_args: dict[str, Any] | None, ops: OpTable) -> fx.GraphModule:
+    """The float graph :func:`quantize` rewrites: a traced deep copy in eval mode, a final class softmax
+    dropped (noted in ``gm.meta[NOTES]``), every node checked against ``ops``."""
+    if not isinstance(model, nn.Module):
+        raise QffsError(f"quantize expects an nn.Module, got {type(model).__name__}")
+    gm = trace(copy.deepcopy(model).eval(), concrete_args, ops)
+    gm.meta[NOTES] = [note for note in (drop_final_softmax(gm),) if note]
+    refuse_unconvertible(gm, ops)
+    return gm
+
+
+def check_quantizable(model: nn.Module, *, concrete_args: dict[str, Any] | None = None, ops: OpTable = OPS) -> None:
+    """Refuse what :func:`quantize` (and so ``convert``) would refuse, without quantizing anything.
+
+    Traces a copy of the float model and runs :func:`qffs.ops.check_graph` at the quantize stage:
+    an op with no spiking equivalent, an argument that makes an op non-linear, or a module state
+    that cannot convert (BatchNorm without running statistics) raises :class:`UnsupportedGraphError`
+    naming the node and the op. No data is read and the model does not run: a job calls this
+    before it loads any data.
+    """
+    _checked_graph(model, concrete_args, ops)
+
+
 def quantize(
     model: nn.Module,
     bits: int = 2,
     output_bits: int | None = 3,
     *,
     concrete_args: dict[str, Any] | None = None,
+    ops: OpTable = OPS,
 ) -> fx.GraphModule:
     """Turn a float model into a QANN: every ReLU call site → ``LSQActivation(bits)``.
 
@@ -242,7 +226,8 @@ def quantize(
     ``output_bits`` set, the logits pass through ``LSQActivation(output_bits,
     is_output=True)``; ``None`` keeps them float. Weights, biases and the input stay float.
     Steps start at 1.0: run :func:`qffs.quant.calibrate` next. Returns the recompiled
-    ``GraphModule`` in the model's train/eval mode.
+    ``GraphModule`` in the model's train/eval mode. ``ops`` is the op table that says what
+    each node is (:data:`qffs.ops.OPS`; pass the same one to ``convert``).
 
     A final softmax or log-softmax over the classes is dropped (predictions are unchanged); what was
     dropped is listed in ``gm.meta["qffs_notes"]`` for the caller to say.
@@ -256,19 +241,11 @@ def quantize(
     bits = check_bits("bits", bits, max_bits=None)
     if output_bits is not None:
         output_bits = check_bits("output_bits", output_bits, max_bits=None)
-    work = copy.deepcopy(model).eval()
-    gm = trace(work, concrete_args)
-    notes = [note for note in (drop_final_softmax(gm),) if note]
-    gm.meta[NOTES] = notes
-    passes: list[Callable[[fx.GraphModule], Any]] = [
-        refuse_unconvertible,
-        functionalize_inplace_relus,
-        lambda g: replace_relus(g, bits),
-    ]
+    gm = _checked_graph(model, concrete_args, ops)
+    functionalize_inplace_relus(gm, ops)
+    replace_relus(gm, bits, ops)
     if output_bits is not None:
-        passes.append(lambda g: add_output_quantizer(g, output_bits, type(model).__name__))
-    for apply in passes:
-        apply(gm)
+        add_output_quantizer(gm, output_bits, type(model).__name__)
     gm.delete_all_unused_submodules()
     gm.graph.lint()
     gm.recompile()

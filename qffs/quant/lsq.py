@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import functools
 import math
-
 from typing import Any
 
 import torch
 from torch import nn
+
+from qffs.errors import QffsError
+from qffs.ops import OPS, OpKind, OpRecord
 
 #: Smallest step size used in the forward pass; keeps s > 0 whatever the optimiser does.
 STEP_EPS = 1e-8
@@ -82,8 +84,6 @@ MAX_BITS = 8
 def check_bits(name: str, bits: Any, max_bits: int | None = MAX_BITS) -> int:
     """An activation bit width: an integer from 1 to ``max_bits`` (None: no upper bound)."""
     if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1 or (max_bits is not None and bits > max_bits):
-        from qffs.errors import QffsError
-
         span = f"from 1 to {max_bits} (Z_max = 2^bits − 1 spikes)" if max_bits is not None else ">= 1"
         raise QffsError(f"{name} must be an integer {span}, got {bits!r}")
     return bits
@@ -117,3 +117,8 @@ class LSQActivation(nn.Module):
     def extra_repr(self) -> str:
         role = ", output" if self.is_output else ""
         return f"bits={self.bits}, levels={self.levels}, step={float(self.step):.4g}{role}"
+
+
+#: The default op table learns its activation quantizer here, on import, so that ``qffs.ops`` imports
+#: nothing of ``qffs.quant``: whoever holds an ``LSQActivation`` has imported this module.
+QUANTIZER = OPS.register(OpRecord(LSQActivation, OpKind.QUANTIZER))

@@ -5,41 +5,35 @@
 
 The rewrite works on a deep copy (the caller's QANN is untouched) and checks every node
 before changing anything: what it cannot convert is refused by name, before any simulation.
+What each node is comes from an op table (``ops=``, :data:`qffs.ops.OPS`); what it becomes,
+from a handler per kind (``handlers=``, :data:`qffs.snn.handlers.HANDLERS`) and, for the
+quantizers, a neuron class (``neuron_map=``, :data:`qffs.snn.handlers.NEURONS`).
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Any, Mapping
 
-import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from qffs.errors import QffsError, UnsupportedGraphError
-from qffs.ops import check_graph, classify
-from qffs.quant.lsq import LSQActivation
-from qffs.snn.layers import GatedAffine, GatedLayer
-from qffs.snn.network import SpikingNetwork
-from qffs.snn.neuron import IFNeuron
-from qffs.snn.pooling import BoundPool, EventMaxPool, NaiveMaxPool
+from qffs.ops import OPS, OpKind, OpTable, check_graph, classify, describe, tracer
+from qffs.snn.handlers import HANDLERS, NEURONS, Handler, Rewrite, set_module
+from qffs.snn.network import SpikingNetwork, check_timesteps
+from qffs.snn.neuron import SpikingNeuron
 
 MAX_POOL_MODES = ("event", "naive")
 
 
-class _QuantizerLeafTracer(fx.Tracer):
-    """Keeps quantizers as single call_module nodes when tracing a hand-built QANN."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, LSQActivation) or super().is_leaf_module(m, qualname)
-
-
-def as_graph_module(model: nn.Module) -> fx.GraphModule:
-    """A deep-copied GraphModule of ``model`` (traced if needed), in eval mode."""
+def as_graph_module(model: nn.Module, ops: OpTable = OPS) -> fx.GraphModule:
+    """A deep-copied GraphModule of ``model`` (traced if needed, every module ``ops`` knows one node), in eval mode."""
     model = copy.deepcopy(model)
     if isinstance(model, fx.GraphModule):
         return model.eval()
     try:
-        graph = _QuantizerLeafTracer().trace(model)
+        graph = tracer(ops).trace(model)
     except Exception as err:  # the tracer raises many types
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UnsupportedGraphError(f"cannot trace {type(model).__name__} with torch.fx: {first} — make the "
@@ -47,24 +41,19 @@ def as_graph_module(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(model, graph, type(model).__name__).eval()
 
 
-def check_convertible(gm: fx.GraphModule) -> None:
-    """Raise :class:`UnsupportedGraphError` at the first node with no SNN equivalent (``qffs.ops``)."""
-    check_graph(gm, "convert")
+def check_convertible(gm: fx.GraphModule, ops: OpTable = OPS) -> None:
+    """Raise :class:`UnsupportedGraphError` at the first node with no SNN equivalent (:func:`qffs.ops.check_graph`)."""
+    check_graph(gm, "convert", ops)
 
 
-def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
-    parent, _, leaf = target.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
-
-
-def fold_batchnorm(gm: fx.GraphModule) -> int:
+def fold_batchnorm(gm: fx.GraphModule, ops: OpTable = OPS) -> int:
     """Fold each BatchNorm fed only by a conv/linear into that layer; returns how many were folded."""
     folded = 0
     for node in list(gm.graph.nodes):
-        if classify(node, gm) != "batchnorm":
+        if classify(node, gm, ops) is not OpKind.BATCHNORM:
             continue
         src = node.args[0]
-        if not (isinstance(src, fx.Node) and classify(src, gm) == "weighted" and len(src.users) == 1):
+        if not (isinstance(src, fx.Node) and classify(src, gm, ops) is OpKind.WEIGHTED and len(src.users) == 1):
             continue
         layer, bn = gm.get_submodule(str(src.target)), gm.get_submodule(str(node.target))
         if isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
@@ -73,7 +62,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
             fused = fuse_conv_bn_eval(layer, bn)
         else:
             continue
-        _set_module(gm, str(src.target), fused)
+        set_module(gm, str(src.target), fused)
         node.replace_all_uses_with(src)
         gm.graph.erase_node(node)
         folded += 1
@@ -81,23 +70,71 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
     return folded
 
 
-def _fresh_name(base: str, taken: set[str]) -> str:
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    taken.add(name)
-    return name
+def _neuron_classes(gm: fx.GraphModule, name: str, ops: OpTable,
+                    neuron_map: Mapping[type[nn.Module], type[SpikingNeuron]]) -> dict[str, type[SpikingNeuron]]:
+    """Quantizer path → the neuron class that replaces it (the most derived class ``neuron_map`` names)."""
+    neurons: dict[str, type[SpikingNeuron]] = {}
+    for node in gm.graph.nodes:
+        if classify(node, gm, ops) is not OpKind.QUANTIZER:
+            continue
+        cls = type(gm.get_submodule(str(node.target)))
+        neuron = next((neuron_map[c] for c in cls.__mro__ if c in neuron_map), None)
+        if neuron is None:
+            raise UnsupportedGraphError(f"cannot convert node '{node.name}' ({describe(node, gm)}): no spiking neuron "
+                                        f"for the quantizer {cls.__qualname__} — pass neuron_map={{{cls.__name__}: "
+                                        "<a SpikingNeuron subclass>}")
+        neurons[str(node.target)] = neuron
+    if not neurons:
+        raise UnsupportedGraphError(f"{name} has no activation quantizers: run qffs.quantize first")
+    return neurons
 
 
-def _pool_callable(node: fx.Node, gm: fx.GraphModule):
-    if node.op == "call_module":
-        return gm.get_submodule(str(node.target)), repr(gm.get_submodule(str(node.target)))
-    args, kwargs, fn = tuple(node.args[1:]), dict(node.kwargs), node.target
-    return BoundPool(fn, args, kwargs), f"{getattr(fn, '__name__', fn)}{args}"
+def _input_window(input_window: int | None, quantizers: list[nn.Module]) -> int:
+    """T_in: as given (bounded like T), else the Q of the hidden quantizers (of all, without hidden ones)."""
+    if input_window is not None:
+        return check_timesteps(input_window, "input_window (--input-window)",
+                               "the steps during which the image and the biases are fed in")
+    hidden = [q.levels for q in quantizers if not q.is_output]
+    return max(hidden or [q.levels for q in quantizers])
+
+
+def _handlers(handlers: Mapping[Any, Handler], gm: fx.GraphModule, ops: OpTable) -> dict[OpKind, Handler]:
+    """``handlers`` keyed by :class:`OpKind`; every kind in the graph that changes in an SNN must have one."""
+    try:
+        table = {OpKind(kind): handler for kind, handler in handlers.items()}
+    except ValueError as err:
+        raise QffsError(f"handlers must be keyed by op kind: {err}") from None
+    changing = {classify(n, gm, ops) for n in gm.graph.nodes} - {OpKind.LINEAR, OpKind.IO, OpKind.UNSUPPORTED}
+    missing = sorted(kind.value for kind in changing - table.keys())
+    if missing:
+        raise QffsError(f"no conversion handler for the op kind(s) {', '.join(missing)}: pass them in handlers=")
+    return table
+
+
+def _call_counts(gm: fx.GraphModule) -> dict[str, int]:
+    calls: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            calls[str(n.target)] = calls.get(str(n.target), 0) + 1
+    return calls
+
+
+def _network(gm: fx.GraphModule, rw: Rewrite, folded: int) -> SpikingNetwork:
+    gm.delete_all_unused_submodules()
+    gm.graph.lint()
+    gm.recompile()
+    out = rw.output_node
+    spiking_output = isinstance(out, fx.Node) and out.op == "call_module" and isinstance(
+        gm.get_submodule(str(out.target)), SpikingNeuron)
+    config = {"input_window": rw.input_window, "precharge": rw.precharge, "negative_spikes": rw.negative_spikes,
+              "max_pool": rw.max_pool, "folded_batchnorms": folded, "output": "spiking" if spiking_output else "analog"}
+    return SpikingNetwork(gm, rw.input_window, str(out.target) if spiking_output else None, config)
 
 
 def convert(qann: nn.Module, *, input_window: int | None = None, precharge: bool = True,
-            negative_spikes: bool = True, max_pool: str = "event") -> SpikingNetwork:
+            negative_spikes: bool = True, max_pool: str = "event", ops: OpTable = OPS,
+            handlers: Mapping[OpKind | str, Handler] = HANDLERS,
+            neuron_map: Mapping[type[nn.Module], type[SpikingNeuron]] = NEURONS) -> SpikingNetwork:
     """Convert a quantized ANN into a :class:`SpikingNetwork` (SPEC §2).
 
     - every ``LSQActivation`` (step s, Q levels) → :class:`IFNeuron` with θ = T_in·s,
@@ -108,7 +145,9 @@ def convert(qann: nn.Module, *, input_window: int | None = None, precharge: bool
     - linear/selection ops pass through; anything else raises :class:`UnsupportedGraphError`.
 
     ``input_window`` (T_in) defaults to the Q of the hidden quantizers (3 for 2 bits).
-    ``negative_spikes=False`` and ``precharge=False`` exist for ablations only.
+    ``negative_spikes=False`` and ``precharge=False`` exist for ablations only. ``ops`` says what
+    each node is (the table ``quantize`` used), ``handlers`` what each kind becomes, and
+    ``neuron_map`` which neuron class replaces each quantizer class (:mod:`qffs.snn.handlers`).
 
     BatchNorm is folded in the QANN's type: for an exact float64 simulation convert
     ``qann.double()``. A float32 conversion widened later keeps float32 rounding in the folded
@@ -116,56 +155,17 @@ def convert(qann: nn.Module, *, input_window: int | None = None, precharge: bool
     """
     if max_pool not in MAX_POOL_MODES:
         raise QffsError(f"max_pool must be one of {MAX_POOL_MODES}, got {max_pool!r}")
-    gm = as_graph_module(qann)
-    check_convertible(gm)
-    quant_nodes = [n for n in gm.graph.nodes if classify(n, gm) == "quantizer"]
-    if not quant_nodes:
-        raise UnsupportedGraphError(f"{type(qann).__name__} has no activation quantizers: run qffs.quantize first")
-    quants = {str(n.target): gm.get_submodule(str(n.target)) for n in quant_nodes}
-    hidden = [q.levels for q in quants.values() if not q.is_output]
-    if input_window is not None:   # a number of steps like T, bounded alike
-        from qffs.snn.network import check_timesteps
-
-        window = check_timesteps(input_window, "input_window (--input-window)",
-                                 "the steps during which the image and the biases are fed in")
-    else:
-        window = max(hidden or [q.levels for q in quants.values()])
-    folded = fold_batchnorm(gm)
-    output_node = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-    taken = {name for name, _ in gm.named_modules()}
-    calls: dict[str, int] = {}
-    for n in gm.graph.nodes:
-        if n.op == "call_module":
-            calls[str(n.target)] = calls.get(str(n.target), 0) + 1
-    for node in list(gm.graph.nodes):
-        kind = classify(node, gm)
-        if kind == "quantizer":
-            q = quants[str(node.target)]
-            s = q.step_size().detach()
-            _set_module(gm, str(node.target), IFNeuron(window * s, s, q.levels, precharge=precharge,
-                                                       negative_spikes=negative_spikes,
-                                                       is_output=q.is_output or node is output_node))
-        elif kind == "weighted":
-            _set_module(gm, str(node.target), GatedLayer(gm.get_submodule(str(node.target))))
-        elif kind == "batchnorm":
-            _set_module(gm, str(node.target), GatedAffine(gm.get_submodule(str(node.target))))
-        elif kind == "maxpool":  # stateful: one pool per call site
-            pool, text = _pool_callable(node, gm)
-            module = (EventMaxPool if max_pool == "event" else NaiveMaxPool)(pool, text)
-            if node.op == "call_module" and calls[str(node.target)] == 1:
-                _set_module(gm, str(node.target), module)
-                continue
-            name = _fresh_name(str(node.target) if node.op == "call_module" else node.name, taken)
-            gm.add_submodule(name, module)
-            with gm.graph.inserting_before(node):
-                site = gm.graph.call_module(name, args=(node.args[0],))
-            node.replace_all_uses_with(site)
-            gm.graph.erase_node(node)
-    gm.delete_all_unused_submodules()
-    gm.graph.lint()
-    gm.recompile()
-    spiking_output = isinstance(output_node, fx.Node) and output_node.op == "call_module" and isinstance(
-        gm.get_submodule(str(output_node.target)), IFNeuron)
-    config = {"input_window": window, "precharge": precharge, "negative_spikes": negative_spikes,
-              "max_pool": max_pool, "folded_batchnorms": folded, "output": "spiking" if spiking_output else "analog"}
-    return SpikingNetwork(gm, window, str(output_node.target) if spiking_output else None, config)
+    gm = as_graph_module(qann, ops)
+    check_convertible(gm, ops)   # everything is checked before anything changes
+    neurons = _neuron_classes(gm, type(qann).__name__, ops, neuron_map)
+    window = _input_window(input_window, [gm.get_submodule(target) for target in neurons])
+    folded = fold_batchnorm(gm, ops)
+    table = _handlers(handlers, gm, ops)   # after folding: a folded BatchNorm needs no handler
+    rw = Rewrite(gm, window, precharge, negative_spikes, max_pool, neurons,
+                 output_node=next(n for n in gm.graph.nodes if n.op == "output").args[0],
+                 calls=_call_counts(gm), taken={name for name, _ in gm.named_modules()})
+    for node in list(gm.graph.nodes):   # classified as it goes: a module called twice is replaced once
+        handler = table.get(classify(node, gm, ops))
+        if handler is not None:
+            handler(node, rw)
+    return _network(gm, rw, folded)
