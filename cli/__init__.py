@@ -11,11 +11,13 @@ import sys
 
 def entry() -> None:
     """The console script: run the command line, exit with its code."""
+    # loaded when the command runs, so that `qffs --help` and the other commands start fast
     from qffs.signals import exit_code, ignore_further, stop_on_signals, stop_word
 
     stop_on_signals()   # SIGTERM too, from the first import on
     code = None
     try:
+        # loaded when the command runs, so that `qffs --help` and the other commands start fast
         from qffs.cli.main import main
 
         code = main(console=True)   # which ignores signals once the command is done

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from qffs.errors import QffsError
 
 #: Preprocessing options, shared by every command that reads data (validated in qffs.data).
 MEAN_OPTION = typer.Option(
@@ -65,8 +66,6 @@ def channel_values(text: Optional[str], option: str) -> Optional[tuple[float, ..
     """'0.485,0.456,0.406' → (0.485, 0.456, 0.406); None stays None (qffs.data checks the values)."""
     if text is None:
         return None
-    from qffs.errors import QffsError
-
     try:
         return tuple(float(v) for v in text.replace(" ", "").split(","))
     except ValueError:

@@ -84,6 +84,7 @@ def _run(command, args: list[str], debug: bool) -> int:
     except (Exception, SystemExit) as exc:  # the user's model code failing, else a bug: one line unless --debug
         if debug:
             raise
+        # loaded when the command runs, so that `qffs --help` and the other commands start fast
         from qffs.models import user_code_error
 
         found = user_code_error(exc)

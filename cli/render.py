@@ -100,6 +100,7 @@ def print_report(report: dict[str, Any]) -> None:
 
 def ablation_table(result: dict[str, Any]) -> Table:
     """One row per ablation setting: accuracy at the table's t, latency to lossless, neurons off level."""
+    # loaded when the command runs, so that `qffs --help` and the other commands start fast
     from qffs.jobs.ablate import table_steps
 
     steps = table_steps(len(result["timesteps"]))

@@ -35,6 +35,7 @@ def ablate(
     memory: Optional[str] = MEMORY_OPTION,
 ) -> None:
     """Each QFFS mechanism switched off in turn: accuracy at fixed t, latency to lossless, neurons off level."""
+    # loaded when the command runs, so that `qffs --help` and the other commands start fast
     from qffs.cli.render import ablation_table, console
     from qffs.jobs.ablate import ablate as run_ablation
     from qffs.jobs.options import DataOptions

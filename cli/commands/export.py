@@ -7,14 +7,13 @@ from typing import Optional
 
 import typer
 
+from qffs.errors import QffsError
 from qffs.cli.app import ARTIFACT_MODEL_OPTION, app, examples
 
 
 def _shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
     if text is None:
         return None
-    from qffs.errors import QffsError
-
     try:
         shape = tuple(int(v) for v in text.replace(" ", "").split(","))
     except ValueError:
@@ -48,6 +47,7 @@ def export(
     model: Optional[str] = ARTIFACT_MODEL_OPTION,
 ) -> None:
     """Write an artifact as ONNX or NIR and check the file against the torch network."""
+    # loaded when the command runs, so that `qffs --help` and the other commands start fast
     from qffs.jobs.export import export_checkpoint
 
     summary = export_checkpoint(artifact, out, to=to, timesteps=timesteps, model=model, input_shape=_shape(input_shape),

@@ -13,6 +13,7 @@ from qffs.cli.app import app, examples, printable
 @app.command("info", epilog=examples("qffs info models/fmnist_vgg_small.pt"))
 def info(checkpoint: Path = typer.Argument(..., help="A .pt/.pth/.th/.safetensors file.")) -> None:
     """Print a checkpoint's kind, model spec, dataset, metrics and provenance."""
+    # loaded when the command runs, so that `qffs --help` and the other commands start fast
     from qffs.io import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
@@ -26,6 +27,7 @@ def info(checkpoint: Path = typer.Argument(..., help="A .pt/.pth/.th/.safetensor
         if ckpt.meta.get(key) is not None:
             value = ckpt.meta[key]
             typer.echo(f"  {key}: {printable(json.dumps(value) if isinstance(value, (dict, list)) else str(value))}")
+    # loaded when the command runs, so that `qffs --help` and the other commands start fast
     from qffs.artifacts import describe_recipe
 
     recipe = describe_recipe({**ckpt.meta, "kind": ckpt.kind})

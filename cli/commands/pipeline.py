@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from qffs.errors import QffsError
 from qffs.jobs.recipes import DEFAULT_RECIPE, RECIPES, by_recipe, resolve_recipe
 from qffs.cli.app import IMAGE_SIZE_OPTION, SELECT_ON_TEST_OPTION, VAL_SEED_OPTION, VAL_SIZE_OPTION, MEAN_OPTION, MEMORY_OPTION, READOUT_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
 
@@ -16,6 +17,7 @@ DEMO_EPOCHS = 1
 
 
 def _finish(report: dict) -> None:
+    # loaded when the command runs, so that `qffs --help` and the other commands start fast
     from qffs.cli.render import print_report
     from qffs.distributed import is_main_process
 
@@ -64,6 +66,7 @@ def run(
     resume: bool = RESUME_OPTION,
 ) -> None:
     """Quantize, convert and evaluate in one go: a pretrained checkpoint → latency–accuracy curve."""
+    # loaded when the command runs, so that `qffs --help` and the other commands start fast
     from qffs.jobs.options import DataOptions
     from qffs.jobs.pipeline import run_pipeline
 
@@ -89,7 +92,7 @@ def demo(
     resume: bool = RESUME_OPTION,
 ) -> None:
     """The embedded default: shipped Fashion-MNIST VGG → 2/3-bit QANN → SNN → curve, table and plot."""
-    from qffs.errors import QffsError
+    # loaded when the command runs, so that `qffs --help` and the other commands start fast
     from qffs.artifacts import SHIPPED_FMNIST
     from qffs.jobs.options import DataOptions
     from qffs.jobs.pipeline import run_pipeline

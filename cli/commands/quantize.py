@@ -62,6 +62,7 @@ def quantize(
     resume: bool = RESUME_OPTION,
 ) -> None:
     """Fine-tune a pretrained model into a quantized ANN (2-bit hidden, 3-bit output by default)."""
+    # loaded when the command runs, so that `qffs --help` and the other commands start fast
     from qffs.distributed import main_only
     from qffs.jobs.options import DataOptions
     from qffs.jobs.quantize import quantize_checkpoint

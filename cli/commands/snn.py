@@ -27,6 +27,7 @@ def convert(
     model: Optional[str] = ARTIFACT_MODEL_OPTION,
 ) -> None:
     """Convert a quantized ANN into a spiking network artifact and print its layers."""
+    # loaded when the command runs, so that `qffs --help` and the other commands start fast
     from qffs.cli.render import console, layer_table
     from qffs.artifacts import ConversionConfig
     from qffs.jobs.convert import convert_checkpoint
@@ -67,6 +68,7 @@ def evaluate(
                                      "T steps, float32: checks an export and measures its speed)."),
 ) -> None:
     """Simulate an SNN on a test set: accuracy at every time step, spikes, SOPs, energy; CSV/JSON/PNG."""
+    # loaded when the command runs, so that `qffs --help` and the other commands start fast
     from qffs.cli.render import print_report
     from qffs.distributed import is_main_process
     from qffs.jobs.evaluation import evaluate_checkpoint

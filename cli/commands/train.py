@@ -45,6 +45,7 @@ def train(
     resume: bool = RESUME_OPTION,
 ) -> None:
     """Train or fine-tune a full-precision model; keeps the best epoch's checkpoint."""
+    # loaded when the command runs, so that `qffs --help` and the other commands start fast
     from qffs.jobs.options import DataOptions
     from qffs.jobs.training import train_fp
     from qffs.train import TrainConfig
@@ -58,6 +59,7 @@ def train(
                     schedule=schedule, gamma=gamma),
         pretrained=pretrained, device=device, resume=resume, log=typer.echo,
     )
+    # loaded when the command runs, so that `qffs --help` and the other commands start fast
     from qffs.distributed import main_only
 
     echo = main_only(typer.echo)   # under torchrun: one summary, from rank 0

@@ -37,7 +37,7 @@ _ADDS = {operator.add, torch.add, "add"}
 
 
 def _nir():
-    try:
+    try:   # nir is an optional dependency (qffs[nir])
         import nir
     except ImportError:
         raise QffsError("NIR export needs the nir package: pip install 'qffs[nir]'") from None

@@ -29,7 +29,7 @@ EXACT_SESSION_CONFIG = {"session.disable_quant_qdq": "1"}
 
 def session(path: str | Path, device: str | torch.device = "cpu"):
     """An onnxruntime session for ``path`` that computes what torch computes (:data:`EXACT_SESSION_CONFIG`)."""
-    import onnxruntime as ort
+    import onnxruntime as ort   # loads only for an export check or the onnxruntime backend (start-up time)
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()   # torchrun: 1 per process, as torch's (no oversubscription)

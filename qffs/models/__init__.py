@@ -208,7 +208,7 @@ def build_model(spec: str) -> nn.Module:
     if parsed.source == "file":
         factory = _load_factory(parsed.path or "", parsed.name)
     elif parsed.source == "torchvision":
-        import torchvision
+        import torchvision   # only for tv: specs (start-up time of the runtime, which never needs it)
 
         if parsed.name not in torchvision.models.list_models(module=torchvision.models):
             raise QffsError(

@@ -171,6 +171,12 @@ class Engine:
                     alive = alive[active]
                     inputs = x[alive]
         run.active = torch.stack(actives)
+        self._finals(run, states, settled, alive)
+        return run
+
+    def _finals(self, run: Run, states: list[State | None], settled: dict[int, torch.Tensor],
+                alive: torch.Tensor) -> None:
+        """Every neuron's final counts: the dropped samples' as settled, the others' from their state."""
         for i in self.neurons:
             if states[i] is None:
                 continue
@@ -182,7 +188,6 @@ class Engine:
                 full = full.clone()
                 full[alive] = count
             run.finals[self.sites[i].target] = full
-        return run
 
     def _record_output(self, run: Run, state: State, t: int, timesteps: int, batch: int, alive: torch.Tensor) -> None:
         """The output layer's counts and membranes after step t, for every sample (dropped ones repeat)."""

@@ -13,6 +13,7 @@ import os
 import re
 
 import torch
+from qffs.errors import QffsError
 
 #: The default budget: this fraction of the memory free on the device.
 DEFAULT_FRACTION = 0.5
@@ -23,8 +24,6 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb"
 
 def parse_memory(value: str | int, option: str = "--memory") -> int:
     """``value`` ("8GB", "512MiB", "1.5g", "100000000") as bytes, or a one-line QffsError."""
-    from qffs.errors import QffsError
-
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*", str(value))
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _UNITS or float(match.group(1)) * _UNITS[unit] < 1:

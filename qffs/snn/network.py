@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
+from qffs.errors import QffsError
 from qffs.snn.allocator import keep_freed_memory
 from qffs.snn.engine import FORMS, Engine, neuron_modules
 from qffs.snn.layers import GatedLayer
@@ -38,8 +39,6 @@ MAX_TIMESTEPS = 4096
 def check_timesteps(value: object, option: str = "timesteps",
                     why: str = "every step's output is kept: T x batch x outputs x 12 bytes") -> int:
     """``value`` as a number of time steps in 1…:data:`MAX_TIMESTEPS`, or a one-line QffsError."""
-    from qffs.errors import QffsError
-
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_TIMESTEPS:
         raise QffsError(f"{option} must be an integer in 1..{MAX_TIMESTEPS}, got {value!r} ({why})")
     return int(value)
@@ -195,8 +194,6 @@ class SpikingNetwork(nn.Module):
         peak (:meth:`bytes_per_sample`): a larger batch is simulated in chunks of samples, with
         the same results.
         """
-        from qffs.errors import QffsError
-
         timesteps = check_timesteps(timesteps)
         if mode not in MODES:
             raise QffsError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")

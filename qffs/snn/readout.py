@@ -17,6 +17,7 @@ With an analog output layer (no output neuron) all three are its integrated curr
 from __future__ import annotations
 
 import torch
+from qffs.errors import QffsError
 
 READOUTS = ("count", "tiebreak", "current")
 #: The headline readout of reports (every readout is measured anyway).
@@ -26,8 +27,6 @@ DEFAULT_READOUT = "count"
 def check_readout(readout: str) -> str:
     """Refuse an unknown readout name (one place for the list)."""
     if readout not in READOUTS:
-        from qffs.errors import QffsError
-
         raise QffsError(f"unknown readout {readout!r}: choose one of {', '.join(READOUTS)}")
     return readout
 
