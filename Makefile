@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.qffs-installed
 FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast data clean-venv
+.PHONY: setup demo test test-fast lint data clean-venv
 
 setup: $(STAMP) data
 
@@ -32,7 +32,12 @@ data:
 demo: setup
 	$(VENV)/bin/qffs demo
 
-test: setup
+# The linter and the public API's type check run first: a red lint is a red test.
+lint: setup
+	$(VENV)/bin/ruff check qffs cli tests benchmarks
+	$(VENV)/bin/mypy
+
+test: setup lint
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
