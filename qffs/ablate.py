@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from qffs.report import EvaluationReport, latency_to_lossless
+
 #: The t at which the table reports accuracy (those ≤ T).
 TABLE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -46,24 +48,22 @@ def _output_label(meta: dict[str, Any], hidden_bits: int | None = None) -> str:
     return label if hidden_bits is None or hidden == hidden_bits else f"{hidden}-bit hidden / {label}"
 
 
-def off_level_fraction(report: dict[str, Any]) -> float | None:
+def off_level_fraction(report: EvaluationReport) -> float | None:
     """Fraction of all neurons (all layers, all samples) whose final count differs from the QANN level."""
-    layers = [r for r in report["layers"] if r["mismatch_fraction"] is not None]
-    neurons = sum(r["neurons"] for r in layers)
-    return sum(r["mismatch_fraction"] * r["neurons"] for r in layers) / neurons if neurons else None
+    layers = [r for r in report.layers if r.mismatch_fraction is not None]
+    neurons = sum(r.neurons for r in layers)
+    return sum(r.mismatch_fraction * r.neurons for r in layers) / neurons if neurons else None
 
 
-def _row(setting: str, what: str, qann_name: str, report: dict[str, Any], timesteps: int) -> dict[str, Any]:
-    from qffs.report import latency_to_lossless
-
-    curve = list(report["snn_accuracy"])
+def _row(setting: str, what: str, qann_name: str, report: EvaluationReport, timesteps: int) -> dict[str, Any]:
+    curve = list(report.snn_accuracy)
     curve += [curve[-1]] * (timesteps - len(curve))          # stopped early: the answer is frozen
-    return {"setting": setting, "what": what, "qann": qann_name, "qann_accuracy": report["qann_accuracy"],
-            "input_window": report["input_window"], "steps_simulated": len(report["snn_accuracy"]),
+    return {"setting": setting, "what": what, "qann": qann_name, "qann_accuracy": report.qann_accuracy,
+            "input_window": report.input_window, "steps_simulated": len(report.snn_accuracy),
             "snn_accuracy": curve,
-            "latency_to_lossless": latency_to_lossless(curve, report["qann_accuracy"]),
+            "latency_to_lossless": latency_to_lossless(curve, report.qann_accuracy),
             "off_level_fraction": off_level_fraction(report),
-            "unconverged": report["convergence"]["unconverged"]}   # samples still spiking at the last step
+            "unconverged": report.convergence["unconverged"]}   # samples still spiking at the last step
 
 
 def ablate(qann_path: str | Path, data, timesteps: int, *, others: tuple[str | Path, ...] = (), device: str = "auto",
@@ -99,7 +99,7 @@ def ablate(qann_path: str | Path, data, timesteps: int, *, others: tuple[str | P
         steps = min(snn.input_window, timesteps) if setting.stop_at_window else timesteps
         log(f"{setting.name}: T = {steps}")
         report = evaluate_snn(snn, loader, steps, qann=qann, device=dev, dtype=dtype, memory=budget)
-        samples = report["samples"]
+        samples = report.samples
         rows.append(_row(setting.name, setting.what, name, report, timesteps))
     for other, other_qann, other_meta in qanns[1:]:
         label = _output_label(other_meta, meta.get("bits"))
