@@ -1,11 +1,13 @@
 """Resumable training: the state saved after every epoch, and how an interrupted run continues.
 
 A training job (``qffs train``, ``qffs quantize``) writes ``NAME.resume.pt`` beside its output
-after each epoch: model, optimizer (momentum buffers), schedule position, every random number
-generator qffs or a model may draw from, the data order's generator, the history and the best
-epoch so far. ``--resume`` loads it and continues with the next epoch, so a run killed at any
-moment and resumed ends with the same weights as one never interrupted (same machine, same
-seed). It is also how a long training is split into chunks on a small machine.
+after each epoch: model, optimizer (momentum buffers), the learning-rate schedule (its
+``LambdaLR`` state; a state saved before it was one has the step count alone, which is enough),
+every random number generator qffs or a model may draw from, the data order's generator, the
+history and the best epoch so far. ``--resume`` loads it and continues with the next epoch, so
+a run killed at any moment and resumed ends with the same weights as one never interrupted
+(same machine, same seed). It is also how a long training is split into chunks on a small
+machine.
 
 The file is read with ``weights_only=True`` like every checkpoint: tensors and plain data only.
 A resume state records the job's options and is refused for a job with different ones.
@@ -40,6 +42,7 @@ class TrainState:
     loader_rng: torch.Tensor | None = None            # the shuffling generator's state (None: none to restore)
     job: dict[str, Any] = field(default_factory=dict)   # the options that define the run
     extra: dict[str, Any] = field(default_factory=dict)  # what the job measured before training
+    scheduler: dict[str, Any] | None = None          # the LambdaLR's state_dict (None: saved before it was one)
 
 
 def resume_path(out: str | Path) -> Path:
