@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from qffs.report import EvaluationReport, latency_to_lossless
+from qffs.io import atomic_files
+from qffs.report import EvaluationReport, environment, latency_to_lossless, report_files, save_accuracy_plot
 
 #: The t at which the table reports accuracy (those ≤ T).
 TABLE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -137,12 +138,10 @@ def ablation_csv(result: dict[str, Any]) -> str:
 
 def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
     """Every setting's accuracy curve in one PNG, with each QANN's accuracy as a dashed line."""
-    import matplotlib
+    import matplotlib   # slow to import (a second): only where a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from qffs.report import save_accuracy_plot
 
     fig, ax = plt.subplots(figsize=(7.2, 4.6), dpi=120)
     ts = result["timesteps"]
@@ -158,9 +157,6 @@ def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
 
 def write_ablation(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """``ablation.csv``, ``ablation.json`` and ``ablation.png`` in ``out_dir``, all three or none."""
-    from qffs.io import atomic_files
-    from qffs.report import environment, report_files
-
     out = Path(out_dir)
     paths = dict(zip(("csv", "json", "png"), (out / name for name in report_files("ablation"))))
     with atomic_files(list(paths.values())) as (csv, json_file, png):

@@ -19,6 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from qffs import __version__
+from qffs.distributed import world_size
 from qffs.io import atomic_files, atomic_path
 
 #: Horowitz (ISSCC 2014), 45 nm, 32-bit float: accumulate 0.9 pJ, multiply–accumulate 4.6 pJ.
@@ -120,12 +124,6 @@ def energy_estimate(sops: float, macs: float, e_ac: float = ENERGY_AC_PJ,
 
 def environment() -> dict[str, Any]:
     """Versions, and the number of processes (torchrun), recorded in every JSON report."""
-    import torch
-
-    from qffs import __version__
-
-    from qffs.distributed import world_size
-
     return {"qffs": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "world_size": world_size()}
 
@@ -169,7 +167,7 @@ READOUT_STYLE = {"count": ("#1f77b4", "o", "spike counts"), "tiebreak": ("#ff7f0
 def plot_curve(report: dict[str, Any], path: str | Path) -> Path:
     """PNG of SNN accuracy vs time step, one curve per readout (the headline one bold), with the
     QANN, its pre-output-quantizer accuracy and the FP accuracy as reference lines."""
-    import matplotlib
+    import matplotlib   # slow to import (a second): only where a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -205,7 +203,7 @@ def save_accuracy_plot(fig, ax, title: str, path: str | Path, legend_size: int =
                        xlabel: str = "time step t") -> Path:
     """Label an accuracy axis (against time steps unless ``xlabel`` says otherwise), then write the
     figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt   # slow to import: only where a plot is drawn
 
     ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 accuracy (%)")

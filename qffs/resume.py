@@ -20,9 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from qffs.errors import QffsError
+from qffs.io import atomic_path
 
 FORMAT = "qffs-resume-1"
 
@@ -53,8 +55,6 @@ def resume_path(out: str | Path) -> Path:
 
 def rng_state() -> dict[str, Any]:
     """The random number generators a training epoch may draw from (torch CPU and CUDA, Python, NumPy)."""
-    import numpy as np
-
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _plain(random.getstate()),
                              "numpy": [kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss)]}
@@ -65,8 +65,6 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` saved (CUDA only where this machine has as many devices)."""
-    import numpy as np
-
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -85,8 +83,6 @@ def _plain(value: Any) -> Any:
 
 def save_state(path: str | Path, state: TrainState) -> Path:
     """Write ``state`` atomically (a kill mid-write leaves the previous epoch's state)."""
-    from qffs.io import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, **asdict(state)}, tmp)
     return Path(path)
