@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     report = evaluate_snn(convert(qann), batches, args.timesteps, qann=qann)
     per_image = (time.perf_counter() - start) / args.samples
-    for readout, curve in report["snn_accuracy_by_readout"].items():
+    for readout, curve in report.snn_accuracy_by_readout.items():
         curves[f"qffs, {readout}"] = {"accuracy": curve, "seconds_per_image": per_image}
     makers = {"SpikingJelly, max": lambda: spikingjelly_snn(fp, calibration, "max"),
               "SpikingJelly, 99.9%": lambda: spikingjelly_snn(fp, calibration, "99.9%"),
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
               "title": f"{meta['model']} on {dataset}: qffs ({meta.get('bits')}-bit QANN) vs SpikingJelly and sinabs "
                        f"(FP network), {args.samples} test images",
               "timesteps": args.timesteps, "samples": args.samples, "fp_accuracy": fp_acc,
-              "qann_accuracy": report["qann_accuracy"], "curves": curves, "not_converted": refused}
+              "qann_accuracy": report.qann_accuracy, "curves": curves, "not_converted": refused}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     from qffs.files import write_text_atomic

@@ -25,7 +25,7 @@ _PUBLIC = {
     "load_checkpoint": "qffs.io", "load_model": "qffs.io", "save_checkpoint": "qffs.io",
     "build_model": "qffs.models",
     "LSQActivation": "qffs.quant", "calibrate": "qffs.quant", "quantize": "qffs.quant", "quantizers": "qffs.quant",
-    "evaluate_snn": "qffs.evaluate",
+    "EvaluationReport": "qffs.report", "evaluate_snn": "qffs.evaluate",
     "load_qann": "qffs.artifacts", "load_snn": "qffs.artifacts",
     "SimulationResult": "qffs.snn", "SpikingNetwork": "qffs.snn", "convert": "qffs.snn",
 }
@@ -46,6 +46,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from qffs.errors import QffsError, UnsupportedGraphError
     from qffs.evaluate import evaluate_snn
+    from qffs.report import EvaluationReport
     from qffs.io import load_checkpoint, load_model, save_checkpoint
     from qffs.models import build_model
     from qffs.quant import LSQActivation, calibrate, quantize, quantizers
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from qffs.snn import SimulationResult, SpikingNetwork, convert
 
 __all__ = [
+    "EvaluationReport",
     "LSQActivation",
     "QffsError",
     "SimulationResult",

@@ -6,22 +6,27 @@ accuracy on the same samples and before its output quantizer (the current readou
 reference), tied predictions, each sample's convergence step, spikes per
 neuron per sample (positive and negative) for every IF layer, the fraction of neurons whose
 final count differs from the QANN level, synaptic operations against the ANN's MACs, and the
-energy estimate.
+energy estimate. Each is a measure (:mod:`qffs.measures`): float64 sums over batches, added
+over the ranks of a torchrun job in one all-reduce; the result is an :class:`EvaluationReport`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from qffs import distributed
+from qffs.errors import QffsError
+from qffs.measures import Measure, reduce_measures
 from qffs.metrics import predict
 from qffs.progress import track
-from qffs.report import ENERGY_AC_PJ, ENERGY_MAC_PJ, energy_estimate, latency_to_lossless, percentiles
-from qffs.snn.network import SpikingNetwork
+from qffs.quant import quantizers
+from qffs.report import (ENERGY_AC_PJ, ENERGY_MAC_PJ, EvaluationReport, LayerActivity, SynapseActivity,
+                         energy_estimate, latency_to_lossless, percentiles)
+from qffs.snn.network import NeuronRecord, SimulationResult, SpikingNetwork, SynapseRecord
 from qffs.snn.readout import READOUTS, check_readout
 
 
@@ -29,8 +34,6 @@ def _quantizer_levels(qann: nn.Module, x: torch.Tensor, output_name: str | None
                       ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """(QANN output, the input of the quantizer named ``output_name`` — the SNN's output neuron —
     or the output itself when there is none, every quantizer's levels)."""
-    from qffs.quant import quantizers
-
     levels: dict[str, torch.Tensor] = {}
     inputs: dict[str, torch.Tensor] = {}
 
@@ -48,46 +51,171 @@ def _quantizer_levels(qann: nn.Module, x: torch.Tensor, output_name: str | None
     return out, inputs.get("output", out), levels
 
 
+class ReadoutCurves(Measure):
+    """Every readout at every step: correct and tied predictions (SPEC §1's tie rule)."""
+
+    def __init__(self, timesteps: int, readouts: Sequence[str] = READOUTS):
+        super().__init__()
+        self.readouts = tuple(readouts)
+        self.add_state("correct", (len(self.readouts), timesteps))
+        self.add_state("tied", (len(self.readouts), timesteps))
+
+    def update(self, outputs: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+        for i, name in enumerate(self.readouts):
+            pred, tie = predict(outputs[name])                    # [T, B]
+            self.correct[i] += (pred == y).sum(1).double().cpu()
+            self.tied[i] += tie.sum(1).double().cpu()
+
+    def compute(self, samples: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+        """({readout: accuracy per step}, {readout: tied fraction per step})."""
+        return ({name: (c / samples).tolist() for name, c in zip(self.readouts, self.correct)},
+                {name: (c / samples).tolist() for name, c in zip(self.readouts, self.tied)})
+
+
+class QannComparison(Measure):
+    """The QANN on the same samples: correct and tied, correct before its output quantizer, and at
+    every step the spike-count prediction's agreement with its prediction."""
+
+    def __init__(self, timesteps: int):
+        super().__init__()
+        self.add_state("agree", timesteps)
+        for name in ("correct", "tied", "prequantizer_correct"):
+            self.add_state(name)
+
+    def update(self, count_pred: torch.Tensor, out: torch.Tensor, before: torch.Tensor, y: torch.Tensor) -> None:
+        qpred, qtie = predict(out)
+        self.correct += float((qpred == y).sum())
+        self.prequantizer_correct += float((predict(before)[0] == y).sum())
+        self.agree += (count_pred == qpred).sum(1).double().cpu()
+        self.tied += float(qtie.sum())
+
+    def compute(self, samples: int) -> dict[str, float | list[float]]:
+        return {"qann_accuracy": float(self.correct) / samples,
+                "qann_prequantizer_accuracy": float(self.prequantizer_correct) / samples,
+                "qann_tied": float(self.tied) / samples, "qann_agreement": (self.agree / samples).tolist()}
+
+
+class Settling(Measure):
+    """Samples, and when their answer settled: how many converged at each step 0…T, how many did not."""
+
+    def __init__(self, timesteps: int):
+        super().__init__()
+        for name in ("samples", "unconverged"):
+            self.add_state(name)
+        self.add_state("converged_at", timesteps + 1)
+
+    def update(self, result: SimulationResult, y: torch.Tensor) -> None:
+        done = result.converged
+        self.samples += y.numel()
+        steps = result.convergence_step[done].long().cpu()
+        self.converged_at += torch.bincount(steps, minlength=self.converged_at.numel()).double()
+        self.unconverged += int((~done).sum())
+
+    def compute(self) -> tuple[int, dict[str, float]]:
+        """(samples, convergence percentiles with the number of unconverged samples)."""
+        counts = self.converged_at.round().long()
+        steps = torch.repeat_interleave(torch.arange(counts.numel()), counts).tolist()
+        return int(self.samples), {**percentiles(steps), "unconverged": int(self.unconverged)}
+
+
+class _PerLayer(Measure):
+    """Sums per named layer, a row each, added as the first batch's records name the layers."""
+
+    def __init__(self, columns: int):
+        super().__init__()
+        self.rows: dict[str, int] = {}
+        self.sizes: list[int] = []                               # each layer's neurons or MACs, as first recorded
+        self.add_state("totals", (0, columns))
+
+    def row(self, name: str, size: int) -> torch.Tensor:
+        """Layer ``name``'s row of ``totals`` (a view: add to it in place)."""
+        if name not in self.rows:
+            self.rows[name] = len(self.sizes)
+            self.sizes.append(size)
+            self.totals = torch.cat([self.totals, self.totals.new_zeros(1, self.totals.shape[1])])
+        return self.totals[self.rows[name]]
+
+
+class LayerSpikes(_PerLayer):
+    """Every IF layer: positive and negative spikes, and (``compared`` with the QANN) neurons
+    whose final count is off their QANN level."""
+
+    def __init__(self, compared: bool):
+        super().__init__(3)                                      # pos, neg, mismatch
+        self.compared = compared
+
+    def update(self, records: list[NeuronRecord], levels: dict[str, torch.Tensor]) -> None:
+        for rec in records:
+            row = self.row(rec.name, rec.neurons)
+            row[0] += float(rec.pos_spikes.sum())
+            row[1] += float(rec.neg_spikes.sum())
+            if rec.name in levels and rec.counts is not None:
+                row[2] += float((rec.counts != levels[rec.name]).sum())
+
+    def compute(self, samples: int, timesteps: int) -> list[LayerActivity]:
+        rows = []
+        for name, neurons, (pos, neg, mismatch) in zip(self.rows, self.sizes, self.totals.tolist()):
+            per = neurons * samples
+            rows.append(LayerActivity(name, int(neurons), pos / per, neg / per, (pos + neg) / (per * timesteps),
+                                      mismatch / per if self.compared else None))
+        return rows
+
+
+class SynapseOps(_PerLayer):
+    """Every weighted layer: synaptic operations and input events, beside its MACs."""
+
+    def __init__(self):
+        super().__init__(2)                                      # synops, events
+
+    def update(self, records: list[SynapseRecord]) -> None:
+        for rec in records:
+            row = self.row(rec.name, rec.macs)
+            row[0] += float(rec.synops.sum())
+            row[1] += float(rec.events.sum())
+
+    def compute(self, samples: int) -> list[SynapseActivity]:
+        return [SynapseActivity(name, int(macs), synops / samples, events / samples)
+                for name, macs, (synops, events) in zip(self.rows, self.sizes, self.totals.tolist())]
+
+
 @dataclass
-class _Totals:
-    """One rank's sums over its samples, as one float64 vector to add across ranks (layers and
-    synapses are updated in place; every rank has them in the same order, from the same network)."""
+class SnnMeasures:
+    """Everything :func:`evaluate_snn` sums over batches (``qann``: None without the QANN)."""
 
-    correct: dict[str, torch.Tensor]
-    tied: dict[str, torch.Tensor]
-    agree: torch.Tensor
-    scalars: list[float]
-    convergence: list[int]
-    timesteps: int
-    layers: dict[str, dict[str, float]]
-    synapses: dict[str, dict[str, float]]
+    curves: ReadoutCurves
+    qann: QannComparison | None
+    settling: Settling
+    layers: LayerSpikes
+    synapses: SynapseOps
 
-    def all_reduce(self) -> "_Totals":
-        histogram = torch.bincount(torch.tensor(self.convergence, dtype=torch.long), minlength=self.timesteps + 1)
-        parts = [*self.correct.values(), *self.tied.values(), self.agree, torch.tensor(self.scalars, dtype=torch.float64),
-                 histogram.double(),
-                 torch.tensor([[r["pos"], r["neg"], r["mismatch"]] for r in self.layers.values()], dtype=torch.float64),
-                 torch.tensor([[r["synops"], r["events"]] for r in self.synapses.values()], dtype=torch.float64)]
-        sizes = [p.numel() for p in parts]
-        summed = list(distributed.all_reduce_sum(torch.cat([p.flatten() for p in parts])).split(sizes))
-        for table in (self.correct, self.tied):
-            for name in table:
-                table[name] = summed.pop(0)
-        self.agree, self.scalars = summed.pop(0), summed.pop(0).tolist()
-        counts = summed.pop(0).round().long()
-        self.convergence = torch.repeat_interleave(torch.arange(counts.numel()), counts).tolist()
-        for row, (pos, neg, mismatch) in zip(self.layers.values(), summed.pop(0).view(-1, 3).tolist()):
-            row.update(pos=pos, neg=neg, mismatch=mismatch)
-        for row, (synops, events) in zip(self.synapses.values(), summed.pop(0).view(-1, 2).tolist()):
-            row.update(synops=synops, events=events)
-        return self
+    @classmethod
+    def start(cls, timesteps: int, compared: bool) -> "SnnMeasures":
+        return cls(ReadoutCurves(timesteps), QannComparison(timesteps) if compared else None, Settling(timesteps),
+                   LayerSpikes(compared), SynapseOps())
+
+    def update(self, result: SimulationResult, y: torch.Tensor,
+               qann: tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]] | None) -> None:
+        """One batch's simulation; ``qann``: what :func:`_quantizer_levels` gave for it."""
+        self.curves.update(result.readouts, y)
+        self.settling.update(result, y)
+        levels: dict[str, torch.Tensor] = {}
+        if qann is not None:
+            out, before, levels = qann
+            self.qann.update(predict(result.readouts["count"])[0], out, before, y)
+        self.layers.update(result.neurons, levels)
+        self.synapses.update(result.synapses)
+
+    def reduce(self) -> None:
+        """torchrun: every rank simulated its shard; sum the counts (exact, in float64)."""
+        measures = (self.curves, self.qann, self.settling, self.layers, self.synapses)
+        reduce_measures(*(m for m in measures if m is not None))
 
 
 @torch.no_grad()
 def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, readout: str = "count",
                  memory: int | None = None, e_ac: float = ENERGY_AC_PJ,
-                 e_mac: float = ENERGY_MAC_PJ) -> dict[str, Any]:
+                 e_mac: float = ENERGY_MAC_PJ) -> EvaluationReport:
     """Simulate every batch for ``timesteps`` steps and aggregate the SPEC §6 measures.
 
     Every readout is measured (``snn_accuracy_by_readout``, ``tied_by_readout``,
@@ -98,12 +226,10 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
     agreement with the QANN is that of the spike counts. ``memory``: the simulation's budget
     in bytes (:meth:`SpikingNetwork.simulate`). For an exact float64 run, ``snn`` should be
     converted from a float64 QANN (``load_snn(path, dtype=torch.float64)``): BatchNorm is folded
-    in the conversion's type.
+    in the conversion's type. ``.to_dict()`` of the report is the JSON's measured part.
     """
     check_readout(readout)
     if distributed.active() and len(loader.dataset) < distributed.world_size():
-        from qffs.errors import QffsError
-
         raise QffsError(f"{len(loader.dataset)} test samples cannot be shared by {distributed.world_size()} processes: "
                         "run fewer processes or more samples")
     device = torch.device(device)
@@ -111,95 +237,41 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
         snn = snn.to(device=device, dtype=dtype).eval()
     if qann is not None:
         qann = qann.to(device=device, dtype=dtype).eval()
-    correct = {name: torch.zeros(timesteps, dtype=torch.float64) for name in READOUTS}
-    tied = {name: torch.zeros(timesteps, dtype=torch.float64) for name in READOUTS}
-    agree = torch.zeros(timesteps, dtype=torch.float64)   # spike-count prediction == QANN prediction
-    qann_correct = qann_tied = prequant_correct = 0.0
-    samples = 0
-    convergence: list[int] = []
-    unconverged = 0
-    layers: dict[str, dict[str, float]] = {}
-    synapses: dict[str, dict[str, float]] = {}
+    measures = SnnMeasures.start(timesteps, qann is not None)
     for x, y in track(loader, f"simulating T={timesteps}"):
         x, y = x.to(device=device, dtype=dtype), y.to(device)
         # a batch whose samples have all gone quiet is final: its remaining steps repeat the last one
         result = snn.simulate(x, timesteps, until_quiet=True, record=True, record_counts=qann is not None,
                               memory=memory)
-        for name, out in result.readouts.items():
-            pred, tie = predict(out)                              # [T, B]
-            correct[name] += (pred == y).sum(1).double().cpu()
-            tied[name] += tie.sum(1).double().cpu()
-        pred, _ = predict(result.readouts["count"])
-        samples += y.numel()
-        done = result.converged
-        convergence += result.convergence_step[done].tolist()
-        unconverged += int((~done).sum())
-        levels: dict[str, torch.Tensor] = {}
-        if qann is not None:
-            out, before, levels = _quantizer_levels(qann, x, snn.output_neuron)
-            qpred, qtie = predict(out)
-            qann_correct += float((qpred == y).sum())
-            prequant_correct += float((predict(before)[0] == y).sum())
-            agree += (pred == qpred).sum(1).double().cpu()
-            qann_tied += float(qtie.sum())
-        for rec in result.neurons:
-            row = layers.setdefault(rec.name, {"neurons": rec.neurons, "pos": 0.0, "neg": 0.0, "mismatch": 0.0})
-            row["pos"] += float(rec.pos_spikes.sum())
-            row["neg"] += float(rec.neg_spikes.sum())
-            if rec.name in levels and rec.counts is not None:
-                row["mismatch"] += float((rec.counts != levels[rec.name]).sum())
-        for rec in result.synapses:
-            row = synapses.setdefault(rec.name, {"macs": rec.macs, "synops": 0.0, "events": 0.0})
-            row["synops"] += float(rec.synops.sum())
-            row["events"] += float(rec.events.sum())
-    if distributed.active():   # every rank simulated its shard: sum the counts (exact, in float64)
-        totals = _Totals(correct, tied, agree, [qann_correct, qann_tied, prequant_correct, samples, unconverged],
-                         convergence, timesteps, layers, synapses).all_reduce()
-        correct, tied, agree, scalars, convergence = totals.correct, totals.tied, totals.agree, totals.scalars, \
-            totals.convergence
-        qann_correct, qann_tied, prequant_correct, samples, unconverged = scalars
-        samples, unconverged = int(samples), int(unconverged)
+        measures.update(result, y, None if qann is None else _quantizer_levels(qann, x, snn.output_neuron))
+    measures.reduce()
+    return _report(measures, snn, timesteps, readout, dtype, e_ac, e_mac)
+
+
+def _report(measures: SnnMeasures, snn: SpikingNetwork, timesteps: int, readout: str, dtype: torch.dtype,
+            e_ac: float, e_mac: float) -> EvaluationReport:
+    """The report of the summed ``measures``."""
+    samples, convergence = measures.settling.compute()
     n = max(samples, 1)
-    curves = {name: (c / n).tolist() for name, c in correct.items()}
-    ties = {name: (c / n).tolist() for name, c in tied.items()}
-    qann_acc = qann_correct / n if qann is not None else None
-    layer_rows = []
-    for name, row in layers.items():
-        per = row["neurons"] * n
-        layer_rows.append({
-            "name": name, "neurons": int(row["neurons"]),
-            "pos_spikes_per_neuron": row["pos"] / per, "neg_spikes_per_neuron": row["neg"] / per,
-            "spike_rate": (row["pos"] + row["neg"]) / (per * timesteps),
-            "mismatch_fraction": row["mismatch"] / per if qann is not None else None,
-        })
-    synops = sum(r["synops"] for r in synapses.values()) / n
-    macs = float(sum(r["macs"] for r in synapses.values()))
-    total_neurons = sum(r["neurons"] for r in layer_rows)
-    total_spikes = sum((r["pos_spikes_per_neuron"] + r["neg_spikes_per_neuron"]) * r["neurons"] for r in layer_rows)
-    return {
-        "timesteps": list(range(1, timesteps + 1)),
-        "readout": readout,
-        "snn_accuracy": curves[readout],
-        "tied": ties[readout],
-        "snn_accuracy_by_readout": curves,
-        "tied_by_readout": ties,
-        "samples": samples,
-        "qann_accuracy": qann_acc,
-        "qann_prequantizer_accuracy": prequant_correct / n if qann is not None else None,
-        "qann_tied": qann_tied / n if qann is not None else None,
-        "qann_agreement": (agree / n).tolist() if qann is not None else None,
-        "latency_to_lossless": latency_to_lossless(curves[readout], qann_acc),
-        "latency_to_lossless_by_readout": {name: latency_to_lossless(c, qann_acc) for name, c in curves.items()},
-        "convergence": {**percentiles(convergence), "unconverged": unconverged},
-        "spikes_per_neuron_per_sample": total_spikes / max(total_neurons, 1),
-        "layers": layer_rows,
-        "synapses": [{"name": k, "macs": int(v["macs"]), "synops_per_sample": v["synops"] / n,
-                      "input_events_per_sample": v["events"] / n} for k, v in synapses.items()],
-        "synops_per_sample": synops,
-        "ann_macs_per_sample": macs,
-        "energy": energy_estimate(synops, macs, e_ac, e_mac),
-        "input_window": snn.input_window,
-        "conversion": dict(snn.config),
-        "dtype": str(dtype).replace("torch.", ""),
-        "world_size": distributed.world_size(),
-    }
+    curves, ties = measures.curves.compute(n)
+    qann = measures.qann.compute(n) if measures.qann is not None else dict.fromkeys(
+        ("qann_accuracy", "qann_prequantizer_accuracy", "qann_tied", "qann_agreement"))
+    reference = qann["qann_accuracy"]
+    layers = measures.layers.compute(n, timesteps)
+    synops = sum(row[0] for row in measures.synapses.totals.tolist()) / n
+    macs = float(sum(measures.synapses.sizes))
+    total_neurons = sum(r.neurons for r in layers)
+    total_spikes = sum((r.pos_spikes_per_neuron + r.neg_spikes_per_neuron) * r.neurons for r in layers)
+    return EvaluationReport(
+        timesteps=list(range(1, timesteps + 1)), readout=readout, snn_accuracy=curves[readout], tied=ties[readout],
+        snn_accuracy_by_readout=curves, tied_by_readout=ties, samples=samples, **qann,
+        latency_to_lossless=latency_to_lossless(curves[readout], reference),
+        latency_to_lossless_by_readout={name: latency_to_lossless(c, reference) for name, c in curves.items()},
+        convergence=convergence, spikes_per_neuron_per_sample=total_spikes / max(total_neurons, 1),
+        layers=layers, synapses=measures.synapses.compute(n), synops_per_sample=synops, ann_macs_per_sample=macs,
+        energy=energy_estimate(synops, macs, e_ac, e_mac), input_window=snn.input_window,
+        conversion=dict(snn.config), dtype=str(dtype).replace("torch.", ""), world_size=distributed.world_size())
+
+
+__all__ = ["EvaluationReport", "LayerSpikes", "QannComparison", "ReadoutCurves", "Settling", "SnnMeasures",
+           "SynapseOps", "evaluate_snn"]

@@ -1,8 +1,9 @@
 """Measures and report files for a latency–accuracy evaluation (SPEC §6).
 
-Pure functions over measured numbers: the latency to lossless, convergence percentiles, the
-energy estimate, and the three output files (CSV curve, JSON with configuration and versions,
-PNG plot), each written atomically.
+The typed report of an evaluation (:class:`EvaluationReport`, whose ``to_dict()`` is the JSON's
+measured part), and pure functions over measured numbers: the latency to lossless, convergence
+percentiles, the energy estimate, and the three output files (CSV curve, JSON with
+configuration and versions, PNG plot), each written atomically.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import math
 import platform
 import textwrap
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from qffs._version import __version__
+from qffs.distributed import world_size
 from qffs.files import atomic_files, atomic_path
 
 #: Horowitz (ISSCC 2014), 45 nm, 32-bit float: accumulate 0.9 pJ, multiply–accumulate 4.6 pJ.
@@ -25,6 +30,65 @@ ENERGY_AC_PJ = 0.9
 ENERGY_MAC_PJ = 4.6
 #: SPEC §6: "lossless" = within 0.1 percentage point of the QANN accuracy.
 LOSSLESS_TOLERANCE = 0.001
+
+
+@dataclass(frozen=True)
+class LayerActivity:
+    """One IF layer over the evaluated samples: spikes per neuron and sample, and (with the QANN)
+    the fraction of its neurons whose final count is off their QANN level."""
+
+    name: str
+    neurons: int                       # per sample
+    pos_spikes_per_neuron: float
+    neg_spikes_per_neuron: float
+    spike_rate: float                  # spikes of either sign per neuron and time step
+    mismatch_fraction: float | None    # None without the QANN
+
+
+@dataclass(frozen=True)
+class SynapseActivity:
+    """One weighted layer: its ANN MACs, synaptic operations and input events per sample."""
+
+    name: str
+    macs: int
+    synops_per_sample: float
+    input_events_per_sample: float
+
+
+@dataclass
+class EvaluationReport:
+    """What :func:`qffs.evaluate.evaluate_snn` measured (SPEC §6). Per-step lists have one entry
+    per t = 1…T; the ``*_by_readout`` fields hold every readout, the plain ones the headline
+    ``readout``'s; the ``qann_*`` fields are None without the QANN."""
+
+    timesteps: list[int]
+    readout: str
+    snn_accuracy: list[float]
+    tied: list[float]
+    snn_accuracy_by_readout: dict[str, list[float]]
+    tied_by_readout: dict[str, list[float]]
+    samples: int
+    qann_accuracy: float | None
+    qann_prequantizer_accuracy: float | None
+    qann_tied: float | None
+    qann_agreement: list[float] | None        # per step: spike-count prediction == QANN prediction
+    latency_to_lossless: int | None
+    latency_to_lossless_by_readout: dict[str, int | None]
+    convergence: dict[str, float]              # percentiles of the convergence step, and "unconverged"
+    spikes_per_neuron_per_sample: float
+    layers: list[LayerActivity]
+    synapses: list[SynapseActivity]
+    synops_per_sample: float
+    ann_macs_per_sample: float
+    energy: dict[str, float]                   # :func:`energy_estimate`
+    input_window: int
+    conversion: dict[str, Any]
+    dtype: str
+    world_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as the JSON holds it: these keys, in this order (layers and synapses as dicts)."""
+        return asdict(self)
 
 
 def latency_to_lossless(curve: Sequence[float], reference: float | None,
@@ -60,10 +124,6 @@ def energy_estimate(sops: float, macs: float, e_ac: float = ENERGY_AC_PJ,
 
 def environment() -> dict[str, Any]:
     """Versions, and the number of processes (torchrun), recorded in every JSON report."""
-    import torch   # start-up time: the command line renders reports before (or without) loading torch
-
-    from qffs.distributed import world_size   # start-up time: it imports torch.distributed
-
     return {"qffs": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "world_size": world_size()}
 

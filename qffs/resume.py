@@ -1,11 +1,13 @@
 """Resumable training: the state saved after every epoch, and how an interrupted run continues.
 
 A training job (``qffs train``, ``qffs quantize``) writes ``NAME.resume.pt`` beside its output
-after each epoch: model, optimizer (momentum buffers), schedule position, every random number
-generator qffs or a model may draw from, the data order's generator, the history and the best
-epoch so far. ``--resume`` loads it and continues with the next epoch, so a run killed at any
-moment and resumed ends with the same weights as one never interrupted (same machine, same
-seed). It is also how a long training is split into chunks on a small machine.
+after each epoch: model, optimizer (momentum buffers), the learning-rate schedule (its
+``LambdaLR`` state; a state saved before it was one has the step count alone, which is enough),
+every random number generator qffs or a model may draw from, the data order's generator, the
+history and the best epoch so far. ``--resume`` loads it and continues with the next epoch, so
+a run killed at any moment and resumed ends with the same weights as one never interrupted
+(same machine, same seed). It is also how a long training is split into chunks on a small
+machine.
 
 The file is read with ``weights_only=True`` like every checkpoint: tensors and plain data only.
 A resume state records the job's options and is refused for a job with different ones.
@@ -18,9 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from qffs.errors import QffsError
+from qffs.files import atomic_path
 
 FORMAT = "qffs-resume-1"
 
@@ -40,6 +44,7 @@ class TrainState:
     loader_rng: torch.Tensor | None = None            # the shuffling generator's state (None: none to restore)
     job: dict[str, Any] = field(default_factory=dict)   # the options that define the run
     extra: dict[str, Any] = field(default_factory=dict)  # what the job measured before training
+    scheduler: dict[str, Any] | None = None          # the LambdaLR's state_dict (None: saved before it was one)
 
 
 def resume_path(out: str | Path) -> Path:
@@ -50,8 +55,6 @@ def resume_path(out: str | Path) -> Path:
 
 def rng_state() -> dict[str, Any]:
     """The random number generators a training epoch may draw from (torch CPU and CUDA, Python, NumPy)."""
-    import numpy as np
-
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _plain(random.getstate()),
                              "numpy": [kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss)]}
@@ -62,8 +65,6 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` saved (CUDA only where this machine has as many devices)."""
-    import numpy as np
-
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -82,8 +83,6 @@ def _plain(value: Any) -> Any:
 
 def save_state(path: str | Path, state: TrainState) -> Path:
     """Write ``state`` atomically (a kill mid-write leaves the previous epoch's state)."""
-    from qffs.files import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, **asdict(state)}, tmp)
     return Path(path)

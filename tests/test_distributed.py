@@ -126,3 +126,37 @@ def test_a_failing_worker_under_qffs_torchrun_gives_its_own_exit_code(snn_artifa
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("qffs-torchrun: ")
+
+
+REDUCE_WORKER = '''
+import torch, torch.distributed as dist
+from qffs.distributed import init_distributed, rank
+from qffs.measures import Classification, Measure, reduce_measures
+
+class Rows(Measure):
+    def __init__(self):
+        super().__init__()
+        self.add_state("totals", (2, 3))
+
+init_distributed()
+calls = []
+reduce = dist.all_reduce
+dist.all_reduce = lambda t, *a, **k: (calls.append(t.numel()), reduce(t, *a, **k))[1]
+a, b = Classification(), Rows()
+a.update(torch.eye(3)[[rank()]], torch.tensor([0]))          # rank 0 right, rank 1 wrong
+b.totals += rank() + 0.5
+reduce_measures(a, b)
+assert calls == [4 + 6], calls                                # one all-reduce of every state
+assert a.compute()["accuracy"] == 0.5 and a.compute()["samples"] == 2
+assert b.totals.tolist() == [[2.0] * 3] * 2 and b.totals.dtype == torch.float64
+print("reduced")
+'''
+
+
+def test_measures_are_summed_over_processes_with_one_all_reduce(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(REDUCE_WORKER)
+    r = subprocess.run([TORCHRUN, "--nproc-per-node", "2", str(script)], capture_output=True, text=True, env=ENV,
+                       cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("reduced") == 2

@@ -97,3 +97,38 @@ def test_quantize_killed_in_epoch_2_and_resumed_equals_an_uninterrupted_run(tmp_
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
     assert a.meta["metrics"]["qann_accuracy"] == b.meta["metrics"]["qann_accuracy"]
     assert not resume_path(out).exists() and not (tmp_path / "q.partial.pt").exists()
+
+
+def _old_format(state: TrainState, path) -> None:
+    """Write ``state`` as qffs did before the schedule was a LambdaLR: no scheduler state, and
+    optimizer groups without ``initial_lr`` whose lr is that of the last step taken (the layout of
+    the committed ``models/training/*/qann.resume.pt``)."""
+    from dataclasses import asdict
+
+    raw = {"format": "qffs-resume-1", **{k: v for k, v in asdict(state).items() if k != "scheduler"}}
+    for group in raw["optimizer"]["param_groups"]:
+        group.pop("initial_lr")
+        group["lr"] = state.history[-1]["lr"]
+    torch.save(raw, path)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "exp"])
+def test_a_state_saved_before_the_lr_scheduler_resumes_to_the_uninterrupted_result(tmp_path, schedule):
+    cfg = TrainConfig(epochs=3, lr=0.1, schedule=schedule, gamma=0.7)
+    model, loader = _task()
+    history, best = fit(model, loader, loader, cfg, log=lambda _: None,
+                        on_state=lambda s: save_state(tmp_path / f"s{s.epoch}.pt", s))
+    straight = {k: v.clone() for k, v in model.state_dict().items()}
+    saved = load_state(tmp_path / "s1.pt")
+    assert saved.scheduler is not None and saved.scheduler["last_epoch"] == saved.step == 6   # 6 batches an epoch
+
+    _old_format(saved, tmp_path / "old.pt")
+    old = load_state(tmp_path / "old.pt")
+    assert old.scheduler is None and old.step == 6
+    torch.randn(1000)                                             # the RNG moves on, as in a new process
+    model, loader = _task()
+    resumed, resumed_best = fit(model, loader, loader, cfg, log=lambda _: None, start=old)
+    timeless = [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in history]
+    assert [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in resumed] == timeless
+    assert all(torch.equal(model.state_dict()[k], straight[k]) for k in straight)
+    assert all(torch.equal(resumed_best[k], best[k]) for k in best)

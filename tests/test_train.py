@@ -142,3 +142,35 @@ def test_a_device_this_machine_lacks_is_a_user_error():
         with pytest.raises(QffsError, match="this machine has 0 CUDA device"):
             resolve_device("cuda")
     assert resolve_device("cpu").type == "cpu"
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "exp", "constant"])
+def test_the_lr_scheduler_gives_the_formulas_rates_bit_for_bit(schedule):
+    """The LambdaLR steps once per batch: at step s, lr · factor(s / total steps, epoch s // steps per epoch)."""
+    import math
+
+    from qffs.train_config import lr_schedule
+
+    cfg = TrainConfig(epochs=3, lr=0.037, schedule=schedule, gamma=0.83)
+    steps_per_epoch, total = 7, 21
+    optimizer = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))]},
+                                 {"params": [nn.Parameter(torch.zeros(1))], "weight_decay": 0.0}], lr=cfg.lr)
+    scheduler = lr_schedule(optimizer, cfg, steps_per_epoch)
+    for step in range(total):
+        factor = {"cosine": 0.5 * (1 + math.cos(math.pi * (step / total))),
+                  "exp": cfg.gamma**(step // steps_per_epoch), "constant": 1.0}[schedule]
+        assert [g["lr"] for g in optimizer.param_groups] == [cfg.lr * factor] * 2 == scheduler.get_last_lr()
+        optimizer.step()
+        scheduler.step()
+    # a resumed run's scheduler starts where the steps left off
+    again = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    again.param_groups[0]["initial_lr"] = cfg.lr
+    assert lr_schedule(again, cfg, steps_per_epoch, step=10).get_last_lr() == [scheduler.base_lrs[0] * scheduler.lr_lambdas[0](10)]
+
+
+def test_the_recorded_learning_rate_is_that_of_each_epochs_last_step():
+    import math
+
+    train = DataLoader(_blobs(96), batch_size=32)   # 3 steps per epoch
+    history, _ = fit(nn.Linear(2, 3), train, train, TrainConfig(epochs=2, lr=0.1), log=lambda _: None)
+    assert [r["lr"] for r in history] == [0.1 * 0.5 * (1 + math.cos(math.pi * (s / 6))) for s in (2, 5)]

@@ -23,7 +23,7 @@ from qffs.jobs.loaders import test_data_for
 from qffs.jobs.options import DataOptions, check_trained_on
 from qffs.jobs.outputs import writing_dir
 from qffs.jobs.training import Log
-from qffs.report import environment, latency_to_lossless, report_files, save_accuracy_plot
+from qffs.report import EvaluationReport, environment, latency_to_lossless, report_files, save_accuracy_plot
 from qffs.snn.memory import parse_memory
 from qffs.snn.network import check_timesteps
 from qffs.train import resolve_device
@@ -57,22 +57,22 @@ def _output_label(quant: QuantConfig, hidden_bits: int | None = None) -> str:
     return label if hidden_bits is None or quant.bits == hidden_bits else f"{quant.bits}-bit hidden / {label}"
 
 
-def off_level_fraction(report: dict[str, Any]) -> float | None:
+def off_level_fraction(report: EvaluationReport) -> float | None:
     """Fraction of all neurons (all layers, all samples) whose final count differs from the QANN level."""
-    layers = [r for r in report["layers"] if r["mismatch_fraction"] is not None]
-    neurons = sum(r["neurons"] for r in layers)
-    return sum(r["mismatch_fraction"] * r["neurons"] for r in layers) / neurons if neurons else None
+    layers = [r for r in report.layers if r.mismatch_fraction is not None]
+    neurons = sum(r.neurons for r in layers)
+    return sum(r.mismatch_fraction * r.neurons for r in layers) / neurons if neurons else None
 
 
-def _row(setting: str, what: str, qann_name: str, report: dict[str, Any], timesteps: int) -> dict[str, Any]:
-    curve = list(report["snn_accuracy"])
+def _row(setting: str, what: str, qann_name: str, report: EvaluationReport, timesteps: int) -> dict[str, Any]:
+    curve = list(report.snn_accuracy)
     curve += [curve[-1]] * (timesteps - len(curve))          # stopped early: the answer is frozen
-    return {"setting": setting, "what": what, "qann": qann_name, "qann_accuracy": report["qann_accuracy"],
-            "input_window": report["input_window"], "steps_simulated": len(report["snn_accuracy"]),
+    return {"setting": setting, "what": what, "qann": qann_name, "qann_accuracy": report.qann_accuracy,
+            "input_window": report.input_window, "steps_simulated": len(report.snn_accuracy),
             "snn_accuracy": curve,
-            "latency_to_lossless": latency_to_lossless(curve, report["qann_accuracy"]),
+            "latency_to_lossless": latency_to_lossless(curve, report.qann_accuracy),
             "off_level_fraction": off_level_fraction(report),
-            "unconverged": report["convergence"]["unconverged"]}   # samples still spiking at the last step
+            "unconverged": report.convergence["unconverged"]}   # samples still spiking at the last step
 
 
 def ablate(qann_path: str | Path, data: DataOptions, timesteps: int, *, others: tuple[str | Path, ...] = (),
@@ -110,7 +110,7 @@ def _ablate(qann_path: str | Path, data: DataOptions, timesteps: int, others: tu
         nonlocal samples
         log(f"{setting}: T = {steps}")
         report = evaluate_snn(snn, loader, steps, qann=network, device=dev, dtype=dtype, memory=budget)
-        samples = report["samples"]
+        samples = report.samples
         rows.append(_row(setting, what, qann_name, report, timesteps))
 
     for setting in SETTINGS:

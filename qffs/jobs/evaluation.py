@@ -73,7 +73,8 @@ def _evaluate(snn_path: str | Path, data: DataOptions, timesteps: int, device: s
         if backend == "onnxruntime":
             snn = _onnxruntime_network(snn, test_loader, timesteps, dev, stack)
         report = evaluate_snn(snn, test_loader, timesteps, qann=qann, device=dev if backend == "torch" else "cpu",
-                              dtype=torch.float64 if double else torch.float32, readout=readout, memory=budget)
+                              dtype=torch.float64 if double else torch.float32, readout=readout,
+                              memory=budget).to_dict()
     metrics, quant = meta.get("metrics", {}), QuantConfig.from_meta(meta, str(snn_path))
     selected_on = qann_selected_on(metrics)
     report.update({
