@@ -52,7 +52,8 @@ def _plot(result: dict, path: Path) -> None:
     for name, row in result["curves"].items():
         ax.plot(ts, [100 * a for a in row["accuracy"]], lw=2.2 if name == "qffs, count" else 1.2, label=name)
     ax.axhline(100 * result["fp_accuracy"], ls=":", color="#2ca02c", label=f"FP ANN {100 * result['fp_accuracy']:.2f}%")
-    ax.axhline(100 * result["qann_accuracy"], ls="--", color="#444444", label=f"QANN {100 * result['qann_accuracy']:.2f}%")
+    ax.axhline(100 * result["qann_accuracy"], ls="--", color="#444444",
+               label=f"QANN {100 * result['qann_accuracy']:.2f}%")
     ax.set_xscale("log", base=2)
     save_accuracy_plot(fig, ax, result["title"], path, legend_size=7)
 
@@ -82,10 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     from converters import sinabs_snn, spikingjelly_snn
 
+    from qffs.artifacts import load_qann
     from qffs.data import load_dataset, make_loader
     from qffs.evaluate import evaluate_snn
     from qffs.io import load_model
-    from qffs.artifacts import load_qann
     from qffs.snn import convert
 
     torch.manual_seed(0)
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
         accuracy, seconds = _curve(run, batches, args.timesteps)
         curves[name] = {"accuracy": accuracy, "seconds_per_image": seconds}
         print(f"{name}: t={args.timesteps} {100 * accuracy[-1]:.2f}%  {1000 * seconds:.2f} ms/image", flush=True)
-    result = {"command": "python benchmarks/compare_converters.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    given = argv if argv is not None else sys.argv[1:]
+    result = {"command": "python benchmarks/compare_converters.py " + " ".join(given),
               "title": f"{meta['model']} on {dataset}: qffs ({meta.get('bits')}-bit QANN) vs SpikingJelly and sinabs "
                        f"(FP network), {args.samples} test images",
               "timesteps": args.timesteps, "samples": args.samples, "fp_accuracy": fp_acc,

@@ -1,7 +1,8 @@
 """This checkout's runtime against an earlier commit's, in one process, interleaved.
 
     python benchmarks/engine_speed.py --baseline 34e449e
-    python benchmarks/engine_speed.py --baseline 34e449e --checkpoint models/resnet20_cifar10.pt --out docs/benchmarks/engine_speed_resnet20.json
+    python benchmarks/engine_speed.py --baseline 34e449e --checkpoint models/resnet20_cifar10.pt \
+        --out docs/benchmarks/engine_speed_resnet20.json
 
 The baseline's ``qffs`` package is taken from git (``git archive``) into a temporary folder and
 imported as ``qffs_baseline`` (its imports rewritten), so both runtimes simulate the same

@@ -30,12 +30,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=500)
     args = parser.parse_args(argv)
 
-    from qffs.evaluate import _quantizer_levels
-    from qffs.quant import quantizers
-    from qffs.quant.graph import OUTPUT_QUANTIZER
     from qffs.artifacts import load_qann
+    from qffs.evaluate import _quantizer_levels
     from qffs.jobs.loaders import test_data_for
     from qffs.jobs.options import DataOptions
+    from qffs.quant import quantizers
+    from qffs.quant.graph import OUTPUT_QUANTIZER
 
     qann, meta = load_qann(args.qann)
     output = dict(quantizers(qann)).get(OUTPUT_QUANTIZER)

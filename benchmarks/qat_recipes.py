@@ -44,10 +44,9 @@ def plot(paths: list[Path], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from qffs.report import save_accuracy_plot
-
-    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -34,7 +34,8 @@ def pct(x: float | None) -> str:
 
 def qat_table(d: Path) -> list[str]:
     """One row per layout: the kept epoch chosen on validation, its test accuracy measured once."""
-    rows = ["| layout | FP (test) | calibrated (val) | kept epoch / epochs | val at kept | test at kept | test − FP (pp) "
+    rows = ["| layout | FP (test) | calibrated (val) | kept epoch / epochs | val at kept | test at kept | test − FP "
+            "(pp) "
             "| QAT s/epoch | command |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, name in LAYOUTS.items():
@@ -74,18 +75,22 @@ def curve_table(curves: dict[str, dict], keys: list[str]) -> list[str]:
 
 def measures_table(curves: dict[str, dict], keys: list[str]) -> list[str]:
     keys = [k for k in keys if k in curves]
-    rows = ["| network | QANN | SNN at T | = QANN prediction at T | lossless at t | convergence mean / p50 / p99 / max | "
+    rows = ["| network | QANN | SNN at T | = QANN prediction at T | lossless at t | convergence mean / p50 / p99 / "
+            "max | "
             "not quiet by T | neurons ≠ QANN level | spikes/neuron | SOPs / ANN MACs | energy SNN/ANN |",
             "| --- |" + " --- |" * 10]
     for k in keys:
         r = curves[k]
         c = r["convergence"]
         conv = f"{c['mean']:.2f} / {c['p50']:.0f} / {c['p99']:.0f} / {c['max']:.0f}" if c.get("mean") else "—"
-        mismatch = sum(l["mismatch_fraction"] * l["neurons"] for l in r["layers"]) / sum(l["neurons"] for l in r["layers"])
+        layers = r["layers"]
+        mismatch = sum(x["mismatch_fraction"] * x["neurons"] for x in layers) / sum(x["neurons"] for x in layers)
         rows.append(
-            f"| {CURVES[k]} | {pct(r['qann_accuracy'])} | {pct(r['snn_accuracy'][-1])} | {pct(r['qann_agreement'][-1])} | "
+            f"| {CURVES[k]} | {pct(r['qann_accuracy'])} | {pct(r['snn_accuracy'][-1])} | "
+            f"{pct(r['qann_agreement'][-1])} | "
             f"{r['latency_to_lossless'] or 'not reached'} | {conv} | {c['unconverged']} | {100 * mismatch:.3f} % | "
-            f"{r['spikes_per_neuron_per_sample']:.3f} | {r['synops_per_sample'] / 1e6:.2f} M / {r['ann_macs_per_sample'] / 1e6:.2f} M | "
+            f"{r['spikes_per_neuron_per_sample']:.3f} | {r['synops_per_sample'] / 1e6:.2f} M / "
+            f"{r['ann_macs_per_sample'] / 1e6:.2f} M | "
             f"{r['energy']['ratio']:.3f} |")
     return rows
 
@@ -93,9 +98,10 @@ def measures_table(curves: dict[str, dict], keys: list[str]) -> list[str]:
 def layer_table(report: dict) -> list[str]:
     rows = ["| IF layer | neurons | + spikes/neuron | − spikes/neuron | spike rate | ≠ QANN level |",
             "| --- | --- | --- | --- | --- | --- |"]
-    for l in report["layers"]:
-        rows.append(f"| {l['name']} | {l['neurons']:,} | {l['pos_spikes_per_neuron']:.3f} | {l['neg_spikes_per_neuron']:.4f} | "
-                    f"{l['spike_rate']:.4f} | {100 * l['mismatch_fraction']:.3f} % |")
+    for layer in report["layers"]:
+        rows.append(f"| {layer['name']} | {layer['neurons']:,} | {layer['pos_spikes_per_neuron']:.3f} | "
+                    f"{layer['neg_spikes_per_neuron']:.4f} | "
+                    f"{layer['spike_rate']:.4f} | {100 * layer['mismatch_fraction']:.3f} % |")
     return rows
 
 
@@ -108,7 +114,8 @@ def plot(curves: dict[str, dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=120)
     styles = {"snn_2_3_float32": dict(color="#1f77b4", lw=2.5), "snn_2_analog_float32": dict(color="#9467bd"),
               "snn_3_3_float32": dict(color="#8c564b"), "ablation_nonegativespikes": dict(color="#d62728", ls="--"),
-              "ablation_noprecharge": dict(color="#ff7f0e", ls="--"), "ablation_maxpool_naive": dict(color="#7f7f7f", ls="--")}
+              "ablation_noprecharge": dict(color="#ff7f0e", ls="--"), "ablation_maxpool_naive": dict(color="#7f7f7f",
+                                                                                                     ls="--")}
     for key, style in styles.items():
         if key in curves:
             r = curves[key]
@@ -145,7 +152,8 @@ def main() -> None:
     print("\n".join(curve_table(curves, list(CURVES))), end="\n\n")
     print("\n".join(measures_table(curves, list(CURVES))), end="\n\n")
     for key in ("snn_2_3_float32", "readouts_2_3_1epoch"):
-        report = curves.get(key) or (json.loads((d / f"{key}.json").read_text()) if (d / f"{key}.json").is_file() else None)
+        file = d / f"{key}.json"
+        report = curves.get(key) or (json.loads(file.read_text()) if file.is_file() else None)
         if report and "snn_accuracy_by_readout" in report:
             print(f"Readouts of {key}:\n" + "\n".join(readout_table(report)), end="\n\n")
             break

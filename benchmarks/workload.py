@@ -21,10 +21,10 @@ class Workload:
 
 def load_workload(checkpoint: str | None, samples: int, batch_size: int) -> Workload:
     """Seeded; the QANN's step sizes calibrated on 4 training batches of ``batch_size``."""
+    from qffs.artifacts import SHIPPED_FMNIST
     from qffs.data import load_dataset, make_loader
     from qffs.io import load_model
     from qffs.quant import calibrate, quantize
-    from qffs.artifacts import SHIPPED_FMNIST
     from qffs.snn import convert
 
     torch.manual_seed(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+
 from qffs.errors import QffsError
 
 #: Preprocessing options, shared by every command that reads data (validated in qffs.data).
@@ -45,8 +46,10 @@ RESUME_OPTION = typer.Option(
          "(NAME.resume.pt beside --out); the result equals an uninterrupted run. Also splits long trainings into "
          "chunks.")
 
-TEST_DATASET_OPTION = typer.Option(None, "--dataset", "-d", help="Test set (default: the one the artifact was trained on).")
-TEST_DATA_ROOT_OPTION = typer.Option(None, "--data-root", help="Dataset location (default: the one recorded in the artifact).")
+TEST_DATASET_OPTION = typer.Option(None, "--dataset", "-d", help="Test set (default: the one the artifact was trained "
+                                                                 "on).")
+TEST_DATA_ROOT_OPTION = typer.Option(None, "--data-root", help="Dataset location (default: the one recorded in the "
+                                                               "artifact).")
 MEMORY_OPTION = typer.Option(
     None, "--memory", metavar="<bytes>",
     help="Memory budget of the simulation, e.g. 4GB or 512MiB: larger batches are simulated in chunks of "

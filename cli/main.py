@@ -11,12 +11,11 @@ import sys
 
 import typer
 
+from qffs import settings
 from qffs.cli import commands  # noqa: F401  (registers the commands on the app)
 from qffs.cli.app import app, printable
-from qffs import settings
 from qffs.errors import Interrupted, QffsError
 from qffs.signals import exit_code, ignore_further, restore, stop_on_signals, stop_word
-
 
 #: What a Ctrl-C or SIGTERM outside a training job leaves: outputs are written atomically, at their end.
 INTERRUPTED = "no output was half-written (files are written whole, at the end of each stage)"

@@ -35,7 +35,8 @@ def layer_table(rows: list[dict[str, Any]]) -> Table:
         text = col in ("layer", "kind")   # names are never cut: users grep them
         table.add_column(col, justify="left" if text else "right", no_wrap=text)
     for r in rows:
-        fmt = lambda k, f="{:.4g}": "" if r.get(k) is None else f.format(r[k])  # noqa: E731
+        def fmt(k: str, f: str = "{:.4g}", r: dict[str, Any] = r) -> str:
+            return "" if r.get(k) is None else f.format(r[k])
         table.add_row(r["name"], r["kind"], fmt("threshold"), fmt("z_max", "{}"), fmt("step_size"),
                       fmt("fan_in", "{}"), fmt("neurons", "{:,}"))
     return table
@@ -76,7 +77,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"samples {report['samples']:,}   {fp_label(report) if report.get('fp_accuracy') is not None else 'FP —'}   "
         f"QANN {_pct(report.get('qann_accuracy'))}%"
         + ("" if prequant is None else f" (before its output quantizer {_pct(prequant)}%)")
-        + f"   SNN@T={report['timesteps'][-1]} {_pct(report['snn_accuracy'][-1])}% ({report.get('readout', 'count')} readout)",
+        + f"   SNN@T={report['timesteps'][-1]} {_pct(report['snn_accuracy'][-1])}% ({report.get('readout', 'count')} "
+          f"readout)",
         f"latency to lossless (≥ QANN − 0.1 pp): {at(lossless)}"
         + ("" if len(by_readout) < 2 else " — " + ", ".join(f"{k} {at(v)}" for k, v in by_readout.items())),
     ]

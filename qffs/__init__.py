@@ -44,14 +44,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from qffs.artifacts import load_qann, load_snn
     from qffs.errors import QffsError, UnsupportedGraphError
     from qffs.evaluate import evaluate_snn
-    from qffs.report import EvaluationReport
     from qffs.io import load_checkpoint, load_model, save_checkpoint
     from qffs.models import build_model
     from qffs.quant import LSQActivation, calibrate, quantize, quantizers
-    from qffs.artifacts import load_qann, load_snn
-    from qffs.snn import SimulationResult, SpikingNetwork, convert
+    from qffs.report import EvaluationReport
+    from qffs.snn import SimulationResult, SpikingNetwork, convert  # type: ignore[no-redef]
 
 __all__ = [
     "EvaluationReport",

@@ -56,10 +56,9 @@ class QuantConfig:
         if isinstance(self.calibration_batches, bool) or not isinstance(self.calibration_batches, int) \
                 or self.calibration_batches < 1:
             raise QffsError(f"calibration batches must be an integer >= 1, got {self.calibration_batches!r}")
-        schedule = self.bit_schedule
-        if schedule is not None and not isinstance(schedule, str):
-            schedule = ",".join(str(b) for b in schedule)
-        object.__setattr__(self, "bit_schedule", parse_bit_schedule(schedule, self.bits))
+        given: Any = self.bit_schedule   # "4,3,2" or (4, 3, 2): kept as the parsed tuple
+        text = given if given is None or isinstance(given, str) else ",".join(str(b) for b in given)
+        object.__setattr__(self, "bit_schedule", parse_bit_schedule(text, self.bits))
 
     def record(self) -> dict[str, Any]:
         """The artifact field ``quant``: this config, whole."""
@@ -255,12 +254,12 @@ def describe_recipe(meta: dict[str, Any]) -> str | None:
         parts.append("BatchNorm frozen")
     if quant is not None and quant.bit_schedule:
         parts.append("bit schedule " + ",".join(str(b) for b in quant.bit_schedule))
-    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    metrics = meta["metrics"] if isinstance(meta.get("metrics"), dict) else {}
     reestimated = metrics.get("batchnorm_reestimated")
     if isinstance(reestimated, dict) and "kept" in reestimated:
         parts.append("BatchNorm re-estimated after QAT" if reestimated["kept"] else
                      "BatchNorm re-estimation tried, not kept")
-    selection = meta.get("selection") if isinstance(meta.get("selection"), dict) else {}
+    selection = meta["selection"] if isinstance(meta.get("selection"), dict) else {}
     split = selection.get("validation")
     if isinstance(split, dict):
         parts.append(f"epoch chosen on validation ({split.get('size')} training images held out, seed "

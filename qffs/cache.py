@@ -17,7 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from qffs.settings import cache_dir   # looked up here at call time: tests replace qffs.cache.cache_dir
+from qffs.settings import cache_dir  # looked up here at call time: tests replace qffs.cache.cache_dir
 
 
 def ours_alone(path: Path) -> bool:
@@ -76,7 +76,8 @@ def verified(path: Path) -> bool:
 def publish(written: Path, target: Path) -> None:
     """Move the finished file ``written`` (in ``target``'s folder) onto ``target``, its SHA-256 recorded
     first: a file without a matching stamp is never trusted, only rebuilt."""
-    os.chmod(written, 0o700 if target.suffix in (".so", ".dll", ".dylib") else 0o600)   # whatever the umask or the linker made
+    os.chmod(written, 0o700 if target.suffix in (".so", ".dll",
+                                                 ".dylib") else 0o600)   # whatever the umask or the linker made
     fd, stamp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}", suffix=".part")
     with os.fdopen(fd, "w") as fh:
         fh.write(digest(written))

@@ -24,8 +24,16 @@ from qffs.measures import Measure, reduce_measures
 from qffs.metrics import predict
 from qffs.progress import track
 from qffs.quant import quantizers
-from qffs.report import (ENERGY_AC_PJ, ENERGY_MAC_PJ, EvaluationReport, LayerActivity, SynapseActivity,
-                         energy_estimate, latency_to_lossless, percentiles)
+from qffs.report import (
+    ENERGY_AC_PJ,
+    ENERGY_MAC_PJ,
+    EvaluationReport,
+    LayerActivity,
+    SynapseActivity,
+    energy_estimate,
+    latency_to_lossless,
+    percentiles,
+)
 from qffs.snn.network import NeuronRecord, SimulationResult, SpikingNetwork, SynapseRecord
 from qffs.snn.readout import READOUTS, check_readout
 
@@ -54,6 +62,9 @@ def _quantizer_levels(qann: nn.Module, x: torch.Tensor, output_name: str | None
 class ReadoutCurves(Measure):
     """Every readout at every step: correct and tied predictions (SPEC §1's tie rule)."""
 
+    correct: torch.Tensor
+    tied: torch.Tensor
+
     def __init__(self, timesteps: int, readouts: Sequence[str] = READOUTS):
         super().__init__()
         self.readouts = tuple(readouts)
@@ -75,6 +86,11 @@ class ReadoutCurves(Measure):
 class QannComparison(Measure):
     """The QANN on the same samples: correct and tied, correct before its output quantizer, and at
     every step the spike-count prediction's agreement with its prediction."""
+
+    agree: torch.Tensor
+    correct: torch.Tensor
+    tied: torch.Tensor
+    prequantizer_correct: torch.Tensor
 
     def __init__(self, timesteps: int):
         super().__init__()
@@ -98,6 +114,10 @@ class QannComparison(Measure):
 class Settling(Measure):
     """Samples, and when their answer settled: how many converged at each step 0…T, how many did not."""
 
+    samples: torch.Tensor
+    unconverged: torch.Tensor
+    converged_at: torch.Tensor
+
     def __init__(self, timesteps: int):
         super().__init__()
         for name in ("samples", "unconverged"):
@@ -120,6 +140,8 @@ class Settling(Measure):
 
 class _PerLayer(Measure):
     """Sums per named layer, a row each, added as the first batch's records name the layers."""
+
+    totals: torch.Tensor
 
     def __init__(self, columns: int):
         super().__init__()
@@ -189,7 +211,7 @@ class SnnMeasures:
     synapses: SynapseOps
 
     @classmethod
-    def start(cls, timesteps: int, compared: bool) -> "SnnMeasures":
+    def start(cls, timesteps: int, compared: bool) -> SnnMeasures:
         return cls(ReadoutCurves(timesteps), QannComparison(timesteps) if compared else None, Settling(timesteps),
                    LayerSpikes(compared), SynapseOps())
 
@@ -199,7 +221,7 @@ class SnnMeasures:
         self.curves.update(result.readouts, y)
         self.settling.update(result, y)
         levels: dict[str, torch.Tensor] = {}
-        if qann is not None:
+        if qann is not None and self.qann is not None:
             out, before, levels = qann
             self.qann.update(predict(result.readouts["count"])[0], out, before, y)
         self.layers.update(result.neurons, levels)
@@ -256,7 +278,7 @@ def _report(measures: SnnMeasures, snn: SpikingNetwork, timesteps: int, readout:
     curves, ties = measures.curves.compute(n)
     qann = measures.qann.compute(n) if measures.qann is not None else dict.fromkeys(
         ("qann_accuracy", "qann_prequantizer_accuracy", "qann_tied", "qann_agreement"))
-    reference = qann["qann_accuracy"]
+    reference: float | None = qann["qann_accuracy"]   # type: ignore[assignment]   # a float, or None without a QANN
     layers = measures.layers.compute(n, timesteps)
     synops = sum(row[0] for row in measures.synapses.totals.tolist()) / n
     macs = float(sum(measures.synapses.sizes))

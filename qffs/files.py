@@ -56,13 +56,13 @@ def pid_alive(pid: int) -> bool:
 
 
 def _windows_pid_alive(pid: int) -> bool:
-    import ctypes   # Windows only: the process query of kernel32
+    import ctypes  # Windows only: the process query of kernel32
 
     try:
         kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)   # type: ignore[attr-defined]
         handle = kernel32.OpenProcess(0x1000, False, pid)           # PROCESS_QUERY_LIMITED_INFORMATION
         if not handle:
-            return ctypes.get_last_error() != 87                    # ERROR_INVALID_PARAMETER: no such process
+            return ctypes.get_last_error() != 87  # type: ignore[attr-defined]   # ERROR_INVALID_PARAMETER: none
         try:
             code = ctypes.c_ulong()
             return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == 259   # STILL_ACTIVE

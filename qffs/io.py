@@ -104,7 +104,8 @@ def _find_weights(obj: Any, path: Path, entry: str = "", depth: int = 0) -> tupl
 META_TYPES: dict[str, type] = {
     "kind": str, "model": str, "model_file_sha256": str, "dataset": str, "data_root": str, "recipe": str,
     "metrics": dict, "preprocessing": dict, "conversion": dict, "step_sizes": dict, "selection": dict,
-    "train_config": dict, "layers": list, "input_shape": list, "bit_schedule": list, "bits": int, "output_bits": int, "quant": dict,
+    "train_config": dict, "layers": list, "input_shape": list, "bit_schedule": list, "bits": int, "output_bits": int,
+    "quant": dict,
 }
 #: One sample's input may hold at most this many values (a recorded shape is allocated as it is).
 MAX_SAMPLE_VALUES = 1 << 26
@@ -169,7 +170,7 @@ def _torchscript(file: Path) -> bool:
 
 
 def _load_safetensors(file: Path, map_location: str | torch.device) -> Checkpoint:
-    from safetensors import SafetensorError, safe_open   # start-up time: only .safetensors files need it
+    from safetensors import SafetensorError, safe_open  # start-up time: only .safetensors files need it
 
     try:
         with safe_open(str(file), framework="pt", device=str(map_location)) as f:
@@ -290,7 +291,7 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], *,
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     with atomic_path(file) as tmp:
         if file.suffix == ".safetensors":
-            from safetensors.torch import save_file   # start-up time: only .safetensors files need it
+            from safetensors.torch import save_file  # start-up time: only .safetensors files need it
 
             save_file(tensors, str(tmp), metadata={"qffs": json.dumps(info)})
         else:
@@ -298,5 +299,6 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], *,
     return file
 
 
-__all__ = ["NESTED_KEYS", "WRAPPER_PREFIXES", "Checkpoint", "load_checkpoint", "load_into", "load_model", "save_checkpoint",
+__all__ = ["NESTED_KEYS", "WRAPPER_PREFIXES", "Checkpoint", "load_checkpoint", "load_into", "load_model",
+           "save_checkpoint",
            "strip_wrapper_prefixes"]

@@ -54,7 +54,8 @@ def mismatch_hint(model: nn.Module, shapes: dict[str, tuple[tuple, tuple]], spec
         theirs, ours = next(iter(shapes.values()))
         return (f" — only the classifier head ({last[0] or 'the last layer'}) differs: the checkpoint predicts "
                 f"{theirs[0]} classes, the model {ours[0]}; to keep the checkpoint's head "
-                f"{_spec_with(spec, 'the number of classes', num_classes=theirs[0])} and use data with {theirs[0]} classes")
+                f"{_spec_with(spec, 'the number of classes', num_classes=theirs[0])} and use data with {theirs[0]} "
+                f"classes")
     weight = f"{first[0]}.weight".lstrip(".")
     if owners == {first[0]} and set(shapes) == {weight} and len(shapes[weight][0]) > 1:
         theirs, ours = shapes[weight]

@@ -138,7 +138,8 @@ def curve_csv(report: dict[str, Any]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     accuracy, tied = _by_readout(report, "snn_accuracy"), _by_readout(report, "tied")
-    writer.writerow(["t", "snn_accuracy", "tied", *(f"snn_accuracy_{r}" for r in accuracy), *(f"tied_{r}" for r in tied),
+    writer.writerow(["t", "snn_accuracy", "tied", *(f"snn_accuracy_{r}" for r in accuracy),
+                     *(f"tied_{r}" for r in tied),
                      "qann_accuracy", "qann_prequantizer_accuracy", "fp_accuracy", "conversion_loss"])
 
     def num(value: float | None) -> str:
@@ -167,10 +168,10 @@ READOUT_STYLE = {"count": ("#1f77b4", "o", "spike counts"), "tiebreak": ("#ff7f0
 def plot_curve(report: dict[str, Any], path: str | Path) -> Path:
     """PNG of SNN accuracy vs time step, one curve per readout (the headline one bold), with the
     QANN, its pre-output-quantizer accuracy and the FP accuracy as reference lines."""
-    import matplotlib   # start-up time: matplotlib is loaded only when a plot is drawn
+    import matplotlib  # start-up time: matplotlib is loaded only when a plot is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt   # after the backend is chosen
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     ts, acc = report["timesteps"], [100 * a for a in report["snn_accuracy"]]
     curves = _by_readout(report, "snn_accuracy")
@@ -180,7 +181,8 @@ def plot_curve(report: dict[str, Any], path: str | Path) -> Path:
         color, marker, label = READOUT_STYLE.get(name, ("#1f77b4", "o", name))
         bold = name == headline
         ax.plot(ts, [100 * a for a in curve], marker=marker, ms=5 if bold else 4, lw=2.2 if bold else 1.2,
-                alpha=1.0 if bold else 0.8, color=color, label=f"SNN: {label}" + (" (headline)" if bold and len(curves) > 1 else ""))
+                alpha=1.0 if bold else 0.8, color=color,
+                label=f"SNN: {label}" + (" (headline)" if bold and len(curves) > 1 else ""))
     if report.get("qann_accuracy") is not None:
         ax.axhline(100 * report["qann_accuracy"], ls="--", color="#d62728",
                    label=f"QANN {100 * report['qann_accuracy']:.2f}%")
@@ -193,7 +195,8 @@ def plot_curve(report: dict[str, Any], path: str | Path) -> Path:
     lossless = report.get("latency_to_lossless")
     if lossless:
         ax.axvline(lossless, color="grey", lw=1, alpha=0.6)
-        ax.annotate(f"lossless at t={lossless}" + (f" ({headline})" if len(curves) > 1 else ""), (lossless, (min(acc) + max(acc)) / 2), textcoords="offset points",
+        label = f"lossless at t={lossless}" + (f" ({headline})" if len(curves) > 1 else "")
+        ax.annotate(label, (lossless, (min(acc) + max(acc)) / 2), textcoords="offset points",
                     xytext=(4, 4), fontsize=8, color="grey")
     ax.set_xticks(ts if len(ts) <= 20 else ts[:: max(1, len(ts) // 16)])
     return save_accuracy_plot(fig, ax, report.get("title", "latency–accuracy"), path)
@@ -203,7 +206,7 @@ def save_accuracy_plot(fig, ax, title: str, path: str | Path, legend_size: int =
                        xlabel: str = "time step t") -> Path:
     """Label an accuracy axis (against time steps unless ``xlabel`` says otherwise), then write the
     figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt   # start-up time: loaded only when a plot is drawn
+    import matplotlib.pyplot as plt  # start-up time: loaded only when a plot is drawn
 
     ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 accuracy (%)")

@@ -57,7 +57,8 @@ def rng_state() -> dict[str, Any]:
     """The random number generators a training epoch may draw from (torch CPU and CUDA, Python, NumPy)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _plain(random.getstate()),
-                             "numpy": [kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss)]}
+                             "numpy": [kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss),
+                                       float(gauss)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

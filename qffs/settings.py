@@ -1,19 +1,19 @@
 """Every environment variable qffs reads, in one place, each read when it is asked for (not at
 import), so a test or a caller that changes the environment is heard at once.
 
-| variable                     | read by                          | meaning                                              |
-| ---------------------------- | -------------------------------- | ---------------------------------------------------- |
-| ``QFFS_PROGRESS``            | :mod:`qffs.progress`             | ``0``: no progress bars; ``1``: bars even in a pipe  |
-| ``QFFS_NATIVE``              | :mod:`qffs.snn.native`           | ``0``: PyTorch operations instead of the C kernels   |
-| ``QFFS_MALLOC``              | :mod:`qffs.snn.allocator`        | ``0``: leave glibc's malloc as it is                 |
-| ``QFFS_DATA_ROOT``           | :mod:`qffs.data`                 | the data root when ``--data-root`` is not given      |
-| ``QFFS_CIFAR10_JPEG``        | :mod:`qffs.data`                 | the CIFAR-10 JPEG zip (or the folder holding it)     |
-| ``QFFS_CACHE_DIR``           | :mod:`qffs.cache`                | qffs' cache folder (else the XDG one, see below)     |
-| ``XDG_CACHE_HOME``           | :mod:`qffs.cache`                | the cache is ``$XDG_CACHE_HOME/qffs`` without it      |
-| ``CC``                       | :mod:`qffs.snn.native`           | the C compiler tried first                           |
-| ``COLUMNS``                  | the command line's tables        | set: rich's width is left alone in a pipe            |
-| ``RANK``, ``WORLD_SIZE``,    | :mod:`qffs.distributed` and jobs | what torchrun tells each process (before the group   |
-| ``LOCAL_RANK``               |                                  | is joined; afterwards the group says)                |
+| variable                  | read by                          | meaning                                             |
+| ------------------------- | -------------------------------- | --------------------------------------------------- |
+| ``QFFS_PROGRESS``         | :mod:`qffs.progress`             | ``0``: no progress bars; ``1``: bars even in a pipe |
+| ``QFFS_NATIVE``           | :mod:`qffs.snn.native`           | ``0``: PyTorch operations instead of the C kernels  |
+| ``QFFS_MALLOC``           | :mod:`qffs.snn.allocator`        | ``0``: leave glibc's malloc as it is                |
+| ``QFFS_DATA_ROOT``        | :mod:`qffs.data`                 | the data root when ``--data-root`` is not given     |
+| ``QFFS_CIFAR10_JPEG``     | :mod:`qffs.data`                 | the CIFAR-10 JPEG zip (or the folder holding it)    |
+| ``QFFS_CACHE_DIR``        | :mod:`qffs.cache`                | qffs' cache folder (else the XDG one, see below)    |
+| ``XDG_CACHE_HOME``        | :mod:`qffs.cache`                | the cache is ``$XDG_CACHE_HOME/qffs`` without it    |
+| ``CC``                    | :mod:`qffs.snn.native`           | the C compiler tried first                          |
+| ``COLUMNS``               | the command line's tables        | set: rich's width is left alone in a pipe           |
+| ``RANK``, ``WORLD_SIZE``, | :mod:`qffs.distributed` and jobs | what torchrun tells each process (before the group  |
+| ``LOCAL_RANK``            |                                  | is joined; afterwards the group says)               |
 
 Malformed torchrun values fail as ``int()`` fails, as they always did: torchrun writes them.
 """

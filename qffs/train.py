@@ -155,6 +155,7 @@ def _train_epoch(run: _Run, loader, cfg: TrainConfig, epoch: int, device: torch.
         out = run.net(x)
         loss = criterion(out, y)
         if cfg.distill > 0:
+            assert teacher is not None   # cfg.distill > 0 needs one: checked when the run starts
             with torch.no_grad():
                 soft = teacher(x)
             loss = (1 - cfg.distill) * loss + cfg.distill * distillation_loss(out, soft, cfg.temperature)
@@ -170,7 +171,7 @@ def _train_epoch(run: _Run, loader, cfg: TrainConfig, epoch: int, device: torch.
     train_time = time.perf_counter() - began
     broadcast_module(run.model, buffers_only=True)   # torchrun: rank 0's BatchNorm statistics on every rank
     reduce_measures(sums)
-    return sums.compute(), lr, train_time
+    return sums.compute(), float(lr), train_time
 
 
 def _end_epoch(run: _Run, epoch: int, cfg: TrainConfig, train: dict[str, float], lr: float, train_time: float,
@@ -197,7 +198,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
         log: Callable[[str], None] = print,
         baseline: float = -1.0, start: TrainState | None = None,
         on_state: Callable[[TrainState], None] | None = None,
-        on_epoch_start: Callable[[int], None] | None = None, keep_from: int = 0) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+        on_epoch_start: Callable[[int], None] | None = None, keep_from: int = 0) -> tuple[list[dict[str, Any]],
+                                                                                          dict[str, torch.Tensor]]:
     """Train ``model`` in place; return (per-epoch history, best state dict by validation accuracy).
 
     After every epoch the model is evaluated on ``val_loader`` (the held-out part of the training

@@ -40,7 +40,7 @@ def plain_data_globals() -> dict[str, Any]:
     return allowed
 
 
-def torch_safe_globals() -> list[tuple[Any, str]]:
+def torch_safe_globals() -> list[Any]:
     """:func:`plain_data_globals` in the form ``torch.serialization.safe_globals`` takes."""
     return [(obj, name) for name, obj in plain_data_globals().items()]
 

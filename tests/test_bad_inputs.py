@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from qffs.io import save_checkpoint
+from qffs.jobs.convert import convert_checkpoint
 from qffs.models import build_model
 from qffs.quant import quantize
-from qffs.jobs.convert import convert_checkpoint
 from tests.test_cli import SHIPPED
 
 # (id, arguments, a fragment the one line must contain). In the arguments, {in} is the folder of
@@ -44,10 +44,12 @@ CASES: list[tuple[str, list[str], str]] = [
     ("fp-to-evaluate", ["evaluate", "{in}/fp.pt", "--out-dir", "{out}/ev"], "not an SNN"),
     ("qann-to-evaluate", ["evaluate", "{in}/qann.pt", "--out-dir", "{out}/ev"], "convert it first"),
     ("snn-to-ablate", ["ablate", "{in}/snn.pt", "--out-dir", "{out}/ab"], "already converted"),
-    ("fp-as-ablate-also", ["ablate", "{in}/qann.pt", "--also", "{in}/fp.pt", "--out-dir", "{out}/ab"], "quantize it first"),
+    ("fp-as-ablate-also", ["ablate", "{in}/qann.pt", "--also", "{in}/fp.pt", "--out-dir", "{out}/ab"], "quantize it "
+                                                                                                       "first"),
     ("snn-to-convert", ["convert", "{in}/snn.pt", "--out", "{out}/s.pt"], "already converted"),
     ("qann-to-quantize", ["quantize", "{in}/qann.pt", "--out", "{out}/q.pt"], "not a full-precision"),
-    ("pretrained-empty", ["train", "--pretrained", "{in}/empty.pt", "--out", "{out}/t.pt", "--epochs", "1"], "empty.pt"),
+    ("pretrained-empty", ["train", "--pretrained", "{in}/empty.pt", "--out", "{out}/t.pt", "--epochs", "1"],
+     "empty.pt"),
     # outputs that would destroy an input or cannot be written
     ("out-is-input", ["quantize", "{in}/fp.pt", "--out", "{in}/fp.pt"], "would overwrite"),
     ("out-is-inputs-partial", ["quantize", "{in}/kept.partial.pt", "--out", "{in}/kept.pt"], "would overwrite"),
@@ -67,11 +69,13 @@ CASES: list[tuple[str, list[str], str]] = [
     ("momentum-1.5", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--momentum", "1.5"], "momentum"),
     ("weight-decay-negative", ["train", "--out", "{out}/t.pt", "--weight-decay", "-1"], "weight decay"),
     ("gamma-0", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--gamma", "0"], "gamma"),
-    ("label-smoothing-1", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--label-smoothing", "1"], "label smoothing"),
+    ("label-smoothing-1", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--label-smoothing", "1"],
+     "label smoothing"),
     ("distill-2", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--distill", "2"], "distillation weight"),
     ("temperature-0", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--temperature", "0"], "temperature"),
     ("batch-size-0", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--batch-size", "0"], "--batch-size"),
-    ("evaluate-batch-size-0", ["evaluate", "{in}/snn.pt", "--batch-size", "0", "--out-dir", "{out}/ev"], "--batch-size"),
+    ("evaluate-batch-size-0", ["evaluate", "{in}/snn.pt", "--batch-size", "0", "--out-dir", "{out}/ev"],
+     "--batch-size"),
     ("workers-negative", ["train", "--out", "{out}/t.pt", "--workers", "-1"], "--workers"),
     ("seed-2-to-the-64", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--seed", str(2**64)], "--seed"),
     ("limit-0", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--limit", "0"], "--limit"),
@@ -88,9 +92,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("calibration-unknown", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--calibration", "kl"], "kl"),
     ("schedule-unknown", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--schedule", "step"], "schedule"),
     ("readout-unknown", ["evaluate", "{in}/snn.pt", "--readout", "first", "--out-dir", "{out}/ev"], "first"),
-    ("memory-unit-unknown", ["evaluate", "{in}/snn.pt", "--memory", "4XB", "--out-dir", "{out}/ev"], "--memory must be"),
+    ("memory-unit-unknown", ["evaluate", "{in}/snn.pt", "--memory", "4XB", "--out-dir", "{out}/ev"],
+     "--memory must be"),
     ("memory-on-run-zero", ["run", "{in}/fp.pt", "--memory", "0", "--out-dir", "{out}/r"], "--memory must be"),
-    ("max-pool-unknown", ["convert", "{in}/qann.pt", "--out", "{out}/s.pt", "--max-pool", "soft"], "--max-pool must be one of"),
+    ("max-pool-unknown", ["convert", "{in}/qann.pt", "--out", "{out}/s.pt", "--max-pool", "soft"], "--max-pool must "
+                                                                                                   "be one of"),
     ("dataset-unknown", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--dataset", "imagenet21k"], "imagenet21k"),
     ("dataset-mismatch", ["evaluate", "{in}/snn.pt", "--dataset", "cifar10", "--out-dir", "{out}/ev"], "trained on"),
     ("model-unknown", ["quantize", "{in}/fp.pt", "--out", "{out}/q.pt", "--model", "resnet1000"], "unknown model"),
@@ -166,7 +172,8 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, l
         here = os.getcwd()
         os.chdir(out)
         try:
-            with contextlib.redirect_stdout(io.StringIO()) as stdout, contextlib.redirect_stderr(io.StringIO()) as stderr:
+            with contextlib.redirect_stdout(io.StringIO()) as stdout, \
+                    contextlib.redirect_stderr(io.StringIO()) as stderr:
                 code = main(argv)
         finally:
             os.chdir(here)

@@ -69,7 +69,8 @@ def test_wrong_artifact_kind(cli, fp_checkpoint, tmp_path):
 
 
 def test_bad_timesteps_and_unknown_dataset(cli, fp_checkpoint, tmp_path):
-    _one_line_error(cli("run", fp_checkpoint, "--timesteps", "0", "--out-dir", tmp_path), "--timesteps must be an integer in 1..4096")
+    _one_line_error(cli("run", fp_checkpoint, "--timesteps", "0", "--out-dir", tmp_path), "--timesteps must be an "
+                                                                                          "integer in 1..4096")
     _one_line_error(cli("run", fp_checkpoint, "--dataset", "imagenet21k", "--out-dir", tmp_path),
                     "unknown dataset 'imagenet21k'")
     assert list(tmp_path.iterdir()) == []  # nothing half-written

@@ -58,7 +58,8 @@ def test_fashion_mnist_torchvision_root(tmp_path):
     raw.mkdir(parents=True)
     for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # decompressed, as torchvision keeps them
         (raw / stem).write_bytes(gzip.open(FASHION_MNIST_DEBIAN / f"{stem}.gz").read())
-    ours, debian = load_dataset("fashion-mnist", "test", root=tmp_path, limit=50), load_dataset("fashion-mnist", limit=50)
+    ours, debian = load_dataset("fashion-mnist", "test", root=tmp_path, limit=50), load_dataset("fashion-mnist",
+                                                                                                limit=50)
     assert all(torch.equal(ours[i][0], debian[i][0]) for i in range(50))
 
 
@@ -140,7 +141,8 @@ def test_known_names_and_info():
 
 @pytest.mark.parametrize(("call", "message"), [
     (lambda tmp: load_dataset("svhn"), "unknown dataset 'svhn'; known: fashion-mnist, mnist"),
-    (lambda tmp: load_dataset("fashion-mnist", root=tmp), "fashion-mnist not found in .*: install it with `sudo apt-get install dataset-fashion-mnist`"),
+    (lambda tmp: load_dataset("fashion-mnist", root=tmp), "fashion-mnist not found in .*: install it with `sudo "
+                                                          "apt-get install dataset-fashion-mnist`"),
     (lambda tmp: load_dataset("mnist"), "mnist needs its location: pass --data-root"),
     (lambda tmp: load_dataset("cifar10"), "cifar10 needs its location"),
     (lambda tmp: load_dataset("cifar10-jpeg", root=tmp / "nope.zip"), "cifar10-jpeg.zip not found at .*nope.zip"),
@@ -183,6 +185,7 @@ def test_cifar10_batches_load_whatever_pickle_protocol_wrote_them(tmp_path, prot
     base.mkdir()
     data = np.random.default_rng(1).integers(0, 256, (3, 3072), dtype=np.uint8)
     with (base / "test_batch").open("wb") as f:
-        pickle.dump({b"batch_label": b"testing batch 1 of 1", b"data": data, b"labels": [7, 8, 9]}, f, protocol=protocol)
+        pickle.dump({b"batch_label": b"testing batch 1 of 1", b"data": data, b"labels": [7, 8, 9]}, f,
+                    protocol=protocol)
     ds = load_dataset("cifar10", "test", root=tmp_path)
     assert [ds[i][1] for i in range(3)] == [7, 8, 9]

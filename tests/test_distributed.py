@@ -44,7 +44,8 @@ def snn_artifact(tmp_path_factory) -> Path:
     from qffs.jobs.convert import convert_checkpoint
 
     folder = tmp_path_factory.mktemp("dist")
-    save_checkpoint(folder / "qann.pt", calibrated_shipped_qann(256).state_dict(), kind="qann", model=SPEC, dataset="fashion-mnist",
+    save_checkpoint(folder / "qann.pt", calibrated_shipped_qann(256).state_dict(), kind="qann", model=SPEC,
+                    dataset="fashion-mnist",
                     bits=2, output_bits=3)
     convert_checkpoint(folder / "qann.pt", folder / "snn.pt")
     return folder / "snn.pt"

@@ -94,7 +94,8 @@ def test_a_random_graph_with_residual_concat_and_pooling_exports_exactly(tmp_pat
         assert a.name == b.name and torch.equal(a.pos_spikes, b.pos_spikes) and torch.equal(a.neg_spikes, b.neg_spikes)
         assert torch.equal(a.counts, b.counts)
     for a, b in zip(got.synapses, ref.synapses, strict=True):
-        assert a.macs == b.macs and torch.equal(a.synops, b.synops.double()) and torch.equal(a.events, b.events.double())
+        assert a.macs == b.macs and torch.equal(a.synops, b.synops.double()) and torch.equal(a.events,
+                                                                                             b.events.double())
     # fewer steps than exported: the first rows; more: refused
     assert torch.allclose(runner(x, 3), snn(x, timesteps=3), rtol=0, atol=1e-5)
     with pytest.raises(QffsError, match="unrolled over 5 steps"):
@@ -283,4 +284,5 @@ def test_an_analog_output_reports_through_onnxruntime(tmp_path):
     for name in ref.readouts:
         assert torch.allclose(got.readouts[name], ref.readouts[name], rtol=0, atol=1e-5), name
     assert torch.equal(got.convergence_step, ref.convergence_step)
-    assert [(a.name, a.pos_spikes.tolist()) for a in got.neurons] == [(b.name, b.pos_spikes.tolist()) for b in ref.neurons]
+    assert [(a.name, a.pos_spikes.tolist()) for a in got.neurons] == [(b.name,
+                                                                       b.pos_spikes.tolist()) for b in ref.neurons]

@@ -59,7 +59,8 @@ def test_a_model_that_squeezes_its_output_converts_and_runs(cli, tmp_path):
             return Net()
     ''')
     spec = f"{code}:net"
-    assert cli("quantize", weights, "--model", spec, "--out", tmp_path / "q.pt", "--epochs", "0", *SUBSET).returncode == 0
+    assert cli("quantize", weights, "--model", spec, "--out", tmp_path / "q.pt", "--epochs", "0",
+               *SUBSET).returncode == 0
     r = cli("convert", tmp_path / "q.pt", "--model", spec, "--out", tmp_path / "s.pt")
     assert r.returncode == 0, r.stderr
     r = cli("evaluate", tmp_path / "s.pt", "--model", spec, "-T", "16", "--limit", "32", "--double",
@@ -195,7 +196,8 @@ def test_an_out_dir_never_overwrites_the_commands_own_input(cli, tmp_path, artif
     source = {"run": SHIPPED_COPY, "evaluate": artifacts / "snn.pt", "ablate": artifacts / "qann.pt"}[command[0]]
     shutil.copy(source, tmp_path / name)
     before = (tmp_path / name).read_bytes()
-    _one_line_error(cli(*(a.format(d=tmp_path) for a in command)), "would overwrite", name, "which belongs to the input")
+    _one_line_error(cli(*(a.format(d=tmp_path) for a in command)), "would overwrite", name,
+                    "which belongs to the input")
     assert (tmp_path / name).read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
@@ -312,7 +314,8 @@ def test_a_planted_or_stale_decode_is_never_used(tmp_path, monkeypatch):
     (("quantize", "{fp}", "--image-size", "100000"), "--image-size must be an integer in 8..4096"),
     (("quantize", "{fp}", "--lr", "1e308"), "learning rate (--lr) must be a finite number in (0, 3.40282e+38]"),
     (("quantize", "{fp}", "--weight-decay", "1e300"), "weight decay must be a finite number in [0, 3.40282e+38]"),
-    (("convert", "{qann}", "--input-window", str(10**30)), "input_window (--input-window) must be an integer in 1..4096"),
+    (("convert", "{qann}", "--input-window", str(10**30)),
+     "input_window (--input-window) must be an integer in 1..4096"),
 ])
 def test_numbers_are_checked_against_their_type(cli, tmp_path, artifacts, args, fragment):
     out = tmp_path / ("q.pt" if args[0] == "quantize" else "s.pt")
@@ -334,7 +337,8 @@ def _tampered(tmp_path: Path, artifacts: Path, **changes) -> Path:
     ({"quant": {"bits": 2, "levels": 3}}, "recorded quantization config is not one qffs writes"),
     ({"quant": "2-bit"}, "its metadata field 'quant' is a str, not a dict"),
     ({"bits": True}, "its metadata field 'bits' is a bool, not a int"),
-    ({"input_shape": [100000, 100000, 100000]}, "recorded input_shape [100000, 100000, 100000] is not a sample's shape"),
+    ({"input_shape": [100000, 100000, 100000]},
+     "recorded input_shape [100000, 100000, 100000] is not a sample's shape"),
     ({"preprocessing": ["mean"]}, "its metadata field 'preprocessing' is a list, not a dict"),
 ])
 def test_tampered_metadata_is_refused_by_name(cli, tmp_path, artifacts, changes, fragment):
@@ -368,7 +372,8 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(cli, tmp_path, artifacts, mo
     def full(src, dst):
         if failure == "ENOSPC":
             raise OSError(errno.ENOSPC, "No space left on device")
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: PytorchStreamWriter failed writing file data/0")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: PytorchStreamWriter "
+                           "failed writing file data/0")
 
     monkeypatch.setattr(qffs.files.os, "replace", full)
     out = tmp_path / "new" / "folder"
@@ -409,9 +414,11 @@ def test_a_test_split_lacking_a_class_keeps_the_training_labels(tmp_path):
 @pytest.mark.parametrize("splits, bad, fragment", [
     ({"train": ["ant", "bee"], "val": ["ant", "bee", "cow"]}, None, "val/cow/ is not one of the 2 classes"),
     ({"train": ["ant", "bee"], "val": ["ant"]}, {"val/ant/2.png": b""}, "val/ant/2.png is not a readable image"),
-    ({"train": ["ant", "bee"], "val": ["ant"]}, {"val/ant/2.jpg": b"just some text"}, "val/ant/2.jpg is not a readable image"),
+    ({"train": ["ant", "bee"], "val": ["ant"]}, {"val/ant/2.jpg": b"just some text"}, "val/ant/2.jpg is not a "
+                                                                                      "readable image"),
     ({"train": ["ant", "bee"], "val": ["ant"]}, {"val/ant/2.png": None}, "val/ant/2.png is not a readable image"),
-    ({"train": ["ant", "bee"], "val": []}, {"val/ant/readme.txt": b"no images"}, "holds no images in its class folders"),
+    ({"train": ["ant", "bee"], "val": []}, {"val/ant/readme.txt": b"no images"},
+     "holds no images in its class folders"),
 ])
 def test_a_broken_imagefolder_tree_is_one_line_naming_it(tmp_path, splits, bad, fragment):
     if bad and None in bad.values():                      # a truncated PNG
@@ -434,8 +441,10 @@ def test_a_broken_imagefolder_tree_is_one_line_naming_it(tmp_path, splits, bad, 
 
 def test_a_bad_image_in_the_training_tree_stops_training_with_one_line(cli, tmp_path):
     root = _tree(tmp_path, {"train": ["ant", "bee"], "val": ["ant", "bee"]}, {"train/bee/broken.jpg": b""})
-    _one_line_error(cli("train", "--model", "vgg_small", "--dataset", "imagefolder", "--data-root", root, "--epochs", "1",
-                        "--image-size", "16", "--out", tmp_path / "fp.pt"), "train/bee/broken.jpg is not a readable image")
+    _one_line_error(cli("train", "--model", "vgg_small", "--dataset", "imagefolder", "--data-root", root, "--epochs",
+                        "1",
+                        "--image-size", "16", "--out", tmp_path / "fp.pt"), "train/bee/broken.jpg is not a readable "
+                                                                            "image")
     assert not (tmp_path / "fp.pt").exists()
 
 

@@ -18,7 +18,8 @@ from tests.conftest import REPO
 def test_the_runtime_imports_without_training_code_torchvision_or_rich():
     code = ("import sys, qffs.snn; heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torchvision', 'rich', 'typer', 'matplotlib', 'onnx', 'onnxruntime') or m in "
-            "('qffs.train', 'qffs.jobs.quantize', 'qffs.artifacts', 'qffs.data', 'qffs.evaluate', 'qffs.report')); print(heavy)")
+            "('qffs.train', 'qffs.jobs.quantize', 'qffs.artifacts', 'qffs.data', 'qffs.evaluate', 'qffs.report')); "
+            "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -29,7 +30,8 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_demo_from_elsewhere(t
     source.mkdir()                                                # no stale build/ of it can leak into the wheel
     for name in ("pyproject.toml", "README.md", "qffs", "cli", "models"):
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
-        copy(REPO / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+        copy(REPO / name, source / name,
+             **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
                     str(source)], check=True, capture_output=True)
     venv = tmp_path / "venv"

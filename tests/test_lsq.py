@@ -34,7 +34,8 @@ def _hand_gradients(x, s, levels, grad_out):
     v = x / s
     inside = (v >= 0) & (v <= levels)
     grad_x = grad_out * inside.to(x.dtype)
-    dq_ds = torch.where(inside, torch.round(v) - v, torch.where(v > levels, torch.full_like(v, levels), torch.zeros_like(v)))
+    dq_ds = torch.where(inside, torch.round(v) - v, torch.where(v > levels, torch.full_like(v, levels),
+                                                                torch.zeros_like(v)))
     features = x[0].numel()
     g = 1.0 / math.sqrt(features * levels)
     return grad_x, (grad_out * dq_ds).sum() * g
@@ -77,7 +78,8 @@ def test_straight_through_range_is_closed_to_the_last_representable_value(dtype,
     above = torch.nextafter(levels.double(), torch.tensor(100.0, dtype=torch.float64)).to(dtype)
     if not above > levels:  # half types: the double neighbour rounds back to Q; step one ulp of Q up
         above = levels + 2.0 ** math.floor(math.log2(q.levels)) * torch.finfo(dtype).eps
-        assert (above - levels) > 0 and float(above - levels) == float(torch.finfo(dtype).eps * 2.0 ** math.floor(math.log2(q.levels)))
+        ulp = torch.finfo(dtype).eps * 2.0 ** math.floor(math.log2(q.levels))
+        assert (above - levels) > 0 and float(above - levels) == float(ulp)
     x = torch.tensor([[below, 0.0, 0.5, float(levels), float(above)]], dtype=dtype)
     assert x[0, 0] < 0 and x[0, 4] > levels
     x.requires_grad_()

@@ -69,7 +69,8 @@ def test_bad_specs_name_the_problem(spec, message):
 def test_user_factory_errors(tmp_path):
     broken = tmp_path / "broken.py"
     broken.write_text("raise ImportError('needs foo')\n")
-    with pytest.raises(QffsError, match=r"model code at .*broken.py:1 \(in <module>\) raised ImportError while importing .*broken.py: needs foo"):
+    with pytest.raises(QffsError, match=r"model code at .*broken.py:1 \(in <module>\) raised ImportError while "
+                                        r"importing .*broken.py: needs foo"):
         build_model(f"{broken}:make")
     ok = tmp_path / "ok.py"
     ok.write_text("x = 1\n")

@@ -24,7 +24,8 @@ def feed(module, steps, form="step"):
 
 def run(inputs, *, theta=1.0, z_max=3, **kwargs):
     """Feed a scalar current sequence; return (spike sequence in units of θ, final count, membrane)."""
-    n = IFNeuron(torch.tensor(theta, dtype=torch.float64), torch.tensor(theta / 3, dtype=torch.float64), z_max, **kwargs)
+    n = IFNeuron(torch.tensor(theta, dtype=torch.float64), torch.tensor(theta / 3, dtype=torch.float64), z_max,
+                 **kwargs)
     results = []
     for form in ("step", "transition"):     # the kernel form and the functional one agree
         outputs, (membrane, count) = feed(n, [torch.tensor([[i]], dtype=torch.float64) for i in inputs], form)

@@ -19,7 +19,8 @@ from tests.test_cli import ENV, QFFS, _one_line_error
 def test_a_second_run_writing_the_same_output_is_refused_until_the_first_ends(tmp_path):
     out = tmp_path / "runs" / "x"
     with exclusive(out, "--out-dir"):
-        with pytest.raises(QffsError, match="another qffs run is writing .*runs/x: wait .* or choose another --out-dir"):
+        with pytest.raises(QffsError,
+                           match="another qffs run is writing .*runs/x: wait .* or choose another --out-dir"):
             with exclusive(tmp_path / "runs" / ".." / "runs" / "x", "--out-dir"):   # the same path, spelled otherwise
                 pass
         with exclusive(tmp_path / "runs" / "y", "--out-dir"):   # another output: independent

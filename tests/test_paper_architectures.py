@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("model", ["vgg16", "resnet18"])
 def test_paper_architecture_runs_the_pipeline_exactly(model, tmp_path):
     small = ("--limit", "128", "--test-limit", "16", "--batch-size", "64")
-    r = qffs("train", "--model", model, "--dataset", "cifar10-jpeg", "--epochs", "1", *small, "--out", tmp_path / "fp.pt")
+    r = qffs("train", "--model", model, "--dataset", "cifar10-jpeg", "--epochs", "1", *small, "--out",
+             tmp_path / "fp.pt")
     assert r.returncode == 0, r.stderr
     r = qffs("run", tmp_path / "fp.pt", "--epochs", "1", *small, "-T", "32", "--double", "--out-dir", tmp_path / "run")
     assert r.returncode == 0, r.stderr

@@ -17,7 +17,8 @@ def test_the_papers_recipe_is_its_table_2():
 
 def test_explicit_options_replace_the_recipes_values_and_none_keeps_them():
     r = resolve_recipe("paper", epochs=3, lr=None, distill=0.25, bn_reestimate=None)
-    assert (r.epochs, r.lr, r.distill, r.batch_size, r.bn_reestimate) == (3, 0.01, 0.25, 32, RECIPES["paper"].bn_reestimate)
+    assert (r.epochs, r.lr, r.distill, r.batch_size, r.bn_reestimate) == (3, 0.01, 0.25, 32,
+                                                                          RECIPES["paper"].bn_reestimate)
     assert resolve_recipe() == RECIPES[DEFAULT_RECIPE]
 
 

@@ -10,8 +10,15 @@ import torch
 
 from qffs.errors import QffsError
 from qffs.quant import calibrate, quantize, quantizers
-from qffs.quant.schedule import (first_final_epoch, hidden_bits, parse_bit_schedule, reestimate_batchnorm,
-                                 set_hidden_bits, stage_bits, stage_epochs)
+from qffs.quant.schedule import (
+    first_final_epoch,
+    hidden_bits,
+    parse_bit_schedule,
+    reestimate_batchnorm,
+    set_hidden_bits,
+    stage_bits,
+    stage_epochs,
+)
 from qffs.snn import convert
 from tests.conftest import SHIPPED_FMNIST
 
@@ -23,7 +30,8 @@ def test_parse_bit_schedule(text, bits, expected):
 
 
 @pytest.mark.parametrize("text, message", [("4,3", "must end at the hidden width"), ("2,3,2", "decrease strictly"),
-                                           ("4,x,2", "comma-separated"), ("9,2", "from 1 to 8"), ("4,0,2", "from 1 to 8")])
+                                           ("4,x,2", "comma-separated"), ("9,2", "from 1 to 8"), ("4,0,2",
+                                                                                                  "from 1 to 8")])
 def test_bad_bit_schedules_are_refused(text, message):
     with pytest.raises(QffsError, match=message):
         parse_bit_schedule(text, 2)

@@ -56,7 +56,8 @@ def test_shipped_resnet20_reaches_its_card_accuracy_on_1000_test_images():
     model, ckpt = load_model(RESNET20)
     assert RESNET20.stat().st_size < 5 * 2**20
     assert ckpt.kind == "fp" and ckpt.meta["dataset"] == "cifar10-jpeg"
-    assert _card_accuracy(card, "test accuracy") == pytest.approx(100 * ckpt.meta["metrics"]["test_accuracy"], abs=0.005)
+    assert _card_accuracy(card, "test accuracy") == pytest.approx(100 * ckpt.meta["metrics"]["test_accuracy"],
+                                                                  abs=0.005)
     result = evaluate(model, make_loader(load_dataset("cifar10-jpeg", "test", limit=1000), 250))
     assert result["samples"] == 1000
     assert 100 * result["accuracy"] == pytest.approx(_card_accuracy(card, "accuracy on 1,000 test images"), abs=1.0)

@@ -165,7 +165,8 @@ def test_the_lr_scheduler_gives_the_formulas_rates_bit_for_bit(schedule):
     # a resumed run's scheduler starts where the steps left off
     again = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
     again.param_groups[0]["initial_lr"] = cfg.lr
-    assert lr_schedule(again, cfg, steps_per_epoch, step=10).get_last_lr() == [scheduler.base_lrs[0] * scheduler.lr_lambdas[0](10)]
+    assert lr_schedule(again, cfg, steps_per_epoch,
+                       step=10).get_last_lr() == [scheduler.base_lrs[0] * scheduler.lr_lambdas[0](10)]
 
 
 def test_the_recorded_learning_rate_is_that_of_each_epochs_last_step():

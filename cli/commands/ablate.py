@@ -7,7 +7,18 @@ from typing import Optional
 
 import typer
 
-from qffs.cli.app import ARTIFACT_MODEL_OPTION, TEST_DATA_ROOT_OPTION, TEST_DATASET_OPTION, IMAGE_SIZE_OPTION, MEAN_OPTION, MEMORY_OPTION, STD_OPTION, app, channel_values, examples
+from qffs.cli.app import (
+    ARTIFACT_MODEL_OPTION,
+    IMAGE_SIZE_OPTION,
+    MEAN_OPTION,
+    MEMORY_OPTION,
+    STD_OPTION,
+    TEST_DATA_ROOT_OPTION,
+    TEST_DATASET_OPTION,
+    app,
+    channel_values,
+    examples,
+)
 
 
 @app.command(
@@ -19,7 +30,9 @@ from qffs.cli.app import ARTIFACT_MODEL_OPTION, TEST_DATA_ROOT_OPTION, TEST_DATA
 )
 def ablate(
     qann: Path = typer.Argument(..., help="QANN checkpoint written by qffs quantize."),
-    also: Optional[list[Path]] = typer.Option(None, "--also", help="A QANN of the same network in another precision layout (other --bits or --output-bits): adds a full-QFFS row. Repeatable."),
+    also: Optional[list[Path]] = typer.Option(None, "--also", help="A QANN of the same network in another precision "
+                                                                   "layout (other --bits or --output-bits): adds a "
+                                                                   "full-QFFS row. Repeatable."),
     dataset: Optional[str] = TEST_DATASET_OPTION,
     data_root: Optional[str] = TEST_DATA_ROOT_OPTION,
     mean: Optional[str] = MEAN_OPTION,
@@ -29,7 +42,8 @@ def ablate(
     out_dir: Path = typer.Option(Path("results/ablation"), "--out-dir", help="Where ablation.csv, .json and .png go."),
     limit: Optional[int] = typer.Option(None, help="Only the first N test samples."),
     batch_size: int = typer.Option(256, help="Samples simulated at once."),
-    double: bool = typer.Option(False, "--double", help="Simulate in float64 (exact: the full setting has no neuron off its level)."),
+    double: bool = typer.Option(False, "--double", help="Simulate in float64 (exact: the full setting has no neuron "
+                                                        "off its level)."),
     model: Optional[str] = ARTIFACT_MODEL_OPTION,
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     memory: Optional[str] = MEMORY_OPTION,

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from qffs.errors import QffsError
 from qffs.cli.app import ARTIFACT_MODEL_OPTION, app, examples
+from qffs.errors import QffsError
 
 
 def _shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
@@ -54,13 +54,15 @@ def export(
                                 single_step=single_step, log=typer.echo)
     what = {"snn": "SNN, one step with its state as inputs/outputs" if single_step else
             f"SNN unrolled over T={summary.get('timesteps')}", "qann": "QANN (QCDQ)", "fp": "FP network"}
-    title = what[summary["kind"]] if to == "onnx" else "SNN (NIR graph; see docs/export.md for what a consumer must add)"
+    nir_title = "SNN (NIR graph; see docs/export.md for what a consumer must add)"
+    title = what[summary["kind"]] if to == "onnx" else nir_title
     typer.echo(f"wrote {summary['path']}: {title}, {summary['bytes'] / 1e6:.1f} MB"
                + (f", opset {summary['opset']}" if "opset" in summary else ""))
     check = summary["check"]
     if to == "onnx":
         how = f" streamed over {summary['timesteps']} steps" if single_step else ""
-        typer.echo(f"check (onnxruntime{how} vs torch, {check['samples']} random inputs): {check['differing_values']} of "
+        typer.echo(f"check (onnxruntime{how} vs torch, {check['samples']} random inputs): {check['differing_values']} "
+                   f"of "
                    f"{check['values']} values differ, max |difference| {check['max_abs_difference']:.3g}, "
                    f"predictions {'identical' if check['same_predictions'] else 'DIFFER'}")
     else:

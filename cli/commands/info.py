@@ -22,7 +22,8 @@ def info(checkpoint: Path = typer.Argument(..., help="A .pt/.pth/.th/.safetensor
     if ckpt.kind == "foreign" and (ckpt.entry or ckpt.stripped):
         where = f"weights under {ckpt.entry!r}" if ckpt.entry else "weights at the top level"
         typer.echo(f"  {where}" + (f", prefixes removed: {' '.join(ckpt.stripped)}" if ckpt.stripped else ""))
-    for key in ("model", "model_file_sha256", "dataset", "data_root", "preprocessing", "input_shape", "quant", "bits", "output_bits",
+    for key in ("model", "model_file_sha256", "dataset", "data_root", "preprocessing", "input_shape", "quant", "bits",
+                "output_bits",
                 "qffs_version", "created"):
         if ckpt.meta.get(key) is not None:
             value = ckpt.meta[key]

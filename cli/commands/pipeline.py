@@ -7,10 +7,22 @@ from typing import Optional
 
 import typer
 
+from qffs.cli.app import (
+    IMAGE_SIZE_OPTION,
+    MEAN_OPTION,
+    MEMORY_OPTION,
+    READOUT_OPTION,
+    RESUME_OPTION,
+    SELECT_ON_TEST_OPTION,
+    STD_OPTION,
+    VAL_SEED_OPTION,
+    VAL_SIZE_OPTION,
+    app,
+    channel_values,
+    examples,
+)
 from qffs.errors import QffsError
 from qffs.jobs.recipes import DEFAULT_RECIPE, RECIPES, by_recipe, resolve_recipe
-from qffs.cli.app import IMAGE_SIZE_OPTION, SELECT_ON_TEST_OPTION, VAL_SEED_OPTION, VAL_SIZE_OPTION, MEAN_OPTION, MEMORY_OPTION, READOUT_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
-
 
 #: QAT epochs of ``qffs demo``: a few minutes on a laptop CPU.
 DEMO_EPOCHS = 1
@@ -39,16 +51,24 @@ def _finish(report: dict) -> None:
 )
 def run(
     checkpoint: Path = typer.Argument(..., help="Pretrained full-precision checkpoint."),
-    out_dir: Path = typer.Option(Path("runs/latest"), "--out-dir", help="Where qann.pt, snn.pt and the curve files go."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec (resnet20, tv:NAME, path/to/model.py:factory): needed when the checkpoint does not record one, and to name a model file it records (qffs never imports a file on a checkpoint's word)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset for QAT and evaluation (default: the one the checkpoint records, else fashion-mnist)."),
+    out_dir: Path = typer.Option(Path("runs/latest"), "--out-dir",
+                                 help="Where qann.pt, snn.pt and the curve files go."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec (resnet20, tv:NAME, "
+                                                                    "path/to/model.py:factory): needed when the "
+                                                                    "checkpoint does not record one, and to name a "
+                                                                    "model file it records (qffs never imports a file "
+                                                                    "on a checkpoint's word)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset for QAT and evaluation (default: the "
+                                                                        "one the checkpoint records, else "
+                                                                        "fashion-mnist)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location."),
     mean: Optional[str] = MEAN_OPTION,
     std: Optional[str] = STD_OPTION,
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     bits: int = typer.Option(2, help="Hidden activation bits."),
     output_bits: int = typer.Option(3, help="Output bits; 0 keeps the output analog."),
-    recipe: str = typer.Option(DEFAULT_RECIPE, "--recipe", help="QAT recipe (see qffs quantize --help): qffs or paper."),
+    recipe: str = typer.Option(DEFAULT_RECIPE, "--recipe",
+                               help="QAT recipe (see qffs quantize --help): qffs or paper."),
     epochs: Optional[int] = typer.Option(None, help="QAT epochs. " + by_recipe("epochs")),
     lr: Optional[float] = typer.Option(None, help="QAT learning rate. " + by_recipe("lr")),
     batch_size: Optional[int] = typer.Option(None, help="QAT batch size. " + by_recipe("batch_size")),
@@ -73,7 +93,8 @@ def run(
     chosen = resolve_recipe(recipe, epochs=epochs, lr=lr, batch_size=batch_size)
     report = run_pipeline(
         checkpoint, out_dir, DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
-                                         batch_size=chosen.batch_size, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size,
+                                         batch_size=chosen.batch_size, seed=seed, mean=channel_values(mean, "--mean"),
+                                         std=channel_values(std, "--std"), image_size=image_size,
                     val_size=val_size, val_seed=val_seed, select_on_test=select_on_test),
         chosen.train_config(), chosen.quant_config(bits=bits, output_bits=output_bits or None, recipe=recipe),
         timesteps=timesteps, model=model, device=device, double=double, readout=readout, memory=memory,
@@ -84,7 +105,9 @@ def run(
 @app.command("demo", epilog=examples("qffs demo", "qffs demo --epochs 2 --out-dir runs/demo2"))
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out-dir", help="Where the results go."),
-    epochs: int = typer.Option(DEMO_EPOCHS, help="QAT epochs of the default recipe: 1 keeps the demo to a few minutes on a laptop CPU (the recipe itself runs " + str(RECIPES[DEFAULT_RECIPE].epochs) + ")."),
+    epochs: int = typer.Option(DEMO_EPOCHS, help="QAT epochs of the default recipe: 1 keeps the demo to a few minutes "
+                                                 "on a laptop CPU (the recipe itself runs "
+                                                 f"{RECIPES[DEFAULT_RECIPE].epochs})."),
     timesteps: int = typer.Option(16, "--timesteps", "-T", help="Simulated time steps."),
     limit: Optional[int] = typer.Option(None, help="Only the first N training samples (faster, less accurate)."),
     test_limit: Optional[int] = typer.Option(None, help="Only the first N test samples."),

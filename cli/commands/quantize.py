@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
+from qffs.cli.app import (
+    IMAGE_SIZE_OPTION,
+    MEAN_OPTION,
+    RESUME_OPTION,
+    SELECT_ON_TEST_OPTION,
+    STD_OPTION,
+    VAL_SEED_OPTION,
+    VAL_SIZE_OPTION,
+    app,
+    channel_values,
+    examples,
+)
 from qffs.jobs.recipes import DEFAULT_RECIPE, by_recipe
-from qffs.cli.app import IMAGE_SIZE_OPTION, SELECT_ON_TEST_OPTION, VAL_SEED_OPTION, VAL_SIZE_OPTION, MEAN_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
+
+
+def recipe_option(setting: str, text: str, *flags: str, **kwargs: Any) -> Any:
+    """An option that replaces one setting of the chosen recipe (None: the recipe's); its help names each
+    recipe's value."""
+    return typer.Option(None, *flags, help=f"{text} {by_recipe(setting)}", **kwargs)
 
 
 @app.command(
@@ -27,29 +44,46 @@ from qffs.cli.app import IMAGE_SIZE_OPTION, SELECT_ON_TEST_OPTION, VAL_SEED_OPTI
 def quantize(
     checkpoint: Path = typer.Argument(..., help="Pretrained full-precision checkpoint."),
     out: Path = typer.Option(..., "--out", "-o", help="QANN checkpoint to write (.pt or .safetensors)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec (resnet20, tv:NAME, path/to/model.py:factory): needed when the checkpoint does not record one, and to name a model file it records (qffs never imports a file on a checkpoint's word)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset to fine-tune and evaluate on (default: the one the checkpoint records, else fashion-mnist)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec (resnet20, tv:NAME, "
+                                                                    "path/to/model.py:factory): needed when the "
+                                                                    "checkpoint does not record one, and to name a "
+                                                                    "model file it records (qffs never imports a file "
+                                                                    "on a checkpoint's word)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset to fine-tune and evaluate on "
+                                                                        "(default: the one the checkpoint records, "
+                                                                        "else fashion-mnist)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location."),
     mean: Optional[str] = MEAN_OPTION,
     std: Optional[str] = STD_OPTION,
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     bits: int = typer.Option(2, help="Bits of the hidden activations (Q = 2^bits - 1 levels)."),
     output_bits: int = typer.Option(3, help="Bits of the output (logits) quantizer; 0 keeps the output analog."),
-    recipe: str = typer.Option(DEFAULT_RECIPE, "--recipe", help="QAT recipe the options below start from: qffs (a long schedule with distillation, docs/guide.md) or paper (QFFS's Table 2). An option given explicitly replaces the recipe's value."),
-    epochs: Optional[int] = typer.Option(None, help="Quantization-aware training epochs (0: calibration only). " + by_recipe("epochs")),
-    lr: Optional[float] = typer.Option(None, help="Initial learning rate. " + by_recipe("lr")),
-    momentum: Optional[float] = typer.Option(None, help="SGD momentum. " + by_recipe("momentum")),
-    weight_decay: Optional[float] = typer.Option(None, help="Weight decay, not applied to step sizes. " + by_recipe("weight_decay")),
-    schedule: Optional[str] = typer.Option(None, help="Learning-rate decay: cosine (to 0 over the run), exp or constant. " + by_recipe("schedule")),
-    gamma: Optional[float] = typer.Option(None, help="Per-epoch decay factor for --schedule exp. " + by_recipe("gamma")),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size (larger is faster on CPU). " + by_recipe("batch_size")),
-    freeze_bn: Optional[bool] = typer.Option(None, "--freeze-bn/--no-freeze-bn", help="BatchNorm keeps its running statistics during QAT. " + by_recipe("freeze_bn")),
-    label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing of the cross-entropy (0: off). " + by_recipe("label_smoothing")),
-    distill: Optional[float] = typer.Option(None, help="Weight of knowledge distillation from the FP model (0: off, 0.5: half CE, half soft targets). " + by_recipe("distill")),
-    temperature: Optional[float] = typer.Option(None, help="Softmax temperature of the distillation term. " + by_recipe("temperature")),
-    bit_schedule: Optional[str] = typer.Option(None, "--bit-schedule", metavar="B1,B2,..",
-                                               help="Progressive precision, e.g. 4,3,2 (ending at --bits): the epochs are split across the widths; at each change the steps are carried over as s*Q_old/Q_new and re-calibrated and BatchNorm is re-estimated; only final-width epochs are kept. " + by_recipe("bit_schedule")),
-    bn_reestimate: Optional[bool] = typer.Option(None, "--bn-reestimate/--no-bn-reestimate", help="After QAT, recompute BatchNorm statistics over training batches with the quantizers in place; kept only if the validation accuracy rises. " + by_recipe("bn_reestimate")),
+    recipe: str = typer.Option(DEFAULT_RECIPE, "--recipe", help="QAT recipe the options below start from: qffs (a "
+                                                                "long schedule with distillation, docs/guide.md) or "
+                                                                "paper (QFFS's Table 2). An option given explicitly "
+                                                                "replaces the recipe's value."),
+    epochs: Optional[int] = recipe_option("epochs", "Quantization-aware training epochs (0: calibration only)."),
+    lr: Optional[float] = recipe_option("lr", "Initial learning rate."),
+    momentum: Optional[float] = recipe_option("momentum", "SGD momentum."),
+    weight_decay: Optional[float] = recipe_option("weight_decay", "Weight decay, not applied to step sizes."),
+    schedule: Optional[str] = recipe_option("schedule", "Learning-rate decay: cosine (to 0 over the run), exp or "
+                                                        "constant."),
+    gamma: Optional[float] = recipe_option("gamma", "Per-epoch decay factor for --schedule exp."),
+    batch_size: Optional[int] = recipe_option("batch_size", "Batch size (larger is faster on CPU)."),
+    freeze_bn: Optional[bool] = recipe_option("freeze_bn", "BatchNorm keeps its running statistics during QAT.",
+                                              "--freeze-bn/--no-freeze-bn"),
+    label_smoothing: Optional[float] = recipe_option("label_smoothing", "Label smoothing of the cross-entropy "
+                                                                        "(0: off)."),
+    distill: Optional[float] = recipe_option("distill", "Weight of knowledge distillation from the FP model (0: off, "
+                                                        "0.5: half CE, half soft targets)."),
+    temperature: Optional[float] = recipe_option("temperature", "Softmax temperature of the distillation term."),
+    bit_schedule: Optional[str] = recipe_option(
+        "bit_schedule", "Progressive precision, e.g. 4,3,2 (ending at --bits): the epochs are split across the "
+        "widths; at each change the steps are carried over as s*Q_old/Q_new and re-calibrated and BatchNorm is "
+        "re-estimated; only final-width epochs are kept.", "--bit-schedule", metavar="B1,B2,.."),
+    bn_reestimate: Optional[bool] = recipe_option(
+        "bn_reestimate", "After QAT, recompute BatchNorm statistics over training batches with the quantizers in "
+        "place; kept only if the validation accuracy rises.", "--bn-reestimate/--no-bn-reestimate"),
     calibration: str = typer.Option("mse", help="Step-size initialisation: mse or lsq (2*mean|x|/sqrt(Q))."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
     test_limit: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
@@ -92,4 +126,5 @@ def quantize_summary(result: dict) -> str:
               else f"validation {100 * result['qann_val_accuracy']:.2f}%")
     return (f"FP {100 * result['fp_accuracy']:.2f}%  QANN {100 * result['qann_accuracy']:.2f}% on the test set "
             f"(epoch {result['best_epoch']}, {chosen}; calibrated at {result['calibrated_bits']} bits "
-            f"{100 * result['calibrated_val_accuracy']:.2f}% validation; {result['seconds']:.0f} s); wrote {result['checkpoint']}")
+            f"{100 * result['calibrated_val_accuracy']:.2f}% validation; {result['seconds']:.0f} s); wrote "
+            f"{result['checkpoint']}")

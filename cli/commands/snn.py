@@ -7,7 +7,19 @@ from typing import Optional
 
 import typer
 
-from qffs.cli.app import ARTIFACT_MODEL_OPTION, TEST_DATA_ROOT_OPTION, TEST_DATASET_OPTION, IMAGE_SIZE_OPTION, MEAN_OPTION, MEMORY_OPTION, READOUT_OPTION, STD_OPTION, app, channel_values, examples
+from qffs.cli.app import (
+    ARTIFACT_MODEL_OPTION,
+    IMAGE_SIZE_OPTION,
+    MEAN_OPTION,
+    MEMORY_OPTION,
+    READOUT_OPTION,
+    STD_OPTION,
+    TEST_DATA_ROOT_OPTION,
+    TEST_DATASET_OPTION,
+    app,
+    channel_values,
+    examples,
+)
 
 
 @app.command(
@@ -20,16 +32,19 @@ from qffs.cli.app import ARTIFACT_MODEL_OPTION, TEST_DATA_ROOT_OPTION, TEST_DATA
 def convert(
     qann: Path = typer.Argument(..., help="QANN checkpoint written by qffs quantize."),
     out: Path = typer.Option(..., "--out", "-o", help="SNN artifact to write (.pt or .safetensors)."),
-    input_window: Optional[int] = typer.Option(None, help="T_in: steps during which input and biases flow (default: Q of the hidden layers)."),
-    precharge: bool = typer.Option(True, "--precharge/--no-precharge", help="Pre-charge membranes to θ/2 (round instead of floor)."),
-    negative_spikes: bool = typer.Option(True, "--negative-spikes/--no-negative-spikes", help="Allow negative spikes that undo overshoots."),
+    input_window: Optional[int] = typer.Option(None, help="T_in: steps during which input and biases flow (default: Q "
+                                                          "of the hidden layers)."),
+    precharge: bool = typer.Option(True, "--precharge/--no-precharge", help="Pre-charge membranes to θ/2 (round "
+                                                                            "instead of floor)."),
+    negative_spikes: bool = typer.Option(True, "--negative-spikes/--no-negative-spikes", help="Allow negative spikes "
+                                                                                              "that undo overshoots."),
     max_pool: str = typer.Option("event", help="Max pooling: event (exact) or naive (ablation)."),
     model: Optional[str] = ARTIFACT_MODEL_OPTION,
 ) -> None:
     """Convert a quantized ANN into a spiking network artifact and print its layers."""
     # loaded when the command runs, so that `qffs --help` and the other commands start fast
-    from qffs.cli.render import console, layer_table
     from qffs.artifacts import ConversionConfig
+    from qffs.cli.render import console, layer_table
     from qffs.jobs.convert import convert_checkpoint
 
     conversion = ConversionConfig(input_window=input_window, precharge=precharge, negative_spikes=negative_spikes,
@@ -58,7 +73,8 @@ def evaluate(
     out_dir: Path = typer.Option(Path("results"), "--out-dir", help="Where curve.csv, curve.json and curve.png go."),
     limit: Optional[int] = typer.Option(None, help="Only the first N test samples."),
     batch_size: int = typer.Option(256, help="Samples simulated at once."),
-    double: bool = typer.Option(False, "--double", help="Simulate in float64 (exact; float32 may differ at level boundaries)."),
+    double: bool = typer.Option(False, "--double", help="Simulate in float64 (exact; float32 may differ at level "
+                                                        "boundaries)."),
     readout: str = READOUT_OPTION,
     model: Optional[str] = ARTIFACT_MODEL_OPTION,
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),

@@ -7,7 +7,18 @@ from typing import Optional
 
 import typer
 
-from qffs.cli.app import IMAGE_SIZE_OPTION, SELECT_ON_TEST_OPTION, VAL_SEED_OPTION, VAL_SIZE_OPTION, MEAN_OPTION, RESUME_OPTION, STD_OPTION, app, channel_values, examples
+from qffs.cli.app import (
+    IMAGE_SIZE_OPTION,
+    MEAN_OPTION,
+    RESUME_OPTION,
+    SELECT_ON_TEST_OPTION,
+    STD_OPTION,
+    VAL_SEED_OPTION,
+    VAL_SIZE_OPTION,
+    app,
+    channel_values,
+    examples,
+)
 
 
 @app.command(
@@ -15,14 +26,20 @@ from qffs.cli.app import IMAGE_SIZE_OPTION, SELECT_ON_TEST_OPTION, VAL_SEED_OPTI
     epilog=examples(
         "qffs train --model vgg_small --dataset fashion-mnist --epochs 15 --lr 0.05 --out fp.pt",
         "qffs train --model resnet20 --dataset cifar10-jpeg --epochs 2 --pretrained resnet20.th --out ft.pt",
-        "torchrun --nproc-per-node 4 -m qffs.cli.main train --model resnet18 --dataset cifar10 --data-root ~/data --out r18.pt",
+        "torchrun --nproc-per-node 4 -m qffs.cli.main train --model resnet18 --dataset cifar10 --data-root ~/data "
+        "--out r18.pt",
     ),
 )
 def train(
-    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write (.pt or .safetensors); metrics JSON goes beside it."),
-    model: str = typer.Option("vgg_small", "--model", "-m", help="Model spec: vgg_small, vgg16, resnet18, resnet20, tv:NAME, or file.py:factory."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="fashion-mnist (default, or the one --pretrained records), mnist, cifar10, cifar10-jpeg or imagefolder."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location (default: the dataset's standard place)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write (.pt or .safetensors); metrics JSON goes "
+                                                      "beside it."),
+    model: str = typer.Option("vgg_small", "--model", "-m", help="Model spec: vgg_small, vgg16, resnet18, resnet20, "
+                                                                 "tv:NAME, or file.py:factory."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="fashion-mnist (default, or the one "
+                                                                        "--pretrained records), mnist, cifar10, "
+                                                                        "cifar10-jpeg or imagefolder."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location (default: the dataset's "
+                                                                      "standard place)."),
     mean: Optional[str] = MEAN_OPTION,
     std: Optional[str] = STD_OPTION,
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
@@ -53,7 +70,8 @@ def train(
     result = train_fp(
         model, out,
         DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
-                    batch_size=batch_size, workers=workers, seed=seed, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"), image_size=image_size,
+                    batch_size=batch_size, workers=workers, seed=seed, mean=channel_values(mean, "--mean"),
+                    std=channel_values(std, "--std"), image_size=image_size,
                     val_size=val_size, val_seed=val_seed, select_on_test=select_on_test),
         TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                     schedule=schedule, gamma=gamma),

@@ -14,7 +14,8 @@
 Small datasets live in memory as uint8 tensors and are normalised per sample; training
 augmentation (random crop with padding, horizontal flip) runs on tensors and draws from torch's
 global generator, as torchvision's transforms do: the job seeds it, the DataLoader seeds each
-worker from the loader's generator, and a resumed run restores it (qffs.resume). ``limit`` keeps the first N samples in the dataset's own order, except for the
+worker from the loader's generator, and a resumed run restores it (qffs.resume). ``limit``
+keeps the first N samples in the dataset's own order, except for the
 class-grouped JPEG zip, whose first N come from a fixed seeded permutation so that every
 class is present.
 

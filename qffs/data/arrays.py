@@ -71,7 +71,8 @@ def _find_idx(dirs: list[Path], stem: str) -> Path | None:
     return None
 
 
-def idx_dataset(name: str, split: str, root: Path | None, torchvision_dir: str, hint: str) -> tuple[torch.Tensor, torch.Tensor]:
+def idx_dataset(name: str, split: str, root: Path | None, torchvision_dir: str, hint: str) -> tuple[torch.Tensor,
+                                                                                                    torch.Tensor]:
     """(uint8 images [N, 1, H, W], labels) of MNIST or Fashion-MNIST, from ``root/<torchvision_dir>/raw``
     or ``root`` (Fashion-MNIST without a root: Debian's copy); ``hint`` says how to get it."""
     prefix = "train" if split == "train" else "t10k"

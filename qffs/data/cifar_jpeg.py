@@ -78,9 +78,9 @@ def decode_jpeg_zip(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]
 def _read_jpeg_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """The images of ``split/<class>/*`` in the zip, every one checked: a corrupt zip or image, an
     empty split or a folder that is no CIFAR-10 class is a one-line error naming it."""
-    from PIL import Image, UnidentifiedImageError   # start-up time: Pillow and rich only when a zip is decoded
+    from PIL import Image, UnidentifiedImageError  # start-up time: Pillow and rich only when a zip is decoded
 
-    from qffs.progress import track   # (rich)
+    from qffs.progress import track  # (rich)
 
     try:
         with zipfile.ZipFile(path) as zf:

@@ -69,7 +69,7 @@ def split_dir(root: Path | None, split: str) -> Path:
 
 def _read_image(path: str):
     """An ImageFolder image as RGB, or one line naming the file (empty, not an image, truncated, huge)."""
-    from PIL import Image, UnidentifiedImageError   # start-up time: Pillow only for ImageFolder trees
+    from PIL import Image, UnidentifiedImageError  # start-up time: Pillow only for ImageFolder trees
 
     try:
         with Image.open(path) as img:   # reads the header only: the size is known before any decoding
@@ -80,14 +80,15 @@ def _read_image(path: str):
     except QffsError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise QffsError(f"{path} is not a readable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        raise QffsError(f"{path} is not a readable image "
+                        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
                         " — remove or replace it") from None
 
 
 def _class_folders(root: Path, classes: tuple[str, ...], **kwargs: Any) -> Dataset:
     """torchvision's ImageFolder with the class list fixed (the training split's): a split that lacks
     a class keeps every other class's label, and a folder that is no class is refused by name."""
-    from torchvision import datasets   # start-up time: torchvision only for ImageFolder trees
+    from torchvision import datasets  # start-up time: torchvision only for ImageFolder trees
 
     class ClassFolders(datasets.ImageFolder):
         def __init__(self, root: Path, classes: tuple[str, ...], **kwargs: Any):
@@ -111,7 +112,7 @@ def imagefolder_dataset(tree: Path, limit: int | None, augment: bool, prep: Prep
     """One split's folder as a dataset with ``classes`` as its labels: CIFAR-style (≤ 64 px: the whole
     image, pad-and-crop augmentation) or ImageNet-style (resize and centre crop, or random resized
     crops); ``limit`` keeps a fixed seeded sample."""
-    from torchvision import transforms   # start-up time: torchvision only for ImageFolder trees
+    from torchvision import transforms  # start-up time: torchvision only for ImageFolder trees
 
     n = prep.image_size
     norm = transforms.Normalize(prep.mean, prep.std)

@@ -15,8 +15,16 @@ from torch.utils.data.distributed import DistributedSampler
 from qffs.data.arrays import TensorImages, cifar_batches, idx_dataset
 from qffs.data.cifar_jpeg import cifar10_jpeg_path, decode_jpeg_zip
 from qffs.data.imagefolder import imagefolder_dataset, imagefolder_info, split_dir
-from qffs.data.registry import (IMAGE_SIZES, INFO, DatasetInfo, Preprocessing, channel_values, check_name, check_split,
-                                default_root)
+from qffs.data.registry import (
+    IMAGE_SIZES,
+    INFO,
+    DatasetInfo,
+    Preprocessing,
+    channel_values,
+    check_name,
+    check_split,
+    default_root,
+)
 from qffs.distributed import ShardSampler, active, rank, world_size
 from qffs.errors import QffsError
 
@@ -54,7 +62,8 @@ def resolve_preprocessing(dataset: str, root: str | Path | None = None, *, mean:
     return Preprocessing(pick("mean", mean, info.mean, False), pick("std", std, info.std, True), size)
 
 
-def _limit(images: torch.Tensor, labels: torch.Tensor, limit: int | None, permute: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _limit(images: torch.Tensor, labels: torch.Tensor, limit: int | None, permute: bool) -> tuple[torch.Tensor,
+                                                                                                  torch.Tensor]:
     if limit is None or limit >= len(labels):
         return images, labels
     if limit <= 0:

@@ -63,8 +63,9 @@ def channel_values(option: str, values: Sequence[float], channels: int, positive
     in range (std > 0 when ``positive``); else a one-line QffsError."""
     values = tuple(float(v) for v in values)
     if len(values) != channels:
+        example = ",".join(["0.5"] * channels)
         raise QffsError(f"{option} has {len(values)} value(s) but the data has {channels} channel(s): give one "
-                        f"comma-separated value per channel, e.g. --{option.split()[-1].lstrip('-')} " + ",".join(["0.5"] * channels))
+                        f"comma-separated value per channel, e.g. --{option.split()[-1].lstrip('-')} {example}")
     if not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
         raise QffsError(f"{option} values must be {'finite and > 0' if positive else 'finite'}, "
                         f"got {','.join(map(str, values))}")

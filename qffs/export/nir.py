@@ -125,11 +125,15 @@ class _Builder:
             layer, bias = m.layer, m.bias
             b = _array(bias) if bias is not None else None
             if isinstance(layer, nn.Linear):
-                out = nir.Affine(weight=_array(layer.weight), bias=b) if b is not None else nir.Linear(weight=_array(layer.weight))
-            elif isinstance(layer, (nn.Conv1d, nn.Conv2d)) and layer.padding_mode == "zeros" and not isinstance(layer.padding, str):
+                out = nir.Affine(weight=_array(layer.weight),
+                                 bias=b) if b is not None else nir.Linear(weight=_array(layer.weight))
+            elif isinstance(layer, (nn.Conv1d,
+                                    nn.Conv2d)) and layer.padding_mode == "zeros" and not isinstance(layer.padding,
+                                                                                                     str):
                 cls = nir.Conv2d if isinstance(layer, nn.Conv2d) else nir.Conv1d
                 spatial = self.shapes[x.name][1:]
-                out = cls(input_shape=spatial if isinstance(layer, nn.Conv2d) else spatial[0], weight=_array(layer.weight),
+                out = cls(input_shape=spatial if isinstance(layer, nn.Conv2d) else spatial[0],
+                          weight=_array(layer.weight),
                           stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
                           bias=b if b is not None else np.zeros(layer.out_channels, dtype=np.float32))
             else:

@@ -214,7 +214,8 @@ def snn_step_to_onnx(snn: SpikingNetwork, path: str | Path, example: torch.Tenso
     state = module.initial_state(example)
     names = module.state_names
     layers = [{"name": name, "shape": list(t.shape[1:]),
-               "initial": float(t.flatten()[0]) if name.endswith(".membrane") else 0.0} for name, t in zip(names, state)]
+               "initial": float(t.flatten()[0]) if name.endswith(".membrane") else 0.0} for name, t in zip(names,
+                                                                                                           state)]
     description = {**snn_description(snn, 1, example, False), "kind": "snn-step", "timesteps": None,
                    "state": layers, "outputs": ["readout", *(f"next.{n}" for n in names)]}
     batch = torch.export.Dim("batch")

@@ -29,7 +29,7 @@ EXACT_SESSION_CONFIG = {"session.disable_quant_qdq": "1"}
 
 def session(path: str | Path, device: str | torch.device = "cpu"):
     """An onnxruntime session for ``path`` that computes what torch computes (:data:`EXACT_SESSION_CONFIG`)."""
-    import onnxruntime as ort   # loads only for an export check or the onnxruntime backend (start-up time)
+    import onnxruntime as ort  # loads only for an export check or the onnxruntime backend (start-up time)
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()   # torchrun: 1 per process, as torch's (no oversubscription)
@@ -97,12 +97,14 @@ class OnnxSpikingNetwork:
             readouts = {name: out["readout"] for name in READOUTS}
         else:
             counts, membranes = out["counts"], out["membranes"]
-            params = {k: torch.tensor(spec[k], dtype=counts.dtype) for k in ("threshold", "step_size", "initial_membrane")}
+            params = {k: torch.tensor(spec[k], dtype=counts.dtype) for k in ("threshold", "step_size",
+                                                                             "initial_membrane")}
             readouts = {name: output_readout(name, counts, membranes, threshold=params["threshold"],
                                              step_size=params["step_size"], initial_membrane=params["initial_membrane"],
                                              input_window=self.input_window) for name in READOUTS}
         steps_run, convergence, quiet = settle(out["active"], self.input_window, spec is not None, until_quiet)
-        result = SimulationResult(readouts["count"], steps_run, self.input_window, convergence, quiet, readouts=readouts)
+        result = SimulationResult(readouts["count"], steps_run, self.input_window, convergence, quiet,
+                                  readouts=readouts)
         if record:
             for i, layer in enumerate(self.meta["neurons"]):
                 counts = out[f"counts.{layer['name']}"] if record_counts else None

@@ -59,9 +59,9 @@ def _output_label(quant: QuantConfig, hidden_bits: int | None = None) -> str:
 
 def off_level_fraction(report: EvaluationReport) -> float | None:
     """Fraction of all neurons (all layers, all samples) whose final count differs from the QANN level."""
-    layers = [r for r in report.layers if r.mismatch_fraction is not None]
-    neurons = sum(r.neurons for r in layers)
-    return sum(r.mismatch_fraction * r.neurons for r in layers) / neurons if neurons else None
+    layers = [(r.mismatch_fraction, r.neurons) for r in report.layers if r.mismatch_fraction is not None]
+    neurons = sum(n for _, n in layers)
+    return sum(f * n for f, n in layers) / neurons if neurons else None
 
 
 def _row(setting: str, what: str, qann_name: str, report: EvaluationReport, timesteps: int) -> dict[str, Any]:
@@ -102,7 +102,7 @@ def _ablate(qann_path: str | Path, data: DataOptions, timesteps: int, others: tu
     path, qann, meta = qanns[0]
     data, prep, loader = test_data_for(path, meta, data)
     for other, _, other_meta in qanns[1:]:
-        check_trained_on(other, other_meta, data.dataset)    # the same dataset, or a one-line error
+        check_trained_on(other, other_meta, data.name)    # the same dataset, or a one-line error
     quant = QuantConfig.from_meta(meta, str(path))
     rows, skipped, samples = [], [], 0
 
@@ -146,7 +146,8 @@ def ablation_csv(result: dict[str, Any]) -> str:
         cells = [r["setting"], r["qann"], f"{r['qann_accuracy']:.6f}"]
         cells += [f"{r['snn_accuracy'][t - 1]:.6f}" for t in steps]
         cells += ["" if r["latency_to_lossless"] is None else str(r["latency_to_lossless"]),
-                  "" if r["off_level_fraction"] is None else f"{r['off_level_fraction']:.6g}", str(r["steps_simulated"])]
+                  "" if r["off_level_fraction"] is None else f"{r['off_level_fraction']:.6g}",
+                  str(r["steps_simulated"])]
         lines.append(",".join(f'"{c}"' if "," in c else c for c in cells))
     return "\n".join(lines) + "\n"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from qffs.export.unrolled import SingleStepSNN
 from qffs.io import MAX_SAMPLE_VALUES
 from qffs.jobs.outputs import writing
 from qffs.metrics import predict
-from qffs.snn.network import check_timesteps
+from qffs.snn.network import SpikingNetwork, check_timesteps
 
 FORMATS = ("onnx", "nir")
 #: The SNN's unrolled length when --timesteps is not given: QFFS answers within a handful of steps.
@@ -127,18 +127,16 @@ def _export(path: str | Path, out: Path, *, to: str, timesteps: int | None, mode
     summary: dict[str, Any] = {"source": str(path), "kind": kind, "format": to, "path": str(out)}
     provenance = {"source": Path(path).name, "model": meta.get("model"), "dataset": meta.get("dataset")}
     if to == "nir":
-
-        to_nir(network, out, example, metadata=provenance)
-        summary["check"] = check_nir(network, out)
+        to_nir(cast(SpikingNetwork, network), out, example, metadata=provenance)
+        summary["check"] = check_nir(cast(SpikingNetwork, network), out)
     else:
-
         if kind == "snn":
             timesteps = DEFAULT_TIMESTEPS if timesteps is None else timesteps
-        if single_step:   # checked by streaming --timesteps steps through it
-
-            snn_step_to_onnx(network, out, example, metadata=provenance)
-            summary.update(opset=OPSET, single_step=True, timesteps=timesteps,
-                           check=_check_stream(network, out, example, timesteps))
+        if single_step:   # checked by streaming --timesteps steps through it (an SNN: checked above)
+            snn = cast(SpikingNetwork, network)
+            steps = DEFAULT_TIMESTEPS if timesteps is None else timesteps
+            snn_step_to_onnx(snn, out, example, metadata=provenance)
+            summary.update(opset=OPSET, single_step=True, timesteps=steps, check=_check_stream(snn, out, example, steps))
         else:
             if kind == "snn":
                 log(f"tracing the SNN over {timesteps} steps (seconds to minutes: the graph holds every step) ...")

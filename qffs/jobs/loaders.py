@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import Subset
@@ -22,7 +23,7 @@ def make_test_loader(opts: DataOptions, prep: Preprocessing | None = None) -> An
     """The test loader of a test-only job (the SNN evaluation), in batches of exactly ``batch_size``:
     there the batch bounds the simulation's memory. Training jobs use :func:`training_data`."""
     prep = prep or opts.preprocessing()
-    return make_loader(load_dataset(opts.dataset, "test", root=opts.root, limit=opts.test_limit, preprocessing=prep),
+    return make_loader(load_dataset(opts.name, "test", root=opts.root, limit=opts.test_limit, preprocessing=prep),
                        opts.batch_size, shuffle=False, num_workers=opts.workers)
 
 
@@ -30,8 +31,8 @@ def test_data_for(path: str | Path, meta: dict[str, Any], data: DataOptions) -> 
     """The test set an artifact is evaluated on: (data options with the recorded ones filled in,
     preprocessing, loader); refuses another dataset than the one it was trained on."""
     data = with_recorded(data, meta)
-    check_trained_on(path, meta, data.dataset)
-    prep = data.preprocessing(recorded=recorded_preprocessing(meta, data.dataset))
+    check_trained_on(path, meta, data.name)
+    prep = data.preprocessing(recorded=recorded_preprocessing(meta, data.name))
     return data, prep, make_test_loader(data, prep)
 
 
@@ -69,21 +70,21 @@ def training_data(opts: DataOptions, prep: Preprocessing | None = None) -> Train
     ``EVAL_BATCH_MIN``; the validation split is drawn from the training pool by :mod:`qffs.split`."""
     prep = prep or opts.preprocessing()
     eval_batch = max(opts.batch_size, EVAL_BATCH_MIN)
-    test = make_loader(load_dataset(opts.dataset, "test", root=opts.root, limit=opts.test_limit, preprocessing=prep),
+    test = make_loader(load_dataset(opts.name, "test", root=opts.root, limit=opts.test_limit, preprocessing=prep),
                        eval_batch, shuffle=False, num_workers=opts.workers)
-    augmented, plain = load_training_pool(opts.dataset, root=opts.root, limit=opts.limit, preprocessing=prep)
+    augmented, plain = load_training_pool(opts.name, root=opts.root, limit=opts.limit, preprocessing=prep)
     if opts.select_on_test:
         train_ds, validation, record = augmented, test, None
     else:
-        pool = len(augmented)
+        pool = len(cast(Sized, augmented))
         if pool < 2:
             raise QffsError(f"the training split has {pool} sample(s): a validation split needs at least 2")
-        size = opts.val_size if opts.val_size is not None else default_size(opts.dataset, pool, opts.limit is not None)
+        size = opts.val_size if opts.val_size is not None else default_size(opts.name, pool, opts.limit is not None)
         split = validation_split(pool, size, opts.val_seed)
         train_ds = Subset(augmented, split.train.tolist())
         validation = make_loader(Subset(plain, split.validation.tolist()), eval_batch, shuffle=False,
                                  num_workers=opts.workers)
         record = split.record()
     train = make_loader(train_ds, opts.batch_size, shuffle=True, seed=opts.seed, num_workers=opts.workers,
-                        drop_last=len(train_ds) > opts.batch_size)
+                        drop_last=len(cast(Sized, train_ds)) > opts.batch_size)
     return TrainingData(train=train, validation=validation, test=test, split=record)

@@ -54,9 +54,14 @@ class DataOptions:
             if isinstance(value, bool) or not isinstance(value, int) or value < low or value >= 2**63:
                 raise QffsError(f"{name} must be an integer in {low}..2^63-1, got {value!r}")
 
+    @property
+    def name(self) -> str:
+        """The dataset: as given or recorded (:func:`with_recorded`), else :data:`DEFAULT_DATASET`."""
+        return self.dataset or DEFAULT_DATASET
+
     def preprocessing(self, recorded: dict[str, Any] | None = None) -> Preprocessing:
         """This job's preprocessing: the options given, else ``recorded`` (an artifact's), else the dataset's."""
-        return resolve_preprocessing(self.dataset, self.root, mean=self.mean, std=self.std,
+        return resolve_preprocessing(self.name, self.root, mean=self.mean, std=self.std,
                                      image_size=self.image_size, recorded=recorded)
 
 
@@ -96,6 +101,6 @@ def check_trained_on(path: str | Path, meta: dict[str, Any], dataset: str) -> No
 
 def model_spec_for(model: str, data: DataOptions, prep: Preprocessing) -> str:
     """``model`` with the dataset's classes, channels and image size where the spec leaves them open."""
-    info = dataset_info(data.dataset, data.root)
+    info = dataset_info(data.name, data.root)
     return with_defaults(model, num_classes=info.num_classes, in_channels=info.in_channels,
                          image_size=prep.image_size)

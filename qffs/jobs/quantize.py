@@ -25,8 +25,14 @@ from qffs.jobs.training import Log, TrainingRun, check_replicas, job_record
 from qffs.models import build_model
 from qffs.quant import calibrate, quantize, quantizers
 from qffs.quant.graph import NOTES
-from qffs.quant.schedule import (first_final_epoch, hidden_bits, reestimate_batchnorm, set_hidden_bits,
-                                 stage_bits, stage_epochs)
+from qffs.quant.schedule import (
+    first_final_epoch,
+    hidden_bits,
+    reestimate_batchnorm,
+    set_hidden_bits,
+    stage_bits,
+    stage_epochs,
+)
 from qffs.resume import TrainState, resume_path
 from qffs.train import TrainConfig, config_dict, evaluate, fit, resolve_device
 from qffs.trust import authorized_spec, model_provenance, records_model_file
@@ -45,7 +51,7 @@ def check_input_channels(gm: torch.fx.GraphModule, data: DataOptions) -> None:
         layer = gm.get_submodule(str(node.target))
         if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)):
             if isinstance(layer, nn.Conv2d):
-                have = dataset_info(data.dataset, data.root).in_channels
+                have = dataset_info(data.name, data.root).in_channels
                 if layer.in_channels != have:
                     raise QffsError(f"the model takes {layer.in_channels} input channel(s), {data.dataset} has {have}: "
                                     "pass --dataset (and --data-root) for the data it was trained on")
@@ -60,7 +66,7 @@ def load_fp(checkpoint: str | Path, model: str | None,
     data = with_recorded(data, ckpt.meta)
     if ckpt.kind not in ("fp", "foreign"):
         raise QffsError(f"{checkpoint} is a {ckpt.kind} checkpoint, not a full-precision model")
-    prep = data.preprocessing(recorded=recorded_preprocessing(ckpt.meta, data.dataset))
+    prep = data.preprocessing(recorded=recorded_preprocessing(ckpt.meta, data.name))
     if model and not records_model_file(ckpt.meta):
         spec = model_spec_for(model, data, prep)
     else:
@@ -71,7 +77,8 @@ def load_fp(checkpoint: str | Path, model: str | None,
     except QffsError as err:
         recorded = ckpt.meta.get("model")
         if model and recorded and recorded != spec and not records_model_file(ckpt.meta):
-            raise QffsError(f"{err} (the checkpoint records its model as {recorded!r}: leave out --model to use it)") from err
+            raise QffsError(f"{err} (the checkpoint records its model as {recorded!r}: leave out --model to use "
+                            "it)") from err
         raise
     return net, data, prep, spec
 
@@ -215,7 +222,9 @@ class QatRun:
     def next_stage(self, epoch: int) -> None:
         """A bit schedule's change of width, before ``epoch`` trains: steps carried over and
         re-calibrated, BatchNorm re-estimated."""
-        width = stage_bits(self.quant.bit_schedule, self.cfg.epochs, epoch)
+        schedule = self.quant.bit_schedule
+        assert schedule is not None   # the hook is installed for a bit schedule only
+        width = stage_bits(schedule, self.cfg.epochs, epoch)
         old = hidden_bits(self.qann)
         if width == old:
             return

@@ -44,7 +44,7 @@ class QatRecipe:
 
     def train_config(self) -> TrainConfig:
         """The optimiser and schedule of this recipe."""
-        from qffs.train import TrainConfig   # start-up time: the command line reads the recipes for its help
+        from qffs.train import TrainConfig  # start-up time: the command line reads the recipes for its help
 
         return TrainConfig(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
                            schedule=self.schedule, gamma=self.gamma, distill=self.distill,
@@ -54,10 +54,12 @@ class QatRecipe:
     def quant_config(self, *, bits: int = 2, output_bits: int | None = 3, calibration: str = "mse",
                      recipe: str | None = None) -> QuantConfig:
         """The quantization this recipe trains: the widths given, its bit schedule and BatchNorm re-estimation."""
-        from qffs.artifacts import QuantConfig   # start-up time, as above
+        from qffs.artifacts import QuantConfig  # start-up time, as above
+        from qffs.quant.schedule import parse_bit_schedule
 
         return QuantConfig(bits=bits, output_bits=output_bits, calibration=calibration,
-                           bit_schedule=self.bit_schedule, bn_reestimate=self.bn_reestimate, recipe=recipe)
+                           bit_schedule=parse_bit_schedule(self.bit_schedule, bits),
+                           bn_reestimate=self.bn_reestimate, recipe=recipe)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,7 +88,8 @@ def resolve_recipe(name: str = DEFAULT_RECIPE, **overrides: Any) -> QatRecipe:
 def by_recipe(setting: str) -> str:
     """``"Recipes: qffs 20, paper 40."``: a setting's value in each recipe, for option help."""
     def shown(value: Any) -> str:
-        return {True: "yes", False: "no", None: "none"}.get(value, str(value)) if isinstance(value, (bool, type(None))) \
+        return {True: "yes", False: "no", None: "none"}.get(value, str(value)) if isinstance(value, (bool,
+                                                                                                     type(None))) \
             else str(value)
     return "Recipes: " + ", ".join(f"{name} {shown(getattr(r, setting))}" for name, r in RECIPES.items()) + "."
 
@@ -94,7 +97,7 @@ def by_recipe(setting: str) -> str:
 def qat_config(epochs: int, lr: float = 0.01, **overrides: Any) -> TrainConfig:
     """A plain QAT optimiser for tests and scripts: SGD lr 0.01, momentum 0.9, weight decay 5e-4
     except on step sizes, cosine decay; ``overrides`` on top (the recipes above are what the CLI runs)."""
-    from qffs.train import TrainConfig   # start-up time, as above
+    from qffs.train import TrainConfig  # start-up time, as above
 
     return TrainConfig(**{"epochs": epochs, "lr": lr, "schedule": "cosine", "no_decay_names": ("step",),
                           **overrides})

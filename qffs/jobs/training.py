@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,7 @@ def _fp_network(model: str, data: DataOptions, pretrained: str | None) -> tuple[
     """(the network, with ``pretrained``'s weights if given; data completed from it; preprocessing; spec)."""
     source = load_checkpoint(pretrained) if pretrained else None
     data = with_recorded(data, source.meta if source else {})
-    prep = data.preprocessing(recorded=recorded_preprocessing(source.meta, data.dataset) if source else None)
+    prep = data.preprocessing(recorded=recorded_preprocessing(source.meta, data.name) if source else None)
     spec = model_spec_for(model, data, prep)
     net = build_model(spec)
     if source is not None:

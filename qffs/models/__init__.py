@@ -176,7 +176,8 @@ def keyword_options(spec: str) -> set[str] | None:
     params = inspect.signature(factory).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
-    return {p.name for p in params if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    return {p.name for p in params if p.kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                 inspect.Parameter.POSITIONAL_OR_KEYWORD)}
 
 
 def with_defaults(spec: str, **defaults: Any) -> str:
@@ -208,7 +209,7 @@ def build_model(spec: str) -> nn.Module:
     if parsed.source == "file":
         factory = _load_factory(parsed.path or "", parsed.name)
     elif parsed.source == "torchvision":
-        import torchvision   # only for tv: specs (start-up time of the runtime, which never needs it)
+        import torchvision  # only for tv: specs (start-up time of the runtime, which never needs it)
 
         if parsed.name not in torchvision.models.list_models(module=torchvision.models):
             raise QffsError(

@@ -7,9 +7,9 @@ so those ``.th`` files load directly.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from typing import TYPE_CHECKING
 
+import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ def resnet18(num_classes: int = 10, in_channels: int = 3) -> ResNet:
     Its BasicBlock calls one ``self.relu`` twice; ``qffs.quantize`` gives each call site its own
     quantizer.
     """
-    from torchvision.models.resnet import BasicBlock, ResNet   # here: torchvision costs a second to import
+    from torchvision.models.resnet import BasicBlock, ResNet  # here: torchvision costs a second to import
 
     model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)

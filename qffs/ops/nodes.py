@@ -55,7 +55,8 @@ def describe(node: fx.Node, gm: fx.GraphModule) -> str:
     """A human name for a node's op: 'torch.nn.GELU at features.3', 'torch.sigmoid in layer1.0', 'Tensor.abs()'."""
     if node.op == "call_module":
         cls = type(gm.get_submodule(str(node.target)))
-        qual = f"torch.nn.{cls.__name__}" if getattr(nn, cls.__name__, None) is cls else f"{cls.__module__}.{cls.__qualname__}"
+        qual = f"torch.nn.{cls.__name__}" if getattr(nn, cls.__name__,
+                                                     None) is cls else f"{cls.__module__}.{cls.__qualname__}"
         return f"{qual} at {node.target}"
     if node.op == "call_function":
         target = node.target

@@ -8,9 +8,10 @@ tensor method's name (``call_method`` nodes).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from torch import fx, nn
 
@@ -30,7 +31,7 @@ class OpKind(str, Enum):
     IO = "io"                    # placeholders, outputs, attributes (never a record's kind)
 
     __str__ = str.__str__
-    __format__ = str.__format__
+    __format__ = str.__format__   # type: ignore[assignment]   # format as the plain string, as str does
 
 
 #: How a ReLU-like op's arguments say whether this call is a ReLU (low bound 0, high bound absent or > 0):

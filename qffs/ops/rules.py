@@ -11,8 +11,9 @@ operator the table marks ``shape``.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import fx
@@ -61,7 +62,8 @@ class _Site:
 def _dropout_in_training(site: _Site) -> str | None:
     node, record = site.node, site.record
     if node.op == "call_function" and record is not None and record.dropout and argument(node, 2, "training", True):
-        return "dropout with training=True drops at random at inference too (F.dropout's default) — pass training=self.training"
+        return ("dropout with training=True drops at random at inference too (F.dropout's default) — pass "
+                "training=self.training")
     return None
 
 

@@ -14,7 +14,8 @@ itself into :data:`OPS` when :mod:`qffs.quant` is imported) and changes nothing 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from torch import fx, nn
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import fx, nn

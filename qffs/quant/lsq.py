@@ -27,7 +27,7 @@ from qffs.ops import OPS, OpKind, OpRecord
 STEP_EPS = 1e-8
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _open_bounds(dtype: torch.dtype, levels: int) -> tuple[float, float]:
     """(lo, hi) with lo < v < hi  ⇔  0 ≤ v ≤ Q for every v of ``dtype``: the neighbours of 0 and Q.
 

@@ -31,7 +31,8 @@ def trace(model: nn.Module, concrete_args: dict[str, Any] | None = None, ops: Op
         reason = lines[0] if lines else type(err).__name__
         where = user_code_location(err)
         raise UnsupportedGraphError(
-            f"cannot trace {type(model).__name__} with torch.fx{' at ' + where if where else ''}: {reason} — make the forward's "
+            f"cannot trace {type(model).__name__} with torch.fx{' at ' + where if where else ''}: {reason} — make the "
+            f"forward's "
             "control flow static (no Python if/for/len on tensor values) or pass "
             "concrete_args= to fix the inputs it branches on"
         ) from err

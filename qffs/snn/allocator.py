@@ -39,7 +39,7 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version                 # glibc's: mallopt's options below are glibc's
+        _ = libc.gnu_get_libc_version             # glibc's: mallopt's options below are glibc's
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False

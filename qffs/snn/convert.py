@@ -13,7 +13,8 @@ quantizers, a neuron class (``neuron_map=``, :data:`qffs.snn.handlers.NEURONS`).
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
@@ -55,10 +56,12 @@ def fold_batchnorm(gm: fx.GraphModule, ops: OpTable = OPS) -> int:
         src = node.args[0]
         if not (isinstance(src, fx.Node) and classify(src, gm, ops) is OpKind.WEIGHTED and len(src.users) == 1):
             continue
-        layer, bn = gm.get_submodule(str(src.target)), gm.get_submodule(str(node.target))
+        layer: nn.Module = gm.get_submodule(str(src.target))
+        bn: Any = gm.get_submodule(str(node.target))
+        fused: nn.Module
         if isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
             fused = fuse_linear_bn_eval(layer, bn)
-        elif isinstance(layer, (nn.Conv1d, nn.Conv2d)) and not isinstance(layer, nn.Linear):
+        elif isinstance(layer, (nn.Conv1d, nn.Conv2d)):
             fused = fuse_conv_bn_eval(layer, bn)
         else:
             continue
@@ -89,13 +92,13 @@ def _neuron_classes(gm: fx.GraphModule, name: str, ops: OpTable,
     return neurons
 
 
-def _input_window(input_window: int | None, quantizers: list[nn.Module]) -> int:
+def _input_window(input_window: int | None, quantizers: list[Any]) -> int:
     """T_in: as given (bounded like T), else the Q of the hidden quantizers (of all, without hidden ones)."""
     if input_window is not None:
         return check_timesteps(input_window, "input_window (--input-window)",
                                "the steps during which the image and the biases are fed in")
     hidden = [q.levels for q in quantizers if not q.is_output]
-    return max(hidden or [q.levels for q in quantizers])
+    return int(max(hidden or [q.levels for q in quantizers]))
 
 
 def _handlers(handlers: Mapping[Any, Handler], gm: fx.GraphModule, ops: OpTable) -> dict[OpKind, Handler]:
@@ -133,7 +136,7 @@ def _network(gm: fx.GraphModule, rw: Rewrite, folded: int) -> SpikingNetwork:
 
 def convert(qann: nn.Module, *, input_window: int | None = None, precharge: bool = True,
             negative_spikes: bool = True, max_pool: str = "event", ops: OpTable = OPS,
-            handlers: Mapping[OpKind | str, Handler] = HANDLERS,
+            handlers: Mapping[OpKind, Handler] = HANDLERS,
             neuron_map: Mapping[type[nn.Module], type[SpikingNeuron]] = NEURONS) -> SpikingNetwork:
     """Convert a quantized ANN into a :class:`SpikingNetwork` (SPEC §2).
 

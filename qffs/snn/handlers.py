@@ -10,8 +10,9 @@ the quantizer's ``step_size()``, ``levels`` and ``is_output``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import fx, nn
 

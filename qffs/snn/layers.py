@@ -78,7 +78,8 @@ class GatedLayer(SpikingModule):
         tally = self._tally
         if tally is None or tally.dtype != nonzero.dtype or tally.shape[0] != fanout.numel() \
                 or tally.device != nonzero.device:
-            tally = self._tally = torch.stack([fanout.flatten(), torch.ones_like(fanout).flatten()], 1).to(nonzero.dtype)
+            tally = self._tally = torch.stack([fanout.flatten(), torch.ones_like(fanout).flatten()],
+                                              1).to(nonzero.dtype)
         per_row = nonzero.flatten(1) @ tally   # [rows, inputs] events × [inputs, 2] (fan-out, 1)
         return Events(synops=per_row[:, 0], inputs=per_row[:, 1], active=per_row[:, 1] > 0)
 
@@ -134,7 +135,8 @@ class GatedAffine(SpikingModule):
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm):
         super().__init__()
-        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
+        std = torch.sqrt(bn.running_var + bn.eps)
+        scale = bn.weight.detach() / std if bn.affine else 1 / std
         beta = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_mean)
         self.register_buffer("scale", scale.clone())
         self.register_buffer("shift", (beta - bn.running_mean * scale).clone())

@@ -13,6 +13,7 @@ import os
 import re
 
 import torch
+
 from qffs.errors import QffsError
 
 #: The default budget: this fraction of the memory free on the device.

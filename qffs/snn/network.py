@@ -26,9 +26,16 @@ from qffs.snn.memory import default_budget, samples_at_once
 from qffs.snn.monitor import Monitor
 from qffs.snn.neuron import SpikingNeuron
 from qffs.snn.readout import check_readout
+from qffs.snn.records import (
+    NeuronRecord,
+    SimulationResult,
+    SynapseRecord,
+    add_records,
+    concat_results,
+    result_of,
+    settle,
+)
 from qffs.snn.spiking import SpikingModule
-from qffs.snn.records import (NeuronRecord, SimulationResult, SynapseRecord, add_records, concat_results,
-                              result_of, settle)
 
 #: The most time steps one simulation may run. QFFS answers in a handful of steps, and every
 #: step's output is kept (count, membrane and current readouts): T × batch × outputs × 12 bytes,
@@ -39,7 +46,7 @@ MAX_TIMESTEPS = 4096
 def check_timesteps(value: object, option: str = "timesteps",
                     why: str = "every step's output is kept: T x batch x outputs x 12 bytes") -> int:
     """``value`` as a number of time steps in 1…:data:`MAX_TIMESTEPS`, or a one-line QffsError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_TIMESTEPS:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= int(value) <= MAX_TIMESTEPS:
         raise QffsError(f"{option} must be an integer in 1..{MAX_TIMESTEPS}, got {value!r} ({why})")
     return int(value)
 
@@ -129,7 +136,8 @@ class SpikingNetwork(nn.Module):
         return x.element_size() * (probe.state + activations + 2 * timesteps * probe.outputs)
 
     def _probe(self, x: torch.Tensor) -> _Probe:
-        """One step of one sample (shapes propagated) for batch-freeness and per-sample sizes; cached per sample shape."""
+        """One step of one sample (shapes propagated) for batch-freeness and per-sample sizes; cached per
+        sample shape."""
         key = tuple(x.shape[1:])
         if key not in self._probes:
             try:

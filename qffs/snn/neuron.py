@@ -154,7 +154,8 @@ class IFNeuron(SpikingNeuron):
                             history=self.is_output)
         history = (trace.count_history, trace.membrane_history) if self.is_output else None
         return trace.output.flatten(0, 1), (membrane, count), Events(pos=trace.pos, neg=trace.neg,
-                                                                     active=(trace.pos + trace.neg) > 0, history=history)
+                                                                     active=(trace.pos + trace.neg) > 0,
+                                                                     history=history)
 
     def notes(self) -> dict[str, Any]:
         return {**super().notes(), "negative_spikes": self.negative_spikes, "reset": "subtract",

@@ -17,6 +17,7 @@ With an analog output layer (no output neuron) all three are its integrated curr
 from __future__ import annotations
 
 import torch
+
 from qffs.errors import QffsError
 
 READOUTS = ("count", "tiebreak", "current")

@@ -108,7 +108,8 @@ def result_of(engine: Engine, run: Run, timesteps: int, until_quiet: bool) -> Si
     return SimulationResult(readouts["count"], steps_run, engine.input_window, convergence, quiet, readouts=readouts)
 
 
-def readouts_of(output: SpikingNeuron | None, run: Run, steps_run: int, timesteps: int, input_window: int) -> dict[str, torch.Tensor]:
+def readouts_of(output: SpikingNeuron | None, run: Run, steps_run: int, timesteps: int,
+                input_window: int) -> dict[str, torch.Tensor]:
     """Every readout as ``[timesteps, B, ...]``; rows after an early stop repeat the last one."""
     if output is None:
         analog = run.analog[:steps_run]

@@ -56,7 +56,7 @@ class Clock:
             raise TypeError("a streaming clock's window is a tensor: gate with Clock.gate, not in_window")
         return self.t < self.input_window
 
-    def at(self, t: int) -> "Clock":
+    def at(self, t: int) -> Clock:
         return replace(self, t=t)
 
     def gate(self, value: torch.Tensor, added: torch.Tensor) -> torch.Tensor:
