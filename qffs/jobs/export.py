@@ -136,7 +136,8 @@ def _export(path: str | Path, out: Path, *, to: str, timesteps: int | None, mode
             snn = cast(SpikingNetwork, network)
             steps = DEFAULT_TIMESTEPS if timesteps is None else timesteps
             snn_step_to_onnx(snn, out, example, metadata=provenance)
-            summary.update(opset=OPSET, single_step=True, timesteps=steps, check=_check_stream(snn, out, example, steps))
+            summary.update(opset=OPSET, single_step=True, timesteps=steps,
+                           check=_check_stream(snn, out, example, steps))
         else:
             if kind == "snn":
                 log(f"tracing the SNN over {timesteps} steps (seconds to minutes: the graph holds every step) ...")
