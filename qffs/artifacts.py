@@ -238,10 +238,10 @@ SHIPPED_FMNIST = shipped_model("fmnist_vgg_small.pt")
 def describe_recipe(meta: dict[str, Any]) -> str | None:
     """One line on how a trained artifact was made: epochs, optimiser, schedule, distillation, bit
     schedule, BatchNorm re-estimation, and where its epoch was chosen (None: nothing recorded)."""
+    quant = QuantConfig.from_meta(meta) if meta.get("kind") in ("qann", "snn") else None   # refuses a bad record
     cfg = meta.get("train_config")
     if not isinstance(cfg, dict):
         return None
-    quant = QuantConfig.from_meta(meta) if meta.get("kind") in ("qann", "snn") else None
     kind = "QAT" if quant is not None else "training"
     named = f"{quant.recipe} — " if quant is not None and quant.recipe else ""
     parts = [f"{named}{kind} {cfg.get('epochs')} epoch(s), SGD lr {cfg.get('lr')} {cfg.get('schedule')}, momentum "

@@ -11,6 +11,7 @@ that every rank holds the same weights after training. Without torchrun (WORLD_S
 from __future__ import annotations
 
 import atexit
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -92,8 +93,6 @@ def replicas_identical(module: nn.Module) -> bool:
     """Do all ranks hold bit-identical parameters and buffers? (True alone.) Collective: call on every rank."""
     if not active():
         return True
-    import hashlib
-
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())

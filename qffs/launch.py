@@ -18,6 +18,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """Run torchrun with ``argv`` (default: the command line); returns its exit code."""
+    # torch.distributed.run loads only when qffs-torchrun runs (its import takes a second)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun

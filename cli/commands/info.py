@@ -14,9 +14,13 @@ from qffs.cli.app import app, examples, printable
 def info(checkpoint: Path = typer.Argument(..., help="A .pt/.pth/.th/.safetensors file.")) -> None:
     """Print a checkpoint's kind, model spec, dataset, metrics and provenance."""
     # loaded when the command runs, so that `qffs --help` and the other commands start fast
+    from qffs.artifacts import ConversionConfig, QuantConfig, describe_recipe
     from qffs.io import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
+    if ckpt.kind in ("qann", "snn"):   # their records are read back before anything is printed
+        QuantConfig.from_meta(ckpt.meta, str(checkpoint))
+        ConversionConfig.from_meta(ckpt.meta, str(checkpoint))
     params = sum(t.numel() for t in ckpt.state_dict.values())
     typer.echo(printable(f"{checkpoint}: {ckpt.kind} checkpoint, {len(ckpt.state_dict)} tensors, {params:,} values"))
     if ckpt.kind == "foreign" and (ckpt.entry or ckpt.stripped):
@@ -28,9 +32,6 @@ def info(checkpoint: Path = typer.Argument(..., help="A .pt/.pth/.th/.safetensor
         if ckpt.meta.get(key) is not None:
             value = ckpt.meta[key]
             typer.echo(f"  {key}: {printable(json.dumps(value) if isinstance(value, (dict, list)) else str(value))}")
-    # loaded when the command runs, so that `qffs --help` and the other commands start fast
-    from qffs.artifacts import describe_recipe
-
     recipe = describe_recipe({**ckpt.meta, "kind": ckpt.kind})
     if recipe:
         typer.echo(f"  recipe: {printable(recipe)}")

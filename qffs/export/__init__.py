@@ -8,14 +8,14 @@ from typing import Any
 
 def to_onnx(*args: Any, **kwargs: Any):
     """:func:`qffs.export.onnx.to_onnx`."""
-    from qffs.export.onnx import to_onnx as export
+    from qffs.export.onnx import to_onnx as export  # loaded on first use: the exporters are heavy
 
     return export(*args, **kwargs)
 
 
 def to_nir(*args: Any, **kwargs: Any):
     """:func:`qffs.export.nir.to_nir`."""
-    from qffs.export.nir import to_nir as export
+    from qffs.export.nir import to_nir as export  # loaded on first use, as above
 
     return export(*args, **kwargs)
 

@@ -25,6 +25,7 @@ from torch import fx, nn
 
 from qffs.errors import QffsError, UnsupportedGraphError
 from qffs.files import atomic_path
+from qffs.ops import describe
 from qffs.snn.layers import GatedLayer
 from qffs.snn.network import SpikingNetwork, propagate_shapes
 from qffs.snn.neuron import IFNeuron, SpikingNeuron
@@ -86,8 +87,6 @@ class _Builder:
         self.source: dict[str, list[str]] = {}     # fx node name → the NIR nodes whose outputs it sums
 
     def refuse(self, node: fx.Node, why: str) -> UnsupportedGraphError:
-        from qffs.ops import describe
-
         return UnsupportedGraphError(f"cannot export node '{node.name}' ({describe(node, self.gm)}) to NIR: {why}")
 
     def emit(self, name: str, nir_node: Any, inputs: list[fx.Node], note: dict[str, Any] | None = None) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from qffs.errors import QffsError
+from qffs.export.unrolled import DIAGNOSTIC_OUTPUTS, OUTPUTS, SingleStepSNN, UnrolledSNN
 from qffs.files import atomic_path
 from qffs.quant.lsq import STEP_EPS, LSQActivation
 from qffs.snn.network import SpikingNetwork, check_timesteps
@@ -47,7 +49,7 @@ def _(x: torch.Tensor, scale: torch.Tensor, levels: int) -> torch.Tensor:
 
 def _qcdq_onnx(x, scale, levels: int):
     """The ONNX form of :func:`_qcdq`: QuantizeLinear (round half to even, as torch) → Clip → Dequantize."""
-    import onnx
+    import onnx  # onnx and onnxscript load only when a file is exported (seconds of start-up otherwise)
     from onnxscript import opset18 as op
 
     zero = op.Constant(value=onnx.helper.make_tensor("zero_point", onnx.TensorProto.UINT8, [], [0]))
@@ -81,8 +83,6 @@ def _replace_quantizers(model: nn.Module) -> nn.Module:
 
 def _first_line(err: BaseException) -> str:
     """The first line of the innermost cause (the exporter wraps the error that names the op), no ANSI colours."""
-    import re
-
     while err.__cause__ is not None:
         err = err.__cause__
     line = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -95,7 +95,7 @@ def _export(module: nn.Module, example: torch.Tensor | tuple, path: Path, output
     """Trace ``module`` on ``example`` (one tensor whose first dimension, the batch, is dynamic; or
     a tuple of inputs with their ``dynamic`` shapes, torch.export's form) and write a checked ONNX
     file atomically."""
-    import onnx
+    import onnx  # as above
 
     inputs = example if isinstance(example, tuple) else (example,)
     dynamic = dynamic or ({0: torch.export.Dim("batch")},)
@@ -155,8 +155,6 @@ def _fanouts(snn: SpikingNetwork, example: torch.Tensor) -> dict[str, torch.Tens
 
 def snn_description(snn: SpikingNetwork, timesteps: int, example: torch.Tensor, diagnostics: bool) -> dict[str, Any]:
     """What a runner needs to know of an exported SNN besides its tensors (stored as metadata)."""
-    from qffs.export.unrolled import DIAGNOSTIC_OUTPUTS, OUTPUTS
-
     result = snn.simulate(example[:1], 1, record=True)
     out = snn.graph.get_submodule(snn.output_neuron) if snn.output_neuron else None
     return {
@@ -182,8 +180,6 @@ def snn_to_onnx(snn: SpikingNetwork, path: str | Path, example: torch.Tensor, ti
     Such a graph is written without onnxscript's optimisation passes, which on it cost more
     time than they save (ResNet-20, T = 8: minutes); onnxruntime optimises it on loading anyway.
     """
-    from qffs.export.unrolled import UnrolledSNN
-
     timesteps = check_timesteps(timesteps, "--timesteps")
     snn = copy.deepcopy(snn).float().eval()
     example = _example(example)
@@ -206,8 +202,6 @@ def snn_step_to_onnx(snn: SpikingNetwork, path: str | Path, example: torch.Tenso
     membrane is its layer's u₀ (``initial`` in the list) and everything else zero:
     :meth:`~qffs.export.unrolled.SingleStepSNN.initial_state`.
     """
-    from qffs.export.unrolled import SingleStepSNN
-
     snn = copy.deepcopy(snn).float().eval()
     example = _example(example)
     module = SingleStepSNN(snn)
@@ -240,7 +234,7 @@ def to_onnx(network: nn.Module, path: str | Path, example: torch.Tensor, *, time
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The ``qffs`` metadata of an ONNX file written by this module ({} for another file)."""
-    import onnx
+    import onnx  # as above
 
     proto = onnx.load(str(path), load_external_data=False)
     for entry in proto.metadata_props:

@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from qffs.cache import ours_alone
 from qffs.errors import QffsError
+from qffs.export.onnx import read_metadata
+from qffs.files import pid_alive
 from qffs.snn.network import NeuronRecord, SimulationResult, SynapseRecord, check_timesteps, settle
 from qffs.snn.readout import READOUTS, check_readout, output_readout
 
@@ -50,8 +53,6 @@ class OnnxSpikingNetwork:
     """An exported SNN run by onnxruntime: ``simulate(x, T)`` for any T up to the exported one."""
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
-        from qffs.export.onnx import read_metadata
-
         meta = read_metadata(path)
         if meta.get("kind") == "snn-step":
             raise QffsError(f"{path} is a single-step SNN (--single-step): drive it step by step with onnxruntime; "
@@ -126,8 +127,6 @@ _EXPORT_PREFIX = "qffs-onnx-"
 def export_folder(stack: contextlib.ExitStack) -> Path:
     """A private temporary folder for an evaluation's ONNX file, removed when ``stack`` closes; the
     folders of runs that were killed (SIGKILL, a crash) before removing theirs go first."""
-    from qffs.cache import ours_alone
-    from qffs.files import pid_alive
 
     base = Path(tempfile.gettempdir())
     for old in base.glob(f"{_EXPORT_PREFIX}*-*"):
