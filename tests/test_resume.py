@@ -83,7 +83,10 @@ def test_quantize_killed_in_epoch_2_and_resumed_equals_an_uninterrupted_run(tmp_
     assert proc.poll() is None, "the run ended before it could be killed in epoch 2"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    assert not out.exists() and load_state(resume_path(out)).epoch == 1
+    killed = load_state(resume_path(out))
+    assert not out.exists() and killed.epoch == 1
+    first_chunk = killed.extra["seconds"]   # the run's time so far, kept across the kill
+    assert first_chunk >= killed.history[0]["epoch_seconds"] > 0
 
     _one_line_error(subprocess.run(_quantize(out), capture_output=True, text=True, env=env, timeout=600),
                     "holds an interrupted run", "--resume")      # never silently started over
@@ -96,6 +99,7 @@ def test_quantize_killed_in_epoch_2_and_resumed_equals_an_uninterrupted_run(tmp_
     assert a.state_dict.keys() == b.state_dict.keys()
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
     assert a.meta["metrics"]["qann_accuracy"] == b.meta["metrics"]["qann_accuracy"]
+    assert b.meta["metrics"]["seconds"] > first_chunk   # the whole run's wall time, not the last chunk's
     assert not resume_path(out).exists() and not (tmp_path / "q.partial.pt").exists()
 
 

@@ -64,6 +64,7 @@ class TrainingRun:
         self.state: TrainState | None = None
         self.job: dict[str, Any] = {}
         self.started = time.perf_counter()
+        self.before = 0.0   # seconds the run spent before this process continued it
         self._lock = contextlib.ExitStack()
 
     def __enter__(self) -> TrainingRun:
@@ -74,7 +75,8 @@ class TrainingRun:
         self._lock.close()
 
     def seconds(self) -> float:
-        return round(time.perf_counter() - self.started, 1)
+        """The run's wall time: this process's, plus that of the chunks it resumes."""
+        return round(self.before + time.perf_counter() - self.started, 1)
 
     def resume(self, job: dict[str, Any], resume: bool, log: Log = print) -> TrainState | None:
         """The state an interrupted run of ``job`` left (``resume``), else None; checked before any work."""
@@ -85,13 +87,16 @@ class TrainingRun:
                 log(f"nothing to resume at {resume_path(self.out)}: starting at epoch 1")
             return None
         self.state = load_state(path, job)
+        recorded = self.state.extra.get("seconds")   # states written before it was recorded: their epochs' time
+        self.before = float(recorded) if isinstance(recorded, (int, float)) else float(
+            sum(r.get("epoch_seconds", 0.0) for r in self.state.history))
         log(f"resuming from {path}: {self.state.epoch} epoch(s) done")
         return self.state
 
     def state_writer(self, extra: dict[str, Any]) -> Callable[[TrainState], None]:
         """``on_state`` for :func:`~qffs.train.fit`: the run's resume state, after every epoch."""
         def write(state: TrainState) -> None:
-            state.job, state.extra = self.job, extra
+            state.job, state.extra = self.job, {**extra, "seconds": self.seconds()}
             save_state(resume_path(self.out), state)
         return write
 
