@@ -7,6 +7,7 @@ on stderr, ``--debug`` for the traceback); 130 interrupted (Ctrl-C), 143 termina
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -21,13 +22,23 @@ from qffs.signals import exit_code, ignore_further, restore, stop_on_signals, st
 INTERRUPTED = "no output was half-written (files are written whole, at the end of each stage)"
 
 
+def _say(line: str) -> None:
+    """``line`` on stderr in one write: under torchrun every rank writes to the same pipe, and a
+    line written as text and newline in two writes can be split by another rank's line."""
+    sys.stderr.flush()
+    try:
+        os.write(sys.stderr.fileno(), (line + "\n").encode(errors="replace"))
+    except (AttributeError, OSError, ValueError):   # a captured stderr without a file descriptor
+        print(line, file=sys.stderr)
+
+
 def _stopped(message: str) -> int:
     """The one line of a stopped job ("interrupted: ..." or "terminated (SIGTERM): ..."), and its exit code."""
     ignore_further()
     word = stop_word()
     if message.startswith("interrupted"):
         message = word + message[len("interrupted"):]
-    print(f"qffs: {printable(message)}", file=sys.stderr)
+    _say(f"qffs: {printable(message)}")
     return exit_code()
 
 
@@ -69,7 +80,7 @@ def _run(command, args: list[str], debug: bool) -> int:
         ctx = getattr(exc, "ctx", None)
         where = ctx.command_path if ctx is not None else "qffs"
         message = " ".join(exc.format_message().split())
-        print(f"qffs: error: {printable(message)} (see: {where} --help)", file=sys.stderr)
+        _say(f"qffs: error: {printable(message)} (see: {where} --help)")
         return 2
     except Interrupted as exc:   # a job that knows what it kept
         return _stopped(str(exc))
@@ -78,7 +89,7 @@ def _run(command, args: list[str], debug: bool) -> int:
     except QffsError as exc:
         if debug:
             raise
-        print(f"qffs: error{_rank()}: {printable(str(exc))}", file=sys.stderr)   # paths and names may come from files
+        _say(f"qffs: error{_rank()}: {printable(str(exc))}")   # paths and names may come from files
         return 2   # under torchrun a rank that exits stops the others (torchrun ends the job), no hang
     except (Exception, SystemExit) as exc:  # the user's model code failing, else a bug: one line unless --debug
         if debug:
@@ -88,13 +99,12 @@ def _run(command, args: list[str], debug: bool) -> int:
 
         found = user_code_error(exc)
         if found is not None:
-            print(f"qffs: error: {printable(str(found))}", file=sys.stderr)
+            _say(f"qffs: error: {printable(str(found))}")
             return 2
         if isinstance(exc, SystemExit):   # not from a model file: keep its meaning
             raise
         msg = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"qffs: internal error: {type(exc).__name__}: {msg} (run with --debug for the traceback)",
-              file=sys.stderr)
+        _say(f"qffs: internal error: {type(exc).__name__}: {msg} (run with --debug for the traceback)")
         return 1
 
 
