@@ -70,7 +70,13 @@ def _run(command, args: list[str], debug: bool) -> int:
         code = command.main(args=args, prog_name="qffs", standalone_mode=False)
         if code == 130:   # typer turns a Ctrl-C it sees into a returned 130
             return _stopped(f"interrupted; {INTERRUPTED}")
-        return code if isinstance(code, int) else 0
+        code = code if isinstance(code, int) else 0
+        if code == 0 and settings.torchrun_world_size() > 1:
+            # only under torchrun (it imports torch): every rank done, then all leave the group together
+            from qffs.distributed import finish
+
+            finish()
+        return code
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except typer.TyperException as exc:  # usage errors (bad option, missing argument): one line too

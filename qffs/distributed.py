@@ -42,6 +42,15 @@ def _leave() -> None:
         dist.destroy_process_group()
 
 
+def finish() -> None:
+    """A job that ended well on every rank: all ranks meet, then leave the group together. A rank
+    that leaves while the others still run (rank 0 writes the outputs last) can abort at exit
+    ("terminate called without an active exception"); a failing rank leaves at once (atexit)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def active() -> bool:
     """Is this process one of several in an initialised group?"""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -133,5 +142,5 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-__all__ = ["ShardSampler", "active", "all_reduce_sum", "barrier", "broadcast_module", "init_distributed",
+__all__ = ["ShardSampler", "active", "all_reduce_sum", "barrier", "broadcast_module", "finish", "init_distributed",
            "is_main_process", "main_only", "rank", "replicas_identical", "world_size"]
