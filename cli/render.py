@@ -90,6 +90,23 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines.append(f"spikes per neuron per sample: {report['spikes_per_neuron_per_sample']:.3f}   "
                  f"SOPs/sample {report['synops_per_sample']:.3g} vs ANN MACs {report['ann_macs_per_sample']:.3g}   "
                  f"energy SNN {e.get('snn_pj', 0) / 1e6:.3g} µJ vs ANN {e.get('ann_pj', 0) / 1e6:.3g} µJ")
+    return lines + exit_lines(report.get("exit"))
+
+
+def exit_lines(exit_: dict[str, Any] | None) -> list[str]:
+    """What an evaluation with ``--exit`` chose and what it answered on the test set."""
+    if not exit_:
+        return []
+    test, val = exit_["test"], exit_.get("validation")
+    lines = []
+    if val:
+        row = val.get("chosen")
+        lines.append(f"exit chosen on validation ({val['samples']:,} images, QANN {_pct(val['qann_accuracy'])}%): "
+                     f"{exit_['policy']}" + ("" if not row else f", validation {_pct(row['accuracy'])}% at mean "
+                                                               f"{row['mean_latency']:.2f} steps"))
+    lines.append(f"exit {exit_['policy']} on the test set: {_pct(test['accuracy'])}% at mean latency "
+                 f"{test['mean_latency']:.2f} steps (p50 {test['p50_latency']:g}, p99 {test['p99_latency']:g}); "
+                 f"{exit_['seconds_exit']:.1f} s against {exit_['seconds_fixed']:.1f} s at the fixed T")
     return lines
 
 

@@ -2,24 +2,26 @@
 
 One simulation per batch to T gives the whole curve acc(1…T), for each of the three readouts
 (spike counts, counts with membrane tie-break, integrated current). Alongside it: the QANN's
-accuracy on the same samples and before its output quantizer (the current readout's
-reference), tied predictions, each sample's convergence step, spikes per
-neuron per sample (positive and negative) for every IF layer, the fraction of neurons whose
-final count differs from the QANN level, synaptic operations against the ANN's MACs, and the
-energy estimate. Each is a measure (:mod:`qffs.measures`): float64 sums over batches, added
-over the ranks of a torchrun job in one all-reduce; the result is an :class:`EvaluationReport`.
+accuracy on the same samples and before its output quantizer (the current readout's reference),
+tied predictions, each sample's convergence step, spikes per neuron per sample (positive and
+negative) per IF layer, the fraction of neurons off their QANN level, synaptic operations against
+the ANN's MACs, the energy. Each is a measure (:mod:`qffs.measures`): float64 sums over batches,
+added over the ranks of a torchrun job in one all-reduce; the result is an :class:`EvaluationReport`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from qffs import distributed
 from qffs.errors import QffsError
+from qffs.exit_tradeoff import ExitOutcome, ExitTradeoff
+from qffs.layer_measures import LayerSpikes, SynapseOps
 from qffs.measures import Measure, reduce_measures
 from qffs.metrics import predict
 from qffs.progress import track
@@ -28,13 +30,12 @@ from qffs.report import (
     ENERGY_AC_PJ,
     ENERGY_MAC_PJ,
     EvaluationReport,
-    LayerActivity,
-    SynapseActivity,
     energy_estimate,
     latency_to_lossless,
     percentiles,
 )
-from qffs.snn.network import NeuronRecord, SimulationResult, SpikingNetwork, SynapseRecord
+from qffs.snn.exits import NO_EXIT, ExitPolicy
+from qffs.snn.network import SimulationResult, SpikingNetwork
 from qffs.snn.readout import READOUTS, check_readout
 
 
@@ -138,68 +139,6 @@ class Settling(Measure):
         return int(self.samples), {**percentiles(steps), "unconverged": int(self.unconverged)}
 
 
-class _PerLayer(Measure):
-    """Sums per named layer, a row each, added as the first batch's records name the layers."""
-
-    totals: torch.Tensor
-
-    def __init__(self, columns: int):
-        super().__init__()
-        self.rows: dict[str, int] = {}
-        self.sizes: list[int] = []                               # each layer's neurons or MACs, as first recorded
-        self.add_state("totals", (0, columns))
-
-    def row(self, name: str, size: int) -> torch.Tensor:
-        """Layer ``name``'s row of ``totals`` (a view: add to it in place)."""
-        if name not in self.rows:
-            self.rows[name] = len(self.sizes)
-            self.sizes.append(size)
-            self.totals = torch.cat([self.totals, self.totals.new_zeros(1, self.totals.shape[1])])
-        return self.totals[self.rows[name]]
-
-
-class LayerSpikes(_PerLayer):
-    """Every IF layer: positive and negative spikes, and (``compared`` with the QANN) neurons
-    whose final count is off their QANN level."""
-
-    def __init__(self, compared: bool):
-        super().__init__(3)                                      # pos, neg, mismatch
-        self.compared = compared
-
-    def update(self, records: list[NeuronRecord], levels: dict[str, torch.Tensor]) -> None:
-        for rec in records:
-            row = self.row(rec.name, rec.neurons)
-            row[0] += float(rec.pos_spikes.sum())
-            row[1] += float(rec.neg_spikes.sum())
-            if rec.name in levels and rec.counts is not None:
-                row[2] += float((rec.counts != levels[rec.name]).sum())
-
-    def compute(self, samples: int, timesteps: int) -> list[LayerActivity]:
-        rows = []
-        for name, neurons, (pos, neg, mismatch) in zip(self.rows, self.sizes, self.totals.tolist()):
-            per = neurons * samples
-            rows.append(LayerActivity(name, int(neurons), pos / per, neg / per, (pos + neg) / (per * timesteps),
-                                      mismatch / per if self.compared else None))
-        return rows
-
-
-class SynapseOps(_PerLayer):
-    """Every weighted layer: synaptic operations and input events, beside its MACs."""
-
-    def __init__(self):
-        super().__init__(2)                                      # synops, events
-
-    def update(self, records: list[SynapseRecord]) -> None:
-        for rec in records:
-            row = self.row(rec.name, rec.macs)
-            row[0] += float(rec.synops.sum())
-            row[1] += float(rec.events.sum())
-
-    def compute(self, samples: int) -> list[SynapseActivity]:
-        return [SynapseActivity(name, int(macs), synops / samples, events / samples)
-                for name, macs, (synops, events) in zip(self.rows, self.sizes, self.totals.tolist())]
-
-
 @dataclass
 class SnnMeasures:
     """Everything :func:`evaluate_snn` sums over batches (``qann``: None without the QANN)."""
@@ -209,11 +148,16 @@ class SnnMeasures:
     settling: Settling
     layers: LayerSpikes
     synapses: SynapseOps
+    exit: ExitOutcome | None = None
+    tradeoffs: tuple[ExitTradeoff, ...] = ()
 
     @classmethod
-    def start(cls, timesteps: int, compared: bool) -> SnnMeasures:
-        return cls(ReadoutCurves(timesteps), QannComparison(timesteps) if compared else None, Settling(timesteps),
-                   LayerSpikes(compared), SynapseOps())
+    def start(cls, timesteps: int, compared: bool, exit_readout: str | None = None,
+              tradeoffs: tuple[ExitTradeoff, ...] = ()) -> SnnMeasures:
+        qann = QannComparison(timesteps) if compared else None
+        exit_ = ExitOutcome(timesteps, exit_readout) if exit_readout else None
+        return cls(ReadoutCurves(timesteps), qann, Settling(timesteps), LayerSpikes(compared), SynapseOps(), exit_,
+                   tradeoffs)
 
     def update(self, result: SimulationResult, y: torch.Tensor,
                qann: tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]] | None) -> None:
@@ -226,18 +170,21 @@ class SnnMeasures:
             self.qann.update(predict(result.readouts["count"])[0], out, before, y)
         self.layers.update(result.neurons, levels)
         self.synapses.update(result.synapses)
+        for measure in (self.exit, *self.tradeoffs):
+            if measure is not None:
+                measure.update(result, y)
 
     def reduce(self) -> None:
         """torchrun: every rank simulated its shard; sum the counts (exact, in float64)."""
-        measures = (self.curves, self.qann, self.settling, self.layers, self.synapses)
+        measures = (self.curves, self.qann, self.settling, self.layers, self.synapses, self.exit, *self.tradeoffs)
         reduce_measures(*(m for m in measures if m is not None))
 
 
 @torch.no_grad()
 def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, readout: str = "count",
-                 memory: int | None = None, e_ac: float = ENERGY_AC_PJ,
-                 e_mac: float = ENERGY_MAC_PJ) -> EvaluationReport:
+                 memory: int | None = None, e_ac: float = ENERGY_AC_PJ, e_mac: float = ENERGY_MAC_PJ,
+                 exit: ExitPolicy | None = None, tradeoffs: tuple[ExitTradeoff, ...] = ()) -> EvaluationReport:
     """Simulate every batch for ``timesteps`` steps and aggregate the SPEC §6 measures.
 
     Every readout is measured (``snn_accuracy_by_readout``, ``tied_by_readout``,
@@ -245,10 +192,11 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
     ``tied``, ``latency_to_lossless``). With ``qann`` (the network the SNN was converted from)
     the QANN accuracy and its accuracy before the output quantizer are measured on the same
     samples, and each IF layer's final counts are compared with the QANN levels; prediction
-    agreement with the QANN is that of the spike counts. ``memory``: the simulation's budget
-    in bytes (:meth:`SpikingNetwork.simulate`). For an exact float64 run, ``snn`` should be
-    converted from a float64 QANN (``load_snn(path, dtype=torch.float64)``): BatchNorm is folded
-    in the conversion's type. ``.to_dict()`` of the report is the JSON's measured part.
+    agreement with the QANN is that of the spike counts. ``memory``: the simulation's budget in
+    bytes (:meth:`SpikingNetwork.simulate`). ``exit`` (:mod:`qffs.snn.exits`): what it answers, exits
+    leaving the batch (``.exit``); ``tradeoffs``: every exit of their grids (``.tradeoff``). For exact
+    float64, convert from a float64 QANN (``load_snn(path, dtype=torch.float64)``): BatchNorm is
+    folded in the conversion's type. ``.to_dict()`` of the report is the JSON's measured part.
     """
     check_readout(readout)
     if distributed.active() and len(loader.dataset) < distributed.world_size():
@@ -259,12 +207,15 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
         snn = snn.to(device=device, dtype=dtype).eval()
     if qann is not None:
         qann = qann.to(device=device, dtype=dtype).eval()
-    measures = SnnMeasures.start(timesteps, qann is not None)
-    for x, y in track(loader, f"simulating T={timesteps}"):
+    rule = None if exit is None else exit.rule(readout)
+    exit_args: dict[str, Any] = {} if rule is None else {"exit_rule": rule}   # (onnxruntime's network has no exits)
+    measures = SnnMeasures.start(timesteps, qann is not None, None if exit in (None, NO_EXIT) else
+                                 exit.readout or readout, tradeoffs)   # type: ignore[union-attr]
+    for x, y in track(loader, f"simulating T={timesteps}" + ("" if exit is None else f", exit {exit.label()}")):
         x, y = x.to(device=device, dtype=dtype), y.to(device)
         # a batch whose samples have all gone quiet is final: its remaining steps repeat the last one
         result = snn.simulate(x, timesteps, until_quiet=True, record=True, record_counts=qann is not None,
-                              memory=memory)
+                              memory=memory, **exit_args)
         measures.update(result, y, None if qann is None else _quantizer_levels(qann, x, snn.output_neuron))
     measures.reduce()
     return _report(measures, snn, timesteps, readout, dtype, e_ac, e_mac)
@@ -292,7 +243,9 @@ def _report(measures: SnnMeasures, snn: SpikingNetwork, timesteps: int, readout:
         convergence=convergence, spikes_per_neuron_per_sample=total_spikes / max(total_neurons, 1),
         layers=layers, synapses=measures.synapses.compute(n), synops_per_sample=synops, ann_macs_per_sample=macs,
         energy=energy_estimate(synops, macs, e_ac, e_mac), input_window=snn.input_window,
-        conversion=dict(snn.config), dtype=str(dtype).replace("torch.", ""), world_size=distributed.world_size())
+        conversion=dict(snn.config), dtype=str(dtype).replace("torch.", ""), world_size=distributed.world_size(),
+        exit=None if measures.exit is None else measures.exit.compute(),
+        tradeoff={m.readout: m.compute() for m in measures.tradeoffs} or None)
 
 
 __all__ = ["EvaluationReport", "LayerSpikes", "QannComparison", "ReadoutCurves", "Settling", "SnnMeasures",

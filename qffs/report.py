@@ -85,6 +85,8 @@ class EvaluationReport:
     conversion: dict[str, Any]
     dtype: str
     world_size: int
+    exit: dict[str, Any] | None = None         # what an exit policy answered (:mod:`qffs.exit_tradeoff`)
+    tradeoff: dict[str, Any] | None = None     # every confidence exit of a grid (:mod:`qffs.exit_tradeoff`)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as the JSON holds it: these keys, in this order (layers and synapses as dicts)."""
@@ -140,16 +142,20 @@ def curve_csv(report: dict[str, Any]) -> str:
     accuracy, tied = _by_readout(report, "snn_accuracy"), _by_readout(report, "tied")
     writer.writerow(["t", "snn_accuracy", "tied", *(f"snn_accuracy_{r}" for r in accuracy),
                      *(f"tied_{r}" for r in tied),
-                     "qann_accuracy", "qann_prequantizer_accuracy", "fp_accuracy", "conversion_loss"])
+                     "qann_accuracy", "qann_prequantizer_accuracy", "fp_accuracy", "conversion_loss",
+                     *(("exit_samples_answered", "exit_samples_simulated") if report.get("exit") else ())])
 
     def num(value: float | None) -> str:
         return "" if value is None else f"{value:.6f}"
 
     qann = report.get("qann_accuracy")
+    exited = (report.get("exit") or {}).get("test")
     for i, (t, acc) in enumerate(zip(report["timesteps"], report["snn_accuracy"])):
+        extra = [] if not exited else [exited["latency_histogram"][i],
+                                       exited["rows_simulated"][i] if i < len(exited["rows_simulated"]) else 0]
         writer.writerow([t, num(acc), num(report["tied"][i]), *(num(c[i]) for c in accuracy.values()),
                          *(num(c[i]) for c in tied.values()), num(qann), num(report.get("qann_prequantizer_accuracy")),
-                         num(report.get("fp_accuracy")), "" if qann is None else num(qann - acc)])
+                         num(report.get("fp_accuracy")), "" if qann is None else num(qann - acc), *extra])
     return buf.getvalue()
 
 
@@ -220,17 +226,28 @@ def save_accuracy_plot(fig, ax, title: str, path: str | Path, legend_size: int =
     return Path(path)
 
 
+#: The trade-off plot of an evaluation with ``--exit``.
+EXIT_PLOT = "exit.png"
+
+
 def report_files(stem: str = "curve") -> tuple[str, str, str]:
     """The three files a report (or an ablation) writes into its ``--out-dir``."""
     return f"{stem}.csv", f"{stem}.json", f"{stem}.png"
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "curve") -> dict[str, Path]:
-    """Write ``{stem}.csv``, ``{stem}.json`` and ``{stem}.png`` into ``out_dir``, all three or none."""
+    """Write ``{stem}.csv``, ``{stem}.json`` and ``{stem}.png`` into ``out_dir`` (and, for a report
+    with an exit, :data:`EXIT_PLOT`), all or none."""
     out = Path(out_dir)
     paths = dict(zip(("csv", "json", "png"), (out / name for name in report_files(stem))))
-    with atomic_files(list(paths.values())) as (csv, json_file, png):   # the three appear together
-        csv.write_text(curve_csv(report))
-        json_file.write_text(json.dumps({**report, "environment": environment()}, indent=2))
-        plot_curve(report, png)
+    if report.get("exit"):
+        paths["exit_png"] = out / EXIT_PLOT
+    with atomic_files(list(paths.values())) as files:   # they appear together
+        files[0].write_text(curve_csv(report))
+        files[1].write_text(json.dumps({**report, "environment": environment()}, indent=2))
+        plot_curve(report, files[2])
+        if report.get("exit"):
+            from qffs.exit_plot import plot_exit  # matplotlib's start-up cost, only for a plot with an exit
+
+            plot_exit(report, files[3])
     return paths

@@ -111,6 +111,17 @@ def test_pipeline_end_to_end_on_a_fashion_mnist_subset(tmp_path):
     with Image.open(out / "curve.png") as img:
         img.verify()
     assert "results:" in r.stdout and "latency to lossless" in r.stdout
+    # --exit auto: chosen on the QANN's validation split (102 images held out of 1,024), tested once
+    r = qffs("evaluate", snn, "--timesteps", "12", "--limit", "256", "--exit", "auto", "--out-dir", tmp_path / "exit")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "exit" / "curve.json").read_text())
+    exit_ = report["exit"]
+    assert exit_["chosen_on"] == "validation" and exit_["validation"]["samples"] == 102
+    assert exit_["test"]["samples"] == 256 and 1 <= exit_["test"]["mean_latency"] <= 12
+    assert exit_["test"]["sample_steps"] <= exit_["test"]["sample_steps_fixed"]
+    with Image.open(tmp_path / "exit" / "exit.png") as img:
+        img.verify()
+    assert f"exit {exit_['policy']} on the test set" in r.stdout
 
 
 def test_cli_reference_in_docs_is_current():

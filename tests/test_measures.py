@@ -23,7 +23,7 @@ REPORT_KEYS = ["timesteps", "readout", "snn_accuracy", "tied", "snn_accuracy_by_
                "qann_accuracy", "qann_prequantizer_accuracy", "qann_tied", "qann_agreement", "latency_to_lossless",
                "latency_to_lossless_by_readout", "convergence", "spikes_per_neuron_per_sample", "layers", "synapses",
                "synops_per_sample", "ann_macs_per_sample", "energy", "input_window", "conversion", "dtype",
-               "world_size"]
+               "world_size", "exit", "tradeoff"]
 
 
 class Counter(Measure):

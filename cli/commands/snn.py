@@ -60,6 +60,7 @@ def convert(
         "qffs evaluate snn.pt --timesteps 16 --out-dir results/",
         "qffs evaluate snn.pt --dataset fashion-mnist --timesteps 32 --double --limit 1000 --out-dir results/",
         "qffs evaluate snn.pt --timesteps 8 --backend onnxruntime --out-dir results_ort/",
+        "qffs evaluate snn.pt --timesteps 16 --exit auto --out-dir results_exit/",
     ),
 )
 def evaluate(
@@ -82,6 +83,14 @@ def evaluate(
     backend: str = typer.Option("torch", "--backend",
                                 help="torch (qffs' runtime) or onnxruntime (the SNN exported to ONNX, unrolled over "
                                      "T steps, float32: checks an export and measures its speed)."),
+    exit: str = typer.Option("none", "--exit",
+                             help="Per-sample early exit: none, quiet (exact: each sample's convergence step), "
+                                  "confidence:P[@TAU] (softmax confidence ≥ P; TAU fitted on the validation split "
+                                  "unless given) or auto (P chosen on the validation split: least mean latency "
+                                  "within --exit-tolerance of the QANN). Also writes exit.png."),
+    exit_tolerance: float = typer.Option(0.1, "--exit-tolerance",
+                                         help="With --exit auto: the validation accuracy the exit may lose "
+                                              "against the QANN, in percentage points."),
 ) -> None:
     """Simulate an SNN on a test set: accuracy at every time step, spikes, SOPs, energy; CSV/JSON/PNG."""
     # loaded when the command runs, so that `qffs --help` and the other commands start fast
@@ -94,9 +103,10 @@ def evaluate(
                        batch_size=batch_size, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"),
                        image_size=image_size)
     report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double, readout=readout, model=model,
-                                 memory=memory, backend=backend, out_dir=out_dir)
+                                 memory=memory, backend=backend, out_dir=out_dir, exit=exit,
+                                 exit_tolerance=exit_tolerance / 100)
     if not is_main_process():            # under torchrun rank 0 alone writes and prints the whole report
         return
     paths = report["files"]
     print_report(report)
-    typer.echo(f"results: {paths['csv']}, {paths['json']}, {paths['png']}")
+    typer.echo("results: " + ", ".join(str(p) for p in paths.values()))

@@ -13,10 +13,12 @@ from qffs.artifacts import QuantConfig, load_snn, qann_selected_on
 from qffs.distributed import init_distributed, is_main_process, main_only
 from qffs.errors import QffsError
 from qffs.evaluate import evaluate_snn
-from qffs.jobs.loaders import test_data_for
+from qffs.jobs.early_exit import EXIT_TOLERANCE, check_tolerance, evaluate_with_exit
+from qffs.jobs.loaders import test_data_for, validation_data_for
 from qffs.jobs.options import DataOptions
 from qffs.jobs.outputs import writing_dir
-from qffs.report import report_files, write_report
+from qffs.report import EXIT_PLOT, report_files, write_report
+from qffs.snn.exits import NO_EXIT, ExitPolicy, parse_exit
 from qffs.snn.memory import parse_memory
 from qffs.snn.network import check_timesteps
 from qffs.snn.readout import DEFAULT_READOUT, check_readout
@@ -31,7 +33,8 @@ def bits_label(bits: int | None) -> str:
     return "analog" if bits is None else f"{bits}-bit"
 
 
-def check_evaluation(timesteps: int, readout: str, backend: str, double: bool, memory: str | int | None) -> int | None:
+def check_evaluation(timesteps: int, readout: str, backend: str, double: bool, memory: str | int | None,
+                     exit: str = "none", exit_tolerance: float = EXIT_TOLERANCE) -> int | None:
     """Every evaluation option checked before any work; returns the memory budget in bytes (None: none)."""
     check_timesteps(timesteps, "--timesteps")
     check_readout(readout)
@@ -39,30 +42,41 @@ def check_evaluation(timesteps: int, readout: str, backend: str, double: bool, m
         raise QffsError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "onnxruntime" and double:
         raise QffsError("--backend onnxruntime runs the exported float32 graph; --double needs --backend torch")
+    if parse_exit(exit) != NO_EXIT and backend != "torch":
+        raise QffsError("--exit drops exited samples from qffs' runtime: it needs --backend torch")
+    check_tolerance(exit_tolerance)
     return None if memory is None else parse_memory(memory)
 
 
 def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int, *, device: str = "auto",
                         double: bool = False, readout: str = DEFAULT_READOUT, model: str | None = None,
                         memory: str | int | None = None, backend: str = "torch",
-                        out_dir: str | Path | None = None) -> dict[str, Any]:
+                        out_dir: str | Path | None = None, exit: str = "none",
+                        exit_tolerance: float = EXIT_TOLERANCE) -> dict[str, Any]:
     """Simulate an SNN artifact on a test set; returns the report dict (every readout measured,
     ``readout`` the headline; ``memory``: the simulation's budget, as for ``--memory``).
     ``backend="onnxruntime"`` exports the SNN unrolled over ``timesteps`` (float32) and runs that
-    file with onnxruntime instead (:mod:`qffs.export.runtime`). ``out_dir``: also write
-    ``curve.csv/.json/.png`` there (checked first, locked while the job runs; paths under ``"files"``)."""
-    check_evaluation(timesteps, readout, backend, double, memory)
+    file with onnxruntime instead (:mod:`qffs.export.runtime`). ``exit`` (``--exit``, :mod:`qffs.snn.exits`):
+    also measure that exit policy, completed on the validation split where it needs it, within
+    ``exit_tolerance`` of the QANN there (:mod:`qffs.jobs.early_exit`; the report's ``"exit"``).
+    ``out_dir``: also write ``curve.csv/.json/.png`` (and ``exit.png``) there (checked first,
+    locked while the job runs; paths under ``"files"``)."""
+    check_evaluation(timesteps, readout, backend, double, memory, exit, exit_tolerance)
+    policy = parse_exit(exit)
+    args = (snn_path, data, timesteps, device, double, readout, model, memory, backend, policy, exit_tolerance)
     if out_dir is None:
-        return _evaluate(snn_path, data, timesteps, device, double, readout, model, memory, backend)
-    with writing_dir(out_dir, writes=report_files(), inputs=(snn_path,)) as folder:   # two evaluations never mix
-        report = _evaluate(snn_path, data, timesteps, device, double, readout, model, memory, backend)
+        return _evaluate(*args)
+    writes = report_files() + (() if policy == NO_EXIT else (EXIT_PLOT,))
+    with writing_dir(out_dir, writes=writes, inputs=(snn_path,)) as folder:   # two evaluations never mix
+        report = _evaluate(*args)
         if is_main_process():            # under torchrun rank 0 alone writes the whole report
             report["files"] = {k: str(v) for k, v in write_report(report, folder).items()}
         return report
 
 
 def _evaluate(snn_path: str | Path, data: DataOptions, timesteps: int, device: str, double: bool, readout: str,
-              model: str | None, memory: str | int | None, backend: str) -> dict[str, Any]:
+              model: str | None, memory: str | int | None, backend: str, policy: ExitPolicy,
+              exit_tolerance: float) -> dict[str, Any]:
     budget = None if memory is None else parse_memory(memory)
     init_distributed()   # under torchrun each process simulates its shard of the test set
     dev = resolve_device(device)
@@ -72,9 +86,18 @@ def _evaluate(snn_path: str | Path, data: DataOptions, timesteps: int, device: s
     with contextlib.ExitStack() as stack:
         if backend == "onnxruntime":
             snn = _onnxruntime_network(snn, test_loader, timesteps, dev, stack)
-        report = evaluate_snn(snn, test_loader, timesteps, qann=qann, device=dev if backend == "torch" else "cpu",
-                              dtype=torch.float64 if double else torch.float32, readout=readout,
-                              memory=budget).to_dict()
+
+        def simulate(loader: Any, **exits: Any) -> dict[str, Any]:
+            return evaluate_snn(snn, loader, timesteps, qann=qann, device=dev if backend == "torch" else "cpu",
+                                dtype=torch.float64 if double else torch.float32, readout=readout,
+                                memory=budget, **exits).to_dict()
+
+        if policy == NO_EXIT:
+            report = simulate(test_loader)
+        else:
+            report = evaluate_with_exit(policy, simulate, test_loader,
+                                        lambda: validation_data_for(snn_path, meta, data, prep), timesteps,
+                                        readout, exit_tolerance)
     metrics, quant = meta.get("metrics", {}), QuantConfig.from_meta(meta, str(snn_path))
     selected_on = qann_selected_on(metrics)
     report.update({
@@ -91,7 +114,8 @@ def _evaluate(snn_path: str | Path, data: DataOptions, timesteps: int, device: s
         "backend": backend,
         "config": {"timesteps": timesteps, "batch_size": data.batch_size, "test_limit": data.test_limit,
                    "device": device, "double": double, "readout": readout, "memory": budget, "data_root": data.root,
-                   "backend": backend, "preprocessing": prep.as_dict()},
+                   "backend": backend, "preprocessing": prep.as_dict(), "exit": policy.label(),
+                   "exit_tolerance": exit_tolerance},
     })
     return report
 

@@ -36,6 +36,25 @@ def test_data_for(path: str | Path, meta: dict[str, Any], data: DataOptions) -> 
     return data, prep, make_test_loader(data, prep)
 
 
+def validation_data_for(path: str | Path, meta: dict[str, Any], data: DataOptions, prep: Preprocessing) -> Any:
+    """The validation split an artifact's epoch was chosen on, rebuilt from its record (size, seed,
+    hash) over the same training pool, without augmentation, in batches of ``batch_size``."""
+    selection = meta.get("selection") if isinstance(meta.get("selection"), dict) else {}
+    record = selection.get("validation") if isinstance(selection, dict) else None
+    if not isinstance(record, dict) or not all(k in record for k in ("size", "seed", "sha256", "train_samples")):
+        raise QffsError(f"{path} records no validation split (its QANN's epoch was chosen on the test set, or it "
+                        "predates validation splits): an exit cannot be chosen on validation; give "
+                        "--exit confidence:P@TAU, or re-run qffs quantize")
+    pool = int(record["size"]) + int(record["train_samples"])
+    _, plain = load_training_pool(data.name, root=data.root, limit=pool, preprocessing=prep)
+    split = validation_split(pool, int(record["size"]), int(record["seed"]))
+    if len(cast(Sized, plain)) != pool or split.digest() != record["sha256"]:
+        raise QffsError(f"the training split found for {data.name} is not the one {path} was chosen on "
+                        f"(validation hash {split.digest()} ≠ {record['sha256']}): is --data-root the same?")
+    return make_loader(Subset(plain, split.validation.tolist()), data.batch_size, shuffle=False,
+                       num_workers=data.workers)
+
+
 @dataclass
 class TrainingData:
     """A training job's loaders: ``train`` (shuffled, augmented), ``validation`` (where the best epoch

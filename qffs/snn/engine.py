@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
+from qffs.snn.exits import ConfidenceRule
 from qffs.snn.monitor import Monitor
 from qffs.snn.neuron import SpikingNeuron
+from qffs.snn.readout import output_readout
 from qffs.snn.spiking import Clock, Events, SpikingModule, State
 
 #: The forms, and the method of each spiking module that each one calls.
@@ -85,6 +87,8 @@ class Run:
     history: dict[str, torch.Tensor] = field(default_factory=dict)  # spiking output: "count", "membrane" [T, B, ...]
     analog: list[torch.Tensor] = field(default_factory=list)        # analog output: integrated current / T_in
     finals: dict[str, torch.Tensor] = field(default_factory=dict)   # neuron target → final counts [B, ...]
+    rows: list[int] = field(default_factory=list)                   # samples simulated at each step
+    exits: torch.Tensor | None = None                               # [B] long: confidence exit step, 0: none
 
 
 class Engine:
@@ -123,10 +127,13 @@ class Engine:
 
     def run_steps(self, x: torch.Tensor, timesteps: int, until_quiet: bool, drop_quiet: bool,
                   monitor: Monitor | None, functional: bool = False,
-                  heaviside: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Run:
+                  heaviside: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  exit_rule: ConfidenceRule | None = None) -> Run:
         """Per step (``functional``: without mutation, nothing dropped). A sample quiet at a step
         t ≥ T_in − 1 can never spike again and its readout is final, so (``drop_quiet``) it leaves
-        every state; once none is left, the remaining rows repeat the last."""
+        every state; once none is left, the remaining rows repeat the last. With ``exit_rule``
+        (and ``drop_quiet``) a sample whose readout the rule finds confident leaves too, its
+        answer frozen from that step (``Run.exits``)."""
         form = self.form("functional" if functional else "step")
         clock = self.clock(timesteps, monitor is not None, heaviside)
         batch, device = x.shape[0], x.device
@@ -137,17 +144,17 @@ class Engine:
         run = Run(torch.empty(0))
         actives: list[torch.Tensor] = []
         quiet = torch.zeros(batch, dtype=torch.bool, device=device)
+        if exit_rule is not None:
+            run.exits = torch.zeros(batch, dtype=torch.long, device=device)
         integrated = None
         for t in range(timesteps):
             if alive.numel() == 0:                      # every sample is final
                 if until_quiet:
                     break
-                for rows in run.history.values():
-                    rows[t] = rows[t - 1]
-                if run.analog:
-                    run.analog.append(run.analog[-1])
+                self._repeat_last(run, t)
                 actives.append(torch.zeros(batch, dtype=torch.bool, device=device))
                 continue
+            run.rows.append(int(alive.numel()))
             out, new, events = form(inputs if t < self.input_window else silent[: alive.numel()], states, clock.at(t))
             states = list(new)
             if functional:
@@ -161,15 +168,18 @@ class Engine:
             self._observe(monitor, events, alive if alive.numel() < batch else None)
             active = self._active(events, (alive.numel(),), device)
             actives.append(torch.zeros(batch, dtype=torch.bool, device=device).index_copy_(0, alive, active))
+            keep = self._staying(run, exit_rule, t, alive) if drop_quiet else torch.ones_like(active)
             if t >= self.input_window - 1:
                 quiet[alive] |= ~active
                 if until_quiet and bool(quiet.all()):
                     break
-                if drop_quiet and not bool(active.all()):
-                    self._settle(states, settled, alive, active, batch)
-                    states = [tuple(v[active] for v in s) for s in states]
-                    alive = alive[active]
-                    inputs = x[alive]
+                if drop_quiet:
+                    keep &= active
+            if not bool(keep.all()):
+                self._settle(states, settled, alive, keep, batch)
+                states = [tuple(v[keep] for v in s) for s in states]
+                alive = alive[keep]
+                inputs = x[alive]
         run.active = torch.stack(actives)
         self._finals(run, states, settled, alive)
         return run
@@ -188,6 +198,31 @@ class Engine:
                 full = full.clone()
                 full[alive] = count
             run.finals[self.sites[i].target] = full
+
+    @staticmethod
+    def _repeat_last(run: Run, t: int) -> None:
+        """Step t of a run whose every sample is final: the readouts repeat."""
+        for rows in run.history.values():
+            rows[t] = rows[t - 1]
+        if run.analog:
+            run.analog.append(run.analog[-1])
+
+    def _staying(self, run: Run, exit_rule: ConfidenceRule | None, t: int, alive: torch.Tensor) -> torch.Tensor:
+        """Which rows stay after step t: all but those ``exit_rule`` finds confident (noted in ``run.exits``)."""
+        if exit_rule is None or run.exits is None:
+            return torch.ones(alive.numel(), dtype=torch.bool, device=alive.device)
+        leaving = exit_rule(self._output_rows(run, t, alive, exit_rule.readout))
+        run.exits[alive[leaving]] = t + 1
+        return ~leaving
+
+    def _output_rows(self, run: Run, t: int, alive: torch.Tensor, readout: str) -> torch.Tensor:
+        """The readout ``readout`` after step t of the samples still simulated ([rows, C])."""
+        if self.output is None:
+            return run.analog[-1][alive]
+        module = self.sites[self.output].module
+        return output_readout(readout, run.history["count"][t, alive], run.history["membrane"][t, alive],
+                              threshold=module.threshold, step_size=module.step_size,
+                              initial_membrane=module.initial_membrane(), input_window=self.input_window)
 
     def _record_output(self, run: Run, state: State, t: int, timesteps: int, batch: int, alive: torch.Tensor) -> None:
         """The output layer's counts and membranes after step t, for every sample (dropped ones repeat)."""

@@ -21,6 +21,7 @@ from torch import fx, nn
 from qffs.errors import QffsError
 from qffs.snn.allocator import keep_freed_memory
 from qffs.snn.engine import FORMS, Engine, neuron_modules
+from qffs.snn.exits import ConfidenceRule
 from qffs.snn.layers import GatedLayer
 from qffs.snn.memory import default_budget, samples_at_once
 from qffs.snn.monitor import Monitor
@@ -32,6 +33,7 @@ from qffs.snn.records import (
     SynapseRecord,
     add_records,
     concat_results,
+    exit_after_run,
     result_of,
     settle,
 )
@@ -178,7 +180,7 @@ class SpikingNetwork(nn.Module):
     def simulate(self, x: torch.Tensor, timesteps: int, *, until_quiet: bool = False, record: bool = True,
                  record_counts: bool = False, mode: str = "step", memory: int | None = None,
                  grad: bool = False, heaviside: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 ) -> SimulationResult:
+                 exit_rule: ConfidenceRule | None = None) -> SimulationResult:
         """Run ``timesteps`` steps on the batch ``x``, from rest.
 
         ``until_quiet`` stops as soon as every sample is quiet; the remaining rows of
@@ -197,6 +199,10 @@ class SpikingNetwork(nn.Module):
         ``grad``: keep the autograd graph (mode "functional" only: the other forms update state
         in place); ``heaviside`` replaces the exact firing test there (a smooth surrogate, for
         training or gradient checks: the result then leaves invariant E).
+
+        ``exit_rule`` (:mod:`qffs.snn.exits`): a sample whose readout it finds confident after a
+        step exits there: its readouts are frozen from that step (``exit_step``) and, per step,
+        it leaves the batch (``rows_simulated`` counts the samples simulated at each step).
 
         ``memory`` (bytes; default half the memory free on ``x``'s device) bounds the estimated
         peak (:meth:`bytes_per_sample`): a larger batch is simulated in chunks of samples, with
@@ -219,20 +225,26 @@ class SpikingNetwork(nn.Module):
                 chunk = samples_at_once(x.shape[0], self.bytes_per_sample(x, timesteps, kept), budget)
                 if chunk < x.shape[0]:
                     return concat_results([self._simulate(part, timesteps, until_quiet, record, record_counts, mode,
-                                                          free, heaviside) for part in x.split(chunk)])
-            return self._simulate(x, timesteps, until_quiet, record, record_counts, mode, free, heaviside)
+                                                          free, heaviside, exit_rule) for part in x.split(chunk)])
+            return self._simulate(x, timesteps, until_quiet, record, record_counts, mode, free, heaviside, exit_rule)
 
     def _simulate(self, x: torch.Tensor, timesteps: int, until_quiet: bool, record: bool, record_counts: bool,
-                  mode: str, free: bool, heaviside: Callable[[torch.Tensor], torch.Tensor] | None) -> SimulationResult:
+                  mode: str, free: bool, heaviside: Callable[[torch.Tensor], torch.Tensor] | None,
+                  exit_rule: ConfidenceRule | None) -> SimulationResult:
         """One simulation of the whole batch ``x`` in ``mode``."""
         engine = self.engine
         monitor = Monitor(x.shape[0]) if record else None
+        drop = free and mode == "step"
         if mode == "layer":
             run = engine.run_layers(x, timesteps, monitor)
+            run.rows = [x.shape[0]] * timesteps
         else:
-            run = engine.run_steps(x, timesteps, until_quiet, drop_quiet=free and mode == "step", monitor=monitor,
-                                   functional=mode == "functional", heaviside=heaviside)
+            run = engine.run_steps(x, timesteps, until_quiet, drop_quiet=drop, monitor=monitor,
+                                   functional=mode == "functional", heaviside=heaviside,
+                                   exit_rule=exit_rule if drop else None)
         result = result_of(engine, run, timesteps, until_quiet)
+        if exit_rule is not None and not drop:   # nothing could leave the batch: the same exits, found after
+            exit_after_run(result, exit_rule)
         if monitor is not None:
             add_records(result, engine, run, monitor, record_counts)
         return result

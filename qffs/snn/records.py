@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from qffs.snn.engine import Engine, Run, neuron_modules
+from qffs.snn.exits import ConfidenceRule, confidence_steps
 from qffs.snn.monitor import Monitor
 from qffs.snn.neuron import SpikingNeuron
 from qffs.snn.readout import READOUTS, output_readout
@@ -56,6 +57,16 @@ class SimulationResult:
     neurons: list[NeuronRecord] = field(default_factory=list)
     synapses: list[SynapseRecord] = field(default_factory=list)
     readouts: dict[str, torch.Tensor] = field(default_factory=dict)  # every readout, [T, B, ...] (SPEC §5)
+    rows_simulated: list[int] = field(default_factory=list)          # samples simulated at each step run
+    exit_step: torch.Tensor | None = None   # [B] long: confidence exit step (0: none), with an exit rule
+
+    def latency(self) -> torch.Tensor:
+        """Each sample's latency: its exit step, else its convergence step if quiet, else the steps run."""
+        quiet_at = torch.where(self.converged, self.convergence_step, torch.full_like(self.convergence_step,
+                                                                                      self.steps_run))
+        if self.exit_step is None:
+            return quiet_at
+        return torch.where(self.exit_step > 0, torch.minimum(self.exit_step, quiet_at), quiet_at)
 
 
 def concat_results(parts: list[SimulationResult]) -> SimulationResult:
@@ -72,9 +83,12 @@ def concat_results(parts: list[SimulationResult]) -> SimulationResult:
     synapses = [SynapseRecord(r.name, *records("synapses", i, ("synops", "events")), r.macs,
                               *records("synapses", i, ("active_slices",)))
                 for i, r in enumerate(first.synapses)]
+    rows = [sum(p.rows_simulated[t] for p in parts if t < len(p.rows_simulated))
+            for t in range(max(len(p.rows_simulated) for p in parts))]
     return SimulationResult(cat([p.output for p in parts], 1), max(p.steps_run for p in parts), first.input_window,
                             cat([p.convergence_step for p in parts]), cat([p.converged for p in parts]),
-                            neurons, synapses, {k: cat([p.readouts[k] for p in parts], 1) for k in first.readouts})
+                            neurons, synapses, {k: cat([p.readouts[k] for p in parts], 1) for k in first.readouts},
+                            rows, cat([p.exit_step for p in parts]))
 
 
 def settle(active: torch.Tensor, input_window: int, spiking_output: bool, until_quiet: bool
@@ -105,7 +119,21 @@ def result_of(engine: Engine, run: Run, timesteps: int, until_quiet: bool) -> Si
     output = engine.sites[engine.output].module if engine.output is not None else None
     steps_run, convergence, quiet = settle(run.active, engine.input_window, output is not None, until_quiet)
     readouts = readouts_of(output, run, steps_run, timesteps, engine.input_window)
-    return SimulationResult(readouts["count"], steps_run, engine.input_window, convergence, quiet, readouts=readouts)
+    if run.exits is not None:   # a sample that left confident was dropped, not seen quiet: unconverged
+        convergence, quiet = exited_unconverged(run, engine.input_window, convergence, quiet)
+    return SimulationResult(readouts["count"], steps_run, engine.input_window, convergence, quiet, readouts=readouts,
+                            rows_simulated=run.rows[:steps_run], exit_step=run.exits)
+
+
+def exited_unconverged(run: Run, input_window: int, convergence: torch.Tensor, quiet: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(convergence step, quiet) with the samples that exited before quiet was seen marked
+    unconverged, their convergence step the exit step (a lower bound)."""
+    assert run.exits is not None
+    steps = torch.arange(run.active.shape[0], device=run.active.device).unsqueeze(1)
+    seen = (~run.active & (steps >= input_window - 1) & (steps < run.exits.unsqueeze(0))).any(0)
+    early = (run.exits > 0) & ~seen
+    return torch.where(early, run.exits, convergence), quiet & ~early
 
 
 def readouts_of(output: SpikingNeuron | None, run: Run, steps_run: int, timesteps: int,
@@ -121,6 +149,26 @@ def readouts_of(output: SpikingNeuron | None, run: Run, steps_run: int, timestep
     return {name: output_readout(name, count, membrane, threshold=output.threshold, step_size=output.step_size,
                                  initial_membrane=output.initial_membrane(), input_window=input_window)
             for name in READOUTS}
+
+
+def exit_after_run(result: SimulationResult, rule: ConfidenceRule) -> None:
+    """A run that could not drop samples (layer by layer, a fixed batch): the exits ``rule``
+    would have taken, found afterwards, and every readout frozen from each sample's exit step."""
+    steps = result.readouts[rule.readout].shape[0]
+    confident = confidence_steps(result.readouts[rule.readout], rule.threshold, rule.temperature)
+    seen_quiet = torch.where(result.converged, result.convergence_step.clamp(min=result.input_window - 1) + 1,
+                             torch.full_like(confident, steps + 1))      # the step whose silence dropped it
+    exits = torch.where((confident <= steps) & (confident <= seen_quiet), confident, torch.zeros_like(confident))
+    frozen = torch.where(exits > 0, exits, torch.full_like(exits, steps)) - 1       # last step that counts, 0-based
+    index = torch.minimum(torch.arange(steps, device=exits.device).unsqueeze(1), frozen.unsqueeze(0))  # [T, B]
+    for name, values in result.readouts.items():
+        result.readouts[name] = values.gather(0, index.reshape(*index.shape, *[1] * (values.dim() - 2))
+                                              .expand_as(values))
+    result.output = result.readouts["count"]
+    early = (exits > 0) & (exits < seen_quiet)
+    result.convergence_step = torch.where(early, exits, result.convergence_step)
+    result.converged = result.converged & ~early
+    result.exit_step = exits
 
 
 def add_records(result: SimulationResult, engine: Engine, run: Run, monitor: Monitor, record_counts: bool) -> None:
@@ -141,5 +189,5 @@ def add_records(result: SimulationResult, engine: Engine, run: Run, monitor: Mon
                                                  int(modules[name].fanout_total()), monitor.active_slices[name]))
 
 
-__all__ = ["NeuronRecord", "SimulationResult", "SynapseRecord", "add_records", "concat_results", "readouts_of",
-           "result_of", "settle"]
+__all__ = ["NeuronRecord", "SimulationResult", "SynapseRecord", "add_records", "concat_results", "exit_after_run",
+           "exited_unconverged", "readouts_of", "result_of", "settle"]

@@ -1,0 +1,151 @@
+"""Per-sample early exit: when each sample's answer is taken, as pure functions of its readouts.
+
+A fixed T makes every sample pay for the slowest. An exit policy gives each sample its own
+latency (1-based step) and freezes its answer there:
+
+- ``none``: every sample runs the whole T (the latency–accuracy curve);
+- ``quiet``: the answer at the sample's convergence step — exact, the QANN's answer;
+- ``confidence:P`` (optionally ``@TAU``): the first step at which the softmax of the readout at
+  temperature TAU reaches P (Dynamic Confidence, Li, Jones & Furber 2023), or the sample's
+  convergence step if that comes first (its answer is final then), or T;
+- ``auto``: ``confidence`` with TAU fitted and P chosen on the validation split
+  (:mod:`qffs.exit_tradeoff`).
+
+The runtime drops an exited sample from the batch like a quiet one (:class:`ConfidenceRule`),
+so it costs nothing afterwards; :func:`exit_latency` and :func:`exit_predictions` give the same
+latencies and answers from a run without exit, which is how one simulation yields the whole
+trade-off.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from qffs.errors import QffsError
+from qffs.metrics import predict
+from qffs.snn.readout import DEFAULT_READOUT, check_readout
+
+EXIT_KINDS = ("none", "quiet", "confidence", "auto")
+
+
+@dataclass(frozen=True)
+class ExitPolicy:
+    """A parsed ``--exit``: ``kind`` (:data:`EXIT_KINDS`), the confidence ``threshold`` P and the
+    softmax ``temperature`` (None: fitted on the validation split)."""
+
+    kind: str = "none"
+    threshold: float | None = None
+    temperature: float | None = None
+    readout: str | None = None        # the readout the confidence is taken of (None: the headline one)
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXIT_KINDS:
+            raise QffsError(f"unknown exit policy {self.kind!r}: choose none, quiet, confidence:P[@TAU] or auto")
+        if self.kind == "confidence":
+            if self.threshold is None or not 0.0 < self.threshold <= 1.0:
+                raise QffsError(f"confidence:P needs 0 < P ≤ 1, got {self.threshold!r}")
+        elif self.threshold is not None:
+            raise QffsError(f"exit policy {self.kind!r} takes no threshold")
+        if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise QffsError(f"the exit temperature must be positive, got {self.temperature!r}")
+        if self.readout is not None:
+            check_readout(self.readout)
+
+    @property
+    def needs_validation(self) -> bool:
+        """Whether the policy is completed on the validation split (a temperature or P to fit)."""
+        return self.kind == "auto" or (self.kind == "confidence" and self.temperature is None)
+
+    def rule(self, readout: str = DEFAULT_READOUT) -> ConfidenceRule | None:
+        """The runtime's rule (None: no confidence exit); the temperature must be known by now."""
+        if self.kind == "auto":
+            raise QffsError("exit 'auto' is chosen on the validation split first (qffs evaluate --exit auto)")
+        if self.kind != "confidence":
+            return None
+        if self.temperature is None or self.threshold is None:
+            raise QffsError(f"exit {self.label()} needs its temperature: fit it on the validation split, "
+                            "or give it as confidence:P@TAU")
+        return ConfidenceRule(self.threshold, self.temperature, self.readout or readout)
+
+    def label(self) -> str:
+        """The policy as ``--exit`` spells it."""
+        if self.kind != "confidence":
+            return self.kind
+        return (f"confidence:{self.threshold:g}" + ("" if self.temperature is None else f"@{self.temperature:.4g}")
+                + ("" if self.readout is None else f" ({self.readout} readout)"))
+
+
+#: No exit: every sample runs the whole T.
+NO_EXIT = ExitPolicy()
+
+
+def parse_exit(text: str) -> ExitPolicy:
+    """``none``, ``quiet``, ``auto``, ``confidence:P`` or ``confidence:P@TAU`` (one place for the syntax)."""
+    kind, _, rest = text.strip().partition(":")
+    if not rest:
+        return ExitPolicy(kind)
+    if kind != "confidence":
+        raise QffsError(f"--exit {text!r}: only confidence takes a value (confidence:P or confidence:P@TAU)")
+    p, _, tau = rest.partition("@")
+    try:
+        threshold, temperature = float(p), float(tau) if tau else None
+    except ValueError:
+        raise QffsError(f"--exit {text!r}: P and TAU must be numbers, e.g. confidence:0.9@1.5") from None
+    return ExitPolicy("confidence", threshold, temperature)
+
+
+def confidence(values: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The largest softmax probability of ``values`` [..., C] at ``temperature`` (float64)."""
+    return torch.softmax(values.double() / temperature, dim=-1).amax(dim=-1)
+
+
+def confidence_steps(readouts: torch.Tensor, threshold: torch.Tensor | float, temperature: float) -> torch.Tensor:
+    """The first step (1-based) at which each sample's confidence reaches ``threshold``; T + 1 if
+    it never does. ``readouts`` [T, B, C]; ``threshold`` a number or a tensor [P] (then [P, B])."""
+    conf = confidence(readouts, temperature)                       # [T, B]
+    p = torch.as_tensor(threshold, dtype=conf.dtype, device=conf.device)
+    passed = conf >= p.reshape(*p.shape, 1, 1)                      # [(P,) T, B]
+    steps = conf.shape[0]
+    first = passed.to(torch.int8).argmax(dim=-2) + 1                # the first True, or 0 → 1 when none
+    return torch.where(passed.any(dim=-2), first, torch.full_like(first, steps + 1))
+
+
+def exit_latency(confident_at: torch.Tensor, convergence_step: torch.Tensor, converged: torch.Tensor,
+                 timesteps: int) -> torch.Tensor:
+    """Each sample's latency: its confidence step, or its convergence step if it was quiet first
+    (its answer is final then), capped at ``timesteps``."""
+    quiet_at = torch.where(converged, convergence_step, torch.full_like(convergence_step, timesteps))
+    return torch.minimum(confident_at.to(quiet_at.dtype), quiet_at).clamp(max=timesteps)
+
+
+def exit_predictions(readouts: torch.Tensor, latency: torch.Tensor) -> torch.Tensor:
+    """Each sample's answer at its latency: ``readouts`` [T, B, C], ``latency`` [..., B] → [..., B]."""
+    classes = readouts.shape[-1]
+    index = (latency.long() - 1).clamp(min=0)
+    flat = index.reshape(-1, index.shape[-1])                        # [K, B]
+    rows = readouts.gather(0, flat.unsqueeze(-1).expand(-1, -1, classes))   # [K, B, C]
+    return predict(rows)[0].reshape(index.shape)
+
+
+@dataclass(frozen=True)
+class ConfidenceRule:
+    """What the runtime asks after each step of a ``confidence`` exit: which of the rows still
+    simulated leave (their readout ``readout`` confident enough)."""
+
+    threshold: float
+    temperature: float
+    readout: str = DEFAULT_READOUT
+
+    def __post_init__(self) -> None:
+        check_readout(self.readout)
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` [rows, C], the readout after this step → [rows] bool: exit now."""
+        return confidence(values, self.temperature) >= self.threshold
+
+
+__all__ = ["EXIT_KINDS", "NO_EXIT", "ConfidenceRule", "ExitPolicy", "confidence", "confidence_steps", "exit_latency",
+           "exit_predictions", "parse_exit"]
