@@ -66,6 +66,19 @@ def test_evaluate_on_two_processes_reports_what_one_process_does(cli, snn_artifa
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["curve.csv", "curve.json", "curve.png"]
 
 
+def test_an_exit_on_two_processes_answers_what_one_process_does(cli, snn_artifact, tmp_path):
+    args = ("evaluate", snn_artifact, "-T", "8", "--limit", "51", "--batch-size", "16", "--double",
+            "--exit", "confidence:0.6@0.5")
+    one = cli(*args, "--out-dir", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    two = torchrun(*args, "--out-dir", tmp_path / "two", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = (json.loads((tmp_path / d / "curve.json").read_text())["exit"] for d in ("one", "two"))
+    timing = ("seconds_fixed", "seconds_exit")
+    assert a["test"]["samples"] == 51 and a["test"]["sample_steps"] < 51 * 8
+    assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+
+
 def test_quantize_on_two_processes_trains_one_set_of_weights(tmp_path):
     from qffs.artifacts import load_qann
 
