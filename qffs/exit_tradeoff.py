@@ -18,13 +18,14 @@ import torch
 
 from qffs.measures import Measure
 from qffs.report import percentiles
-from qffs.snn.exits import confidence_steps, exit_latency, exit_predictions
+from qffs.snn.exits import answer_steps, confidence_steps, exit_latency, exit_predictions
 from qffs.snn.records import SimulationResult
 
 #: Softmax temperatures tried (log-spaced over four decades: readouts come in their own units).
-TEMPERATURES = tuple(float(t) for t in torch.logspace(-2, 2, 41, dtype=torch.float64))
+#: Both grids hold 6 significant digits, as ``--exit`` labels print them: a choice can be given again.
+TEMPERATURES = tuple(float(f"{t:.6g}") for t in torch.logspace(-2, 2, 41, dtype=torch.float64))
 #: Confidence thresholds P, denser towards 1 (1 − 10^−k for k from 0.1 to 4).
-THRESHOLDS = tuple(float(1 - 10 ** -k) for k in torch.linspace(0.1, 4.0, 40, dtype=torch.float64))
+THRESHOLDS = tuple(float(f"{1 - 10 ** -k:.6g}") for k in torch.linspace(0.1, 4.0, 40, dtype=torch.float64))
 
 
 class ExitTradeoff(Measure):
@@ -53,9 +54,11 @@ class ExitTradeoff(Measure):
         for i, tau in enumerate(self.temperatures):
             logp = torch.log_softmax(readouts / tau, dim=-1)
             self.nll[i] -= float(logp.gather(-1, labels.view(1, -1, 1).expand(logp.shape[0], -1, 1)).sum())
-            latency = exit_latency(confidence_steps(readouts, p, tau), result.convergence_step,
-                                   result.converged, self.timesteps)         # [P, B]
-            self.correct[i] += (exit_predictions(readouts, latency) == labels).sum(-1).double().cpu()
+            settled = (result.convergence_step, result.converged, self.timesteps, result.input_window)
+            confident = confidence_steps(readouts, p, tau)
+            latency = exit_latency(confident, *settled)                                        # [P, B]
+            answers = exit_predictions(readouts, answer_steps(confident, *settled))
+            self.correct[i] += (answers == labels).sum(-1).double().cpu()
             hist = torch.zeros(len(self.thresholds), self.timesteps, dtype=torch.float64, device=readouts.device)
             self.latencies[i] += hist.scatter_add_(1, latency - 1, torch.ones_like(latency, dtype=torch.float64)).cpu()
         self.samples += y.numel()

@@ -11,10 +11,19 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from qffs.errors import QffsError
 from qffs.evaluate import evaluate_snn
-from qffs.exit_tradeoff import ExitTradeoff, choose_threshold, pareto
+from qffs.exit_tradeoff import TEMPERATURES, THRESHOLDS, ExitTradeoff, choose_threshold, pareto
 from qffs.metrics import predict
 from qffs.snn import convert
-from qffs.snn.exits import ConfidenceRule, ExitPolicy, confidence_steps, exit_latency, exit_predictions, parse_exit
+from qffs.snn.exits import (
+    ConfidenceRule,
+    ExitPolicy,
+    answer_steps,
+    confidence_steps,
+    exit_latency,
+    exit_predictions,
+    parse_exit,
+    quiet_seen_at,
+)
 from qffs.snn.readout import READOUTS
 from tests.snn_graphs import Genome, build_qann, genomes
 
@@ -26,13 +35,6 @@ SETTINGS = settings(max_examples=15, deadline=None, database=None, suppress_heal
 def _batch(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn((n, *x.shape[1:]), generator=gen, dtype=x.dtype) * 1.5
-
-
-def _seen_quiet(result) -> torch.Tensor:
-    """The step (1-based) whose silence dropped each sample; T + 1 for a sample never quiet."""
-    steps = result.readouts["count"].shape[0]
-    return torch.where(result.converged, result.convergence_step.clamp(min=result.input_window - 1) + 1,
-                       torch.full_like(result.convergence_step, steps + 1))
 
 
 @SETTINGS
@@ -63,9 +65,11 @@ def test_a_confidence_exit_freezes_the_answer_and_equals_the_exit_found_after_a_
         e = int(dropped.exit_step[b])
         for values in dropped.readouts.values():
             assert bool((values[e - 1:, b] == values[e - 1, b]).all())
-    latency = exit_latency(confidence_steps(full.readouts[readout], p, tau), full.convergence_step, full.converged, T)
-    assert torch.equal(latency, dropped.latency())
-    assert torch.equal(exit_predictions(full.readouts[readout], latency), predict(dropped.readouts[readout][-1])[0])
+    settled = (full.convergence_step, full.converged, T, full.input_window)
+    confident = confidence_steps(full.readouts[readout], p, tau)
+    assert torch.equal(exit_latency(confident, *settled), dropped.latency())
+    answers = exit_predictions(full.readouts[readout], answer_steps(confident, *settled))
+    assert torch.equal(answers, predict(dropped.readouts[readout][-1])[0])
 
 
 def test_exited_samples_are_no_longer_simulated():
@@ -86,7 +90,7 @@ def test_exited_samples_are_no_longer_simulated():
     exited = snn.simulate(x, T, until_quiet=True, exit_rule=ConfidenceRule(0.4, 0.05))
     exits = exited.exit_step
     assert int((exits > 0).sum()) > 10                               # the rule does exit samples here
-    seen = _seen_quiet(full)
+    seen = quiet_seen_at(full.convergence_step, full.converged, full.input_window, T)
     steps = torch.arange(exited.steps_run).unsqueeze(1)
     expected = ((steps < seen) & ((exits == 0) | (steps < exits))).sum(1).tolist()
     assert exited.rows_simulated == expected == rows_in              # the counter is what the layers saw
@@ -159,6 +163,12 @@ def test_bad_exit_policies_are_refused_by_name(text, fragment):
 
 def test_exit_policies_parse_and_need_their_temperature():
     assert parse_exit("confidence:0.9@2") == ExitPolicy("confidence", 0.9, 2.0)
+    for p in THRESHOLDS:                              # an auto choice is given again exactly as reported
+        for tau in TEMPERATURES[::8]:
+            chosen = ExitPolicy("confidence", p, tau, "current")
+            assert parse_exit(chosen.label()) == chosen
+    with pytest.raises(QffsError, match="unknown readout 'spikes'"):
+        parse_exit("confidence:0.9@1,spikes")
     assert parse_exit("auto").needs_validation and parse_exit("confidence:0.9").needs_validation
     assert not parse_exit("confidence:0.9@2").needs_validation and parse_exit("quiet").rule() is None
     with pytest.raises(QffsError, match="needs its temperature"):

@@ -74,8 +74,8 @@ class ExitPolicy:
         """The policy as ``--exit`` spells it."""
         if self.kind != "confidence":
             return self.kind
-        return (f"confidence:{self.threshold:g}" + ("" if self.temperature is None else f"@{self.temperature:.4g}")
-                + ("" if self.readout is None else f" ({self.readout} readout)"))
+        return (f"confidence:{self.threshold:g}" + ("" if self.temperature is None else f"@{self.temperature:.6g}")
+                + ("" if self.readout is None else f",{self.readout}"))
 
 
 #: No exit: every sample runs the whole T.
@@ -83,18 +83,20 @@ NO_EXIT = ExitPolicy()
 
 
 def parse_exit(text: str) -> ExitPolicy:
-    """``none``, ``quiet``, ``auto``, ``confidence:P`` or ``confidence:P@TAU`` (one place for the syntax)."""
+    """``none``, ``quiet``, ``auto`` or ``confidence:P[@TAU][,READOUT]`` (one place for the syntax;
+    :meth:`ExitPolicy.label` writes it back: an ``auto`` choice can be given again as it is reported)."""
     kind, _, rest = text.strip().partition(":")
     if not rest:
         return ExitPolicy(kind)
     if kind != "confidence":
-        raise QffsError(f"--exit {text!r}: only confidence takes a value (confidence:P or confidence:P@TAU)")
+        raise QffsError(f"--exit {text!r}: only confidence takes a value (confidence:P[@TAU][,READOUT])")
+    rest, _, readout = rest.partition(",")
     p, _, tau = rest.partition("@")
     try:
         threshold, temperature = float(p), float(tau) if tau else None
     except ValueError:
         raise QffsError(f"--exit {text!r}: P and TAU must be numbers, e.g. confidence:0.9@1.5") from None
-    return ExitPolicy("confidence", threshold, temperature)
+    return ExitPolicy("confidence", threshold, temperature, readout.strip() or None)
 
 
 def confidence(values: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -113,18 +115,39 @@ def confidence_steps(readouts: torch.Tensor, threshold: torch.Tensor | float, te
     return torch.where(passed.any(dim=-2), first, torch.full_like(first, steps + 1))
 
 
+def quiet_seen_at(convergence_step: torch.Tensor, converged: torch.Tensor, input_window: int,
+                  timesteps: int) -> torch.Tensor:
+    """The step (1-based) at which each sample's silence is seen — the first step without a spike
+    at or after the input window —, after which it is dropped; T + 1 for a sample never quiet."""
+    seen = convergence_step.clamp(min=input_window - 1) + 1
+    return torch.where(converged, seen, torch.full_like(seen, timesteps + 1))
+
+
 def exit_latency(confident_at: torch.Tensor, convergence_step: torch.Tensor, converged: torch.Tensor,
-                 timesteps: int) -> torch.Tensor:
-    """Each sample's latency: its confidence step, or its convergence step if it was quiet first
-    (its answer is final then), capped at ``timesteps``."""
+                 timesteps: int, input_window: int) -> torch.Tensor:
+    """Each sample's latency: its confidence step if that comes before its silence is seen (the
+    runtime cannot know sooner that its answer is final), else its convergence step, capped at T."""
+    seen = quiet_seen_at(convergence_step, converged, input_window, timesteps)
     quiet_at = torch.where(converged, convergence_step, torch.full_like(convergence_step, timesteps))
-    return torch.minimum(confident_at.to(quiet_at.dtype), quiet_at).clamp(max=timesteps)
+    confident_at = confident_at.to(quiet_at.dtype)
+    return torch.where(confident_at < seen, confident_at, quiet_at).clamp(max=timesteps)
 
 
-def exit_predictions(readouts: torch.Tensor, latency: torch.Tensor) -> torch.Tensor:
-    """Each sample's answer at its latency: ``readouts`` [T, B, C], ``latency`` [..., B] → [..., B]."""
+def answer_steps(confident_at: torch.Tensor, convergence_step: torch.Tensor, converged: torch.Tensor,
+                 timesteps: int, input_window: int) -> torch.Tensor:
+    """The step whose readout is each sample's answer: its confidence step if that comes before its
+    silence is seen, else the step its silence is seen (its final readout), capped at T. (A
+    membrane readout may still move between the convergence step and that one; counts do not.)"""
+    seen = quiet_seen_at(convergence_step, converged, input_window, timesteps)
+    confident_at = confident_at.to(seen.dtype)
+    return torch.where(confident_at < seen, confident_at, seen).clamp(max=timesteps)
+
+
+def exit_predictions(readouts: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """Each sample's answer at its step (:func:`answer_steps`): ``readouts`` [T, B, C], ``steps``
+    [..., B] → [..., B]."""
     classes = readouts.shape[-1]
-    index = (latency.long() - 1).clamp(min=0)
+    index = (steps.long() - 1).clamp(min=0)
     flat = index.reshape(-1, index.shape[-1])                        # [K, B]
     rows = readouts.gather(0, flat.unsqueeze(-1).expand(-1, -1, classes))   # [K, B, C]
     return predict(rows)[0].reshape(index.shape)
@@ -147,5 +170,5 @@ class ConfidenceRule:
         return confidence(values, self.temperature) >= self.threshold
 
 
-__all__ = ["EXIT_KINDS", "NO_EXIT", "ConfidenceRule", "ExitPolicy", "confidence", "confidence_steps", "exit_latency",
-           "exit_predictions", "parse_exit"]
+__all__ = ["EXIT_KINDS", "NO_EXIT", "ConfidenceRule", "ExitPolicy", "answer_steps", "confidence", "confidence_steps",
+           "exit_latency", "exit_predictions", "parse_exit", "quiet_seen_at"]
