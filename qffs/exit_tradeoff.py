@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from qffs.measures import Measure
+from qffs.metrics import predict
 from qffs.report import percentiles
 from qffs.snn.exits import answer_steps, confidence_steps, exit_latency, exit_predictions
 from qffs.snn.records import SimulationResult
@@ -26,6 +27,13 @@ from qffs.snn.records import SimulationResult
 TEMPERATURES = tuple(float(f"{t:.6g}") for t in torch.logspace(-2, 2, 41, dtype=torch.float64))
 #: Confidence thresholds P, denser towards 1 (1 − 10^−k for k from 0.1 to 4).
 THRESHOLDS = tuple(float(f"{1 - 10 ** -k:.6g}") for k in torch.linspace(0.1, 4.0, 40, dtype=torch.float64))
+
+
+def latency_spread(histogram: torch.Tensor) -> dict[str, float | None]:
+    """Mean, p50 and p99 latency from a histogram of samples per step 1…T (None: no samples)."""
+    steps = torch.repeat_interleave(torch.arange(1, histogram.numel() + 1), histogram.round().long()).tolist()
+    spread = percentiles(steps, (50, 99))
+    return {"mean_latency": spread.get("mean"), "p50_latency": spread.get("p50"), "p99_latency": spread.get("p99")}
 
 
 class ExitTradeoff(Measure):
@@ -72,12 +80,8 @@ class ExitTradeoff(Measure):
         i, n = self.temperature_index(), max(float(self.samples), 1.0)
         rows = []
         for j, p in enumerate(self.thresholds):
-            hist = self.latencies[i, j].round().long()
-            steps = torch.repeat_interleave(torch.arange(1, self.timesteps + 1), hist).tolist()
-            spread = percentiles(steps, (50, 99)) if steps else {"p50": None, "p99": None}
-            mean = float((self.latencies[i, j] * torch.arange(1, self.timesteps + 1)).sum()) / n
-            rows.append({"threshold": p, "accuracy": float(self.correct[i, j]) / n, "mean_latency": mean,
-                         "p50_latency": spread["p50"], "p99_latency": spread["p99"]})
+            rows.append({"threshold": p, "accuracy": float(self.correct[i, j]) / n,
+                         **latency_spread(self.latencies[i, j])})
         return {"readout": self.readout, "temperature": self.temperatures[i],
                 "nll_per_step": float(self.nll[i]) / (n * self.timesteps), "samples": int(n), "rows": rows}
 
@@ -102,7 +106,7 @@ class ExitOutcome(Measure):
     def update(self, result: SimulationResult, y: torch.Tensor) -> None:
         latency = result.latency().clamp(1, self.timesteps).cpu()
         answer = result.readouts[self.readout][-1]              # frozen at each sample's exit
-        self.correct += float((answer.argmax(-1) == y).sum())
+        self.correct += float((predict(answer)[0] == y).sum())
         self.latencies += torch.bincount(latency - 1, minlength=self.timesteps).double()
         simulated = torch.tensor(result.rows_simulated, dtype=torch.float64)
         self.rows[: simulated.numel()] += simulated
@@ -112,12 +116,8 @@ class ExitOutcome(Measure):
         """Accuracy, mean / p50 / p99 latency, the latency histogram, and the sample-steps simulated
         against those of the fixed T."""
         n = max(float(self.samples), 1.0)
-        hist = self.latencies.round().long()
-        steps = torch.repeat_interleave(torch.arange(1, self.timesteps + 1), hist).tolist()
-        spread = percentiles(steps, (50, 99))
         return {"readout": self.readout, "accuracy": float(self.correct) / n, "samples": int(n),
-                "mean_latency": spread.get("mean"), "p50_latency": spread.get("p50"),
-                "p99_latency": spread.get("p99"), "latency_histogram": hist.tolist(),
+                **latency_spread(self.latencies), "latency_histogram": self.latencies.round().long().tolist(),
                 "rows_simulated": self.rows.round().long().tolist(),
                 "sample_steps": int(self.rows.sum()), "sample_steps_fixed": int(n) * self.timesteps}
 
