@@ -207,6 +207,8 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
         snn = snn.to(device=device, dtype=dtype).eval()
     if qann is not None:
         qann = qann.to(device=device, dtype=dtype).eval()
+    if exit is not None:
+        exit.check_timesteps(timesteps)
     rule = None if exit is None else exit.rule(readout)
     exit_args: dict[str, Any] = {} if rule is None else {"exit_rule": rule}   # (onnxruntime's network has no exits)
     measures = SnnMeasures.start(timesteps, qann is not None, None if exit in (None, NO_EXIT) else

@@ -1,7 +1,8 @@
 """The plot of an evaluation with ``--exit``: accuracy against mean latency, and the test latencies.
 
-Left, the trade-off: every confidence threshold's accuracy against its mean latency (validation
-rows, where the threshold was chosen, and the test rows at the same temperature, for reading),
+Left, the trade-off: the Pareto front of the confidence exits (threshold P, deadline D), accuracy
+against mean latency (validation rows, where the exit was chosen, and the test rows at the same
+temperature, for reading),
 the fixed-T curve (every sample at t), the QANN and the chosen exit's test outcome. Right, how
 many test samples answered at each step under the chosen exit.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 from typing import Any
+
+from qffs.exit_tradeoff import pareto
 
 
 def plot_exit(report: dict[str, Any], path: str | Path) -> Path:
@@ -30,7 +33,7 @@ def plot_exit(report: dict[str, Any], path: str | Path) -> Path:
         ax.plot([r["mean_latency"] for r in rows], [100 * r["accuracy"] for r in rows], ".-", color=color,
                 lw=1, label=f"confidence exits, validation, {name} (τ = {trade['temperature']:.3g})")
     if exit_.get("test_tradeoff"):
-        rows = sorted(exit_["test_tradeoff"]["rows"], key=lambda r: r["mean_latency"])
+        rows = pareto(exit_["test_tradeoff"]["rows"])
         ax.plot([r["mean_latency"] for r in rows], [100 * r["accuracy"] for r in rows], ".-", color="#1f77b4",
                 lw=1, label="confidence exits, test (for reading)")
     if report.get("qann_accuracy") is not None:

@@ -1,12 +1,13 @@
 """The accuracy–latency trade-off of confidence exits, from one simulation without exit.
 
-For a grid of softmax temperatures τ and confidence thresholds P, each batch adds what a
-``confidence:P@τ`` exit would have answered (:func:`qffs.snn.exits.exit_latency`,
-:func:`~qffs.snn.exits.exit_predictions`) as float64 sums — correct answers and a histogram of
-latencies — beside each τ's negative log-likelihood over every step's readout. The sums add
-exactly over the ranks of a torchrun job. The temperature is the one of least NLL (fitted on
-the samples measured: the validation split, for a choice), and :func:`choose_threshold` picks
-the smallest mean latency whose accuracy stays within a tolerance of a reference (the QANN's).
+For a grid of softmax temperatures τ, confidence thresholds P and deadlines D (every step
+1…T), each batch adds what a ``confidence:P@τ,deadline=D`` exit would have answered
+(:func:`qffs.snn.exits.exit_latency`, :func:`~qffs.snn.exits.exit_predictions`) as float64
+sums — correct answers and a histogram of latencies — beside each τ's negative log-likelihood
+over every step's readout. The sums add exactly over the ranks of a torchrun job. The
+temperature is the one of least NLL (fitted on the samples measured: the validation split, for
+a choice), and :func:`choose_threshold` picks the (P, D) of smallest mean latency whose
+accuracy stays within a tolerance of a reference (the QANN's).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from qffs.measures import Measure
 from qffs.metrics import predict
 from qffs.report import percentiles
-from qffs.snn.exits import answer_steps, confidence_steps, exit_latency, exit_predictions
+from qffs.snn.exits import answer_steps, confidence_steps, exit_latency, exit_predictions, with_deadline
 from qffs.snn.records import SimulationResult
 
 #: Softmax temperatures tried (log-spaced over four decades: readouts come in their own units).
@@ -37,8 +38,8 @@ def latency_spread(histogram: torch.Tensor) -> dict[str, float | None]:
 
 
 class ExitTradeoff(Measure):
-    """Per (τ, P): correct answers and latencies (histogram over 1…T) of a confidence exit, and
-    per τ the summed NLL of every step's readout at that temperature."""
+    """Per (τ, D, P): correct answers and latencies (histogram over 1…T) of a confidence exit
+    with deadline D, and per τ the summed NLL of every step's readout at that temperature."""
 
     nll: torch.Tensor
     correct: torch.Tensor
@@ -51,8 +52,8 @@ class ExitTradeoff(Measure):
         self.timesteps, self.readout = timesteps, readout
         self.temperatures, self.thresholds = temperatures, thresholds
         self.add_state("nll", len(temperatures))
-        self.add_state("correct", (len(temperatures), len(thresholds)))
-        self.add_state("latencies", (len(temperatures), len(thresholds), timesteps))
+        self.add_state("correct", (len(temperatures), timesteps, len(thresholds)))
+        self.add_state("latencies", (len(temperatures), timesteps, len(thresholds), timesteps))
         self.add_state("samples")
 
     def update(self, result: SimulationResult, y: torch.Tensor) -> None:
@@ -63,12 +64,13 @@ class ExitTradeoff(Measure):
             logp = torch.log_softmax(readouts / tau, dim=-1)
             self.nll[i] -= float(logp.gather(-1, labels.view(1, -1, 1).expand(logp.shape[0], -1, 1)).sum())
             settled = (result.convergence_step, result.converged, self.timesteps, result.input_window)
-            confident = confidence_steps(readouts, p, tau)
-            latency = exit_latency(confident, *settled)                                        # [P, B]
+            confident = confidence_steps(readouts, p, tau)                                     # [P, B]
+            confident = torch.stack([with_deadline(confident, d) for d in range(1, self.timesteps + 1)])
+            latency = exit_latency(confident, *settled)                                        # [D, P, B]
             answers = exit_predictions(readouts, answer_steps(confident, *settled))
             self.correct[i] += (answers == labels).sum(-1).double().cpu()
-            hist = torch.zeros(len(self.thresholds), self.timesteps, dtype=torch.float64, device=readouts.device)
-            self.latencies[i] += hist.scatter_add_(1, latency - 1, torch.ones_like(latency, dtype=torch.float64)).cpu()
+            hist = torch.zeros(*latency.shape[:2], self.timesteps, dtype=torch.float64, device=readouts.device)
+            self.latencies[i] += hist.scatter_add_(2, latency - 1, torch.ones_like(latency, dtype=torch.float64)).cpu()
         self.samples += y.numel()
 
     def temperature_index(self) -> int:
@@ -76,12 +78,14 @@ class ExitTradeoff(Measure):
         return int(self.nll.argmin())
 
     def compute(self) -> dict[str, Any]:
-        """The fitted temperature and, per threshold, accuracy and mean / p50 / p99 latency."""
+        """The fitted temperature and, per deadline and threshold, accuracy and mean / p50 / p99
+        latency (deadline T: none)."""
         i, n = self.temperature_index(), max(float(self.samples), 1.0)
         rows = []
-        for j, p in enumerate(self.thresholds):
-            rows.append({"threshold": p, "accuracy": float(self.correct[i, j]) / n,
-                         **latency_spread(self.latencies[i, j])})
+        for d in range(1, self.timesteps + 1):
+            for j, p in enumerate(self.thresholds):
+                rows.append({"threshold": p, "deadline": d, "accuracy": float(self.correct[i, d - 1, j]) / n,
+                             **latency_spread(self.latencies[i, d - 1, j])})
         return {"readout": self.readout, "temperature": self.temperatures[i],
                 "nll_per_step": float(self.nll[i]) / (n * self.timesteps), "samples": int(n), "rows": rows}
 
@@ -124,9 +128,10 @@ class ExitOutcome(Measure):
 
 @dataclass(frozen=True)
 class ThresholdChoice:
-    """The threshold :func:`choose_threshold` picked (None: no threshold is within tolerance)."""
+    """The threshold and deadline :func:`choose_threshold` picked (None: no row is within tolerance)."""
 
     threshold: float | None
+    deadline: int | None
     row: dict[str, Any] | None
     reference: float
     tolerance: float
@@ -134,12 +139,12 @@ class ThresholdChoice:
 
 def choose_threshold(tradeoff: dict[str, Any], reference: float, tolerance: float) -> ThresholdChoice:
     """The row of least mean latency whose accuracy is at least ``reference − tolerance``
-    (ties: the higher accuracy); None when no row qualifies."""
+    (ties: the higher accuracy, then the later deadline); None when no row qualifies."""
     good = [r for r in tradeoff["rows"] if r["accuracy"] >= reference - tolerance - 1e-12]
     if not good:
-        return ThresholdChoice(None, None, reference, tolerance)
-    best = min(good, key=lambda r: (r["mean_latency"], -r["accuracy"]))
-    return ThresholdChoice(best["threshold"], best, reference, tolerance)
+        return ThresholdChoice(None, None, None, reference, tolerance)
+    best = min(good, key=lambda r: (r["mean_latency"], -r["accuracy"], -r["deadline"]))
+    return ThresholdChoice(best["threshold"], best["deadline"], best, reference, tolerance)
 
 
 def pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

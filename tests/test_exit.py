@@ -23,6 +23,7 @@ from qffs.snn.exits import (
     exit_predictions,
     parse_exit,
     quiet_seen_at,
+    with_deadline,
 )
 from qffs.snn.readout import READOUTS
 from tests.snn_graphs import Genome, build_qann, genomes
@@ -50,11 +51,12 @@ def test_quiet_answers_exactly_as_the_qann(g):
 
 
 @SETTINGS
-@given(genomes(), st.sampled_from(READOUTS), st.sampled_from([0.02, 0.2, 1.0]), st.sampled_from([0.5, 0.8, 0.95]))
-def test_a_confidence_exit_freezes_the_answer_and_equals_the_exit_found_after_a_full_run(g, readout, tau, p):
+@given(genomes(), st.sampled_from(READOUTS), st.sampled_from([0.02, 0.2, 1.0]), st.sampled_from([0.5, 0.8, 0.95]),
+       st.sampled_from([None, 1, 3, 7]))
+def test_a_confidence_exit_freezes_the_answer_and_equals_the_exit_found_after_a_full_run(g, readout, tau, p, deadline):
     qann, x = build_qann(g)
     snn, x, T = convert(qann), _batch(x, 24, g.seed), 20
-    rule = ConfidenceRule(p, tau, readout)
+    rule = ConfidenceRule(p, tau, readout, deadline)
     dropped = snn.simulate(x, T, until_quiet=True, exit_rule=rule)
     found = snn.simulate(x, T, until_quiet=True, exit_rule=rule, mode="layer")   # nothing can leave: found after
     full = snn.simulate(x, T, until_quiet=True)
@@ -65,8 +67,9 @@ def test_a_confidence_exit_freezes_the_answer_and_equals_the_exit_found_after_a_
         e = int(dropped.exit_step[b])
         for values in dropped.readouts.values():
             assert bool((values[e - 1:, b] == values[e - 1, b]).all())
+    assert int(dropped.latency().max()) <= (deadline or T)          # nobody answers after the deadline
     settled = (full.convergence_step, full.converged, T, full.input_window)
-    confident = confidence_steps(full.readouts[readout], p, tau)
+    confident = with_deadline(confidence_steps(full.readouts[readout], p, tau), deadline)
     assert torch.equal(exit_latency(confident, *settled), dropped.latency())
     answers = exit_predictions(full.readouts[readout], answer_steps(confident, *settled))
     assert torch.equal(answers, predict(dropped.readouts[readout][-1])[0])
@@ -95,6 +98,10 @@ def test_exited_samples_are_no_longer_simulated():
     expected = ((steps < seen) & ((exits == 0) | (steps < exits))).sum(1).tolist()
     assert exited.rows_simulated == expected == rows_in              # the counter is what the layers saw
     assert sum(exited.rows_simulated) < sum(full.rows_simulated)
+    rows_in.clear()
+    due = snn.simulate(x, T, until_quiet=True, exit_rule=ConfidenceRule(0.999, 0.05, deadline=3))
+    assert due.rows_simulated == rows_in and len(due.rows_simulated) == 3   # nothing is simulated after the deadline
+    assert int(due.latency().max()) == 3 and bool((due.exit_step <= 3).all())
 
 
 def _loader(n: int, g: Genome, x: torch.Tensor, batch: int) -> DataLoader:
@@ -103,7 +110,7 @@ def _loader(n: int, g: Genome, x: torch.Tensor, batch: int) -> DataLoader:
     return DataLoader(TensorDataset(data, labels), batch_size=batch)
 
 
-def test_one_run_gives_the_outcome_of_separate_runs_at_each_threshold():
+def test_one_run_gives_the_outcome_of_separate_runs_at_each_threshold_and_deadline():
     g = Genome(in_channels=1, size=6, blocks=("conv", "maxpool"), hidden=8, head_bn=False, bits=2, output_bits=3,
                seed=2)
     qann, x = build_qann(g)
@@ -111,14 +118,20 @@ def test_one_run_gives_the_outcome_of_separate_runs_at_each_threshold():
     thresholds = (0.5, 0.9)
     one = evaluate_snn(snn, loader, T, qann=qann, dtype=torch.float64,
                        tradeoffs=(ExitTradeoff(T, "count", temperatures=(tau,), thresholds=thresholds),))
-    rows = one.tradeoff["count"]["rows"]
-    for p, row in zip(thresholds, rows):
-        alone = evaluate_snn(snn, loader, T, qann=qann, dtype=torch.float64,
-                             exit=ExitPolicy("confidence", p, tau)).exit
-        assert row["threshold"] == p
-        assert row["accuracy"] == alone["accuracy"] and row["mean_latency"] == pytest.approx(alone["mean_latency"])
-        assert (row["p50_latency"], row["p99_latency"]) == (alone["p50_latency"], alone["p99_latency"])
-    assert rows[0]["mean_latency"] <= rows[1]["mean_latency"]        # a higher threshold never answers sooner
+    rows = {(r["threshold"], r["deadline"]): r for r in one.tradeoff["count"]["rows"]}
+    assert len(rows) == len(thresholds) * T
+    for p in thresholds:
+        for deadline in (2, 4, T):
+            alone = evaluate_snn(snn, loader, T, qann=qann, dtype=torch.float64,
+                                 exit=ExitPolicy("confidence", p, tau, deadline=deadline)).exit
+            row = rows[p, deadline]
+            assert row["accuracy"] == alone["accuracy"] and row["mean_latency"] == pytest.approx(alone["mean_latency"])
+            assert (row["p50_latency"], row["p99_latency"]) == (alone["p50_latency"], alone["p99_latency"])
+            assert row["p99_latency"] <= deadline
+    assert rows[0.5, T]["mean_latency"] <= rows[0.9, T]["mean_latency"]   # a higher threshold never answers sooner
+    assert rows[0.9, 4]["mean_latency"] <= rows[0.9, T]["mean_latency"]   # nor a later deadline
+    with pytest.raises(QffsError, match="deadline 13 is past --timesteps 12"):
+        evaluate_snn(snn, loader, T, exit=ExitPolicy("confidence", 0.9, tau, deadline=13))
     quiet = evaluate_snn(snn, loader, T, qann=qann, dtype=torch.float64, exit=ExitPolicy("quiet")).exit
     assert quiet["accuracy"] == one.qann_accuracy and quiet["mean_latency"] == pytest.approx(one.convergence["mean"])
 
@@ -152,9 +165,13 @@ def test_the_temperature_of_least_nll_is_fitted_and_the_choice_keeps_the_toleran
 @pytest.mark.parametrize(("text", "fragment"), [
     ("soon", "unknown exit policy 'soon'"),
     ("confidence:1.5", "0 < P ≤ 1"),
-    ("confidence:x", "must be numbers"),
+    ("confidence:x", "P and TAU numbers"),
     ("confidence:0.9@-1", "temperature must be positive"),
     ("quiet:3", "only confidence takes a value"),
+    ("confidence:0.9@1,deadline=0", "deadline must be a step ≥ 1"),
+    ("confidence:0.9@1,deadline=soon", "expected confidence:P"),
+    ("confidence:0.9@1,current,count", "expected confidence:P"),
+    ("confidence:0.9,deadline=3,deadline=4", "expected confidence:P"),
 ])
 def test_bad_exit_policies_are_refused_by_name(text, fragment):
     with pytest.raises(QffsError, match=fragment.replace("(", r"\(")):
@@ -163,9 +180,10 @@ def test_bad_exit_policies_are_refused_by_name(text, fragment):
 
 def test_exit_policies_parse_and_need_their_temperature():
     assert parse_exit("confidence:0.9@2") == ExitPolicy("confidence", 0.9, 2.0)
+    assert parse_exit("confidence:0.9, deadline=5 ,count") == ExitPolicy("confidence", 0.9, None, "count", 5)
     for p in THRESHOLDS:                              # an auto choice is given again exactly as reported
-        for tau in TEMPERATURES[::8]:
-            chosen = ExitPolicy("confidence", p, tau, "current")
+        for tau, deadline in zip(TEMPERATURES[::8], (None, 1, 4, 16, None, 9)):
+            chosen = ExitPolicy("confidence", p, tau, "current", deadline)
             assert parse_exit(chosen.label()) == chosen
     with pytest.raises(QffsError, match="unknown readout 'spikes'"):
         parse_exit("confidence:0.9@1,spikes")

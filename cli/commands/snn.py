@@ -85,10 +85,11 @@ def evaluate(
                                      "T steps, float32: checks an export and measures its speed)."),
     exit: str = typer.Option("none", "--exit",
                              help="Per-sample early exit: none, quiet (exact: each sample's convergence step), "
-                                  "confidence:P[@TAU][,READOUT] (softmax confidence ≥ P; TAU fitted on the validation "
-                                  "split unless given; READOUT: the one confidence is taken of, default --readout) or "
-                                  "auto (readout, TAU and P chosen on the validation split: least mean latency within "
-                                  "--exit-tolerance of the QANN). Also writes exit.png."),
+                                  "confidence:P[@TAU][,READOUT][,deadline=D] (softmax confidence ≥ P; TAU fitted on "
+                                  "the validation split unless given; READOUT: the one confidence is taken of, default "
+                                  "--readout; D: a sample still unsure answers at step D, default --timesteps) or "
+                                  "auto (readout, TAU, P and D chosen on the validation split: least mean latency "
+                                  "within --exit-tolerance of the QANN). Also writes exit.png."),
     exit_tolerance: float = typer.Option(0.1, "--exit-tolerance",
                                          help="With --exit auto: the validation accuracy the exit may lose "
                                               "against the QANN, in percentage points."),

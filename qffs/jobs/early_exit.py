@@ -2,9 +2,9 @@
 
 ``auto`` and ``confidence:P`` fit the softmax temperature on the validation split (one
 simulation without exit, whose every confidence exit :class:`~qffs.exit_tradeoff.ExitTradeoff`
-measures); ``auto`` then takes, over the three readouts, the threshold of least mean latency whose
-validation accuracy is within the tolerance of the QANN's on the same images (none: the exact
-``quiet`` policy). The
+measures); ``auto`` then takes, over the three readouts, the threshold and deadline of least mean latency
+whose validation accuracy is within the tolerance of the QANN's on the same images (none: the
+exact ``quiet`` policy). The
 test set is simulated twice, in the same process: at the fixed T (the usual report, and the
 trade-off at the fitted temperature, for reading) and with the exit (what it answers, and what
 it cost), so the time saved is measured, not estimated.
@@ -40,13 +40,15 @@ def complete_on_validation(policy: ExitPolicy, simulate: Simulate, validation: A
     """``policy`` with its temperature (and for ``auto`` its threshold and readout, among all three)
     chosen on ``validation``; and what the choice saw there."""
     main_only(print)(f"choosing the exit on the validation split ({len(validation.dataset):,} images) ...", flush=True)
-    readouts = READOUTS if policy.kind == "auto" else (readout,)
+    own = policy.readout or readout                 # the readout a given confidence:P is taken of
+    readouts = READOUTS if policy.kind == "auto" else (own,)
     report = simulate(validation, tradeoffs=tuple(ExitTradeoff(timesteps, r) for r in readouts))
     reference = report["qann_accuracy"]
     seen: dict[str, Any] = {"samples": report["samples"], "qann_accuracy": reference, "tolerance": tolerance,
                             "tradeoff": {r: {**t, "pareto": pareto(t["rows"])} for r, t in report["tradeoff"].items()}}
     if policy.kind == "confidence":
-        chosen = ExitPolicy("confidence", policy.threshold, report["tradeoff"][readout]["temperature"])
+        chosen = ExitPolicy("confidence", policy.threshold, report["tradeoff"][own]["temperature"],
+                            policy.readout, policy.deadline)
     else:
         if reference is None:
             raise QffsError("--exit auto compares with the QANN: this SNN artifact carries none")
@@ -56,8 +58,9 @@ def complete_on_validation(policy: ExitPolicy, simulate: Simulate, validation: A
             chosen = ExitPolicy("quiet")
         else:
             best = min(good, key=lambda r: (good[r].row["mean_latency"], -good[r].row["accuracy"]))  # type: ignore
+            deadline = good[best].deadline
             chosen = ExitPolicy("confidence", good[best].threshold, report["tradeoff"][best]["temperature"],
-                                None if best == readout else best)
+                                None if best == readout else best, None if deadline == timesteps else deadline)
             seen["chosen"] = {"readout": best, **(good[best].row or {})}
     seen["policy"] = chosen.label()
     return chosen, seen
@@ -81,7 +84,7 @@ def evaluate_with_exit(policy: ExitPolicy, simulate: Simulate, test: Any, valida
     test_tradeoff = (report.pop("tradeoff") or {}).get(policy.readout or readout)
     report["exit"] = {
         "requested": requested.label(), "policy": policy.label(), "readout": policy.readout or readout,
-        "threshold": policy.threshold, "temperature": policy.temperature,
+        "threshold": policy.threshold, "temperature": policy.temperature, "deadline": policy.deadline or timesteps,
         "chosen_on": "validation" if seen is not None else "given", "validation": seen, "test": outcome,
         "seconds_fixed": round(fixed, 2), "seconds_exit": round(exited, 2),
         "test_tradeoff": None if test_tradeoff is None else {

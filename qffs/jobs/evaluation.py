@@ -42,6 +42,7 @@ def check_evaluation(timesteps: int, readout: str, backend: str, double: bool, m
         raise QffsError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "onnxruntime" and double:
         raise QffsError("--backend onnxruntime runs the exported float32 graph; --double needs --backend torch")
+    parse_exit(exit).check_timesteps(timesteps)
     if parse_exit(exit) != NO_EXIT and backend != "torch":
         raise QffsError("--exit drops exited samples from qffs' runtime: it needs --backend torch")
     check_tolerance(exit_tolerance)

@@ -211,7 +211,7 @@ class Engine:
         """Which rows stay after step t: all but those ``exit_rule`` finds confident (noted in ``run.exits``)."""
         if exit_rule is None or run.exits is None:
             return torch.ones(alive.numel(), dtype=torch.bool, device=alive.device)
-        leaving = exit_rule(self._output_rows(run, t, alive, exit_rule.readout))
+        leaving = exit_rule(self._output_rows(run, t, alive, exit_rule.readout), t + 1)
         run.exits[alive[leaving]] = t + 1
         return ~leaving
 

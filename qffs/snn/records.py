@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from qffs.snn.engine import Engine, Run, neuron_modules
-from qffs.snn.exits import ConfidenceRule, confidence_steps, quiet_seen_at
+from qffs.snn.exits import ConfidenceRule, quiet_seen_at
 from qffs.snn.monitor import Monitor
 from qffs.snn.neuron import SpikingNeuron
 from qffs.snn.readout import READOUTS, output_readout
@@ -155,7 +155,7 @@ def exit_after_run(result: SimulationResult, rule: ConfidenceRule) -> None:
     """A run that could not drop samples (layer by layer, a fixed batch): the exits ``rule``
     would have taken, found afterwards, and every readout frozen from each sample's exit step."""
     steps = result.readouts[rule.readout].shape[0]
-    confident = confidence_steps(result.readouts[rule.readout], rule.threshold, rule.temperature)
+    confident = rule.steps(result.readouts[rule.readout])
     seen_quiet = quiet_seen_at(result.convergence_step, result.converged, result.input_window, steps)
     exits = torch.where((confident <= steps) & (confident <= seen_quiet), confident, torch.zeros_like(confident))
     frozen = torch.where(exits > 0, exits, torch.full_like(exits, steps)) - 1       # last step that counts, 0-based
