@@ -179,12 +179,10 @@ def answer_steps(confident_at: torch.Tensor, convergence_step: torch.Tensor, con
 
 def exit_predictions(readouts: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     """Each sample's answer at its step (:func:`answer_steps`): ``readouts`` [T, B, C], ``steps``
-    [..., B] → [..., B]."""
-    classes = readouts.shape[-1]
+    [..., B] → [..., B] (every step's prediction once, then one gather per row of steps)."""
     index = (steps.long() - 1).clamp(min=0)
     flat = index.reshape(-1, index.shape[-1])                        # [K, B]
-    rows = readouts.gather(0, flat.unsqueeze(-1).expand(-1, -1, classes))   # [K, B, C]
-    return predict(rows)[0].reshape(index.shape)
+    return predict(readouts)[0].gather(0, flat).reshape(index.shape)
 
 
 @dataclass(frozen=True)
