@@ -174,6 +174,10 @@ def load_qann(path: str | Path, model: str | None = None) -> tuple[torch.nn.Modu
     return rebuild_qann(ckpt.meta, ckpt.state_dict, str(path), model), ckpt.meta
 
 
+#: The prefix of a fine-tuned SNN's own tensors in its artifact, beside its QANN's (qffs finetune).
+SNN_TENSORS = "snn."
+
+
 def load_snn(path: str | Path, model: str | None = None,
              dtype: torch.dtype | None = None) -> tuple[SpikingNetwork, torch.nn.Module, dict[str, Any]]:
     """Rebuild an SNN artifact: (SpikingNetwork, the QANN it came from, metadata).
@@ -185,10 +189,16 @@ def load_snn(path: str | Path, model: str | None = None,
     """
     ckpt = load_checkpoint(path)
     expect_kind(ckpt, "snn", path)
-    qann = rebuild_qann(ckpt.meta, ckpt.state_dict, str(path), model)
+    own = {k[len(SNN_TENSORS):]: v for k, v in ckpt.state_dict.items() if k.startswith(SNN_TENSORS)}
+    qann = rebuild_qann(ckpt.meta, {k: v for k, v in ckpt.state_dict.items() if not k.startswith(SNN_TENSORS)},
+                        str(path), model)
     if dtype is not None:
         qann = qann.to(dtype)
-    return ConversionConfig.from_meta(ckpt.meta, str(path)).convert(qann), qann, ckpt.meta
+    snn = ConversionConfig.from_meta(ckpt.meta, str(path)).convert(qann)
+    if own:      # a fine-tuned SNN (qffs finetune): its own weights and thresholds replace the converted ones
+        load_into(snn, {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in own.items()},
+                  source=str(path))
+    return snn, qann, ckpt.meta
 
 
 def load_network(path: str | Path, model: str | None = None) -> tuple[torch.nn.Module, str, dict[str, Any]]:

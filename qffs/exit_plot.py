@@ -13,8 +13,6 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from qffs.exit_tradeoff import pareto
-
 
 def plot_exit(report: dict[str, Any], path: str | Path) -> Path:
     """Write the exit plot of ``report`` (an evaluation report with an ``"exit"`` section) as PNG."""
@@ -33,7 +31,7 @@ def plot_exit(report: dict[str, Any], path: str | Path) -> Path:
         ax.plot([r["mean_latency"] for r in rows], [100 * r["accuracy"] for r in rows], ".-", color=color,
                 lw=1, label=f"confidence exits, validation, {name} (τ = {trade['temperature']:.3g})")
     if exit_.get("test_tradeoff"):
-        rows = pareto(exit_["test_tradeoff"]["rows"])
+        rows = exit_["test_tradeoff"]["pareto"]
         ax.plot([r["mean_latency"] for r in rows], [100 * r["accuracy"] for r in rows], ".-", color="#1f77b4",
                 lw=1, label="confidence exits, test (for reading)")
     if report.get("qann_accuracy") is not None:

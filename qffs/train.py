@@ -87,6 +87,10 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     return nn.functional.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * temperature**2
 
 
+#: A training loss: (model output, labels) → scalar.
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 @dataclass
 class _Run:
     """What the epochs of one :func:`fit` share, and what its resume state is made of."""
@@ -138,14 +142,20 @@ def _start(model: nn.Module, train_loader, cfg: TrainConfig, device: torch.devic
                 shuffle_rng, start.epoch)
 
 
+def final_logits(out: torch.Tensor) -> torch.Tensor:
+    """A model's logits for accuracy and distillation: ``out`` [B, C], or per step [B, C, T] (a
+    spiking network in training, :mod:`qffs.finetune`): its last step."""
+    return out if out.dim() == 2 else out[..., -1]
+
+
 def _train_epoch(run: _Run, loader, cfg: TrainConfig, epoch: int, device: torch.device,
-                 teacher: nn.Module | None) -> tuple[dict[str, float], float, float]:
+                 teacher: nn.Module | None, criterion: Criterion | None) -> tuple[dict[str, float], float, float]:
     """One pass over ``loader``: (mean training loss and accuracy over every rank, the last
     batch's learning rate, seconds)."""
     run.net.train()
     if cfg.freeze_bn:
         freeze_batchnorm(run.model)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion = criterion or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     began = time.perf_counter()
     sums = TrainingSums()
     lr = run.scheduler.get_last_lr()[0]
@@ -158,7 +168,7 @@ def _train_epoch(run: _Run, loader, cfg: TrainConfig, epoch: int, device: torch.
             assert teacher is not None   # cfg.distill > 0 needs one: checked when the run starts
             with torch.no_grad():
                 soft = teacher(x)
-            loss = (1 - cfg.distill) * loss + cfg.distill * distillation_loss(out, soft, cfg.temperature)
+            loss = (1 - cfg.distill) * loss + cfg.distill * distillation_loss(final_logits(out), soft, cfg.temperature)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
@@ -167,7 +177,7 @@ def _train_epoch(run: _Run, loader, cfg: TrainConfig, epoch: int, device: torch.
         if not math.isfinite(value):   # nothing of this epoch is kept: the last good checkpoint stays
             raise QffsError(f"training diverged: the loss is {value} at epoch {epoch + 1}, "
                             f"step {run.scheduler.last_epoch} — lower the learning rate (--lr)")
-        sums.update(value, out, y)
+        sums.update(value, final_logits(out), y)
     train_time = time.perf_counter() - began
     broadcast_module(run.model, buffers_only=True)   # torchrun: rank 0's BatchNorm statistics on every rank
     reduce_measures(sums)
@@ -198,8 +208,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
         log: Callable[[str], None] = print,
         baseline: float = -1.0, start: TrainState | None = None,
         on_state: Callable[[TrainState], None] | None = None,
-        on_epoch_start: Callable[[int], None] | None = None, keep_from: int = 0) -> tuple[list[dict[str, Any]],
-                                                                                          dict[str, torch.Tensor]]:
+        on_epoch_start: Callable[[int], None] | None = None, keep_from: int = 0,
+        criterion: Criterion | None = None) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
     """Train ``model`` in place; return (per-epoch history, best state dict by validation accuracy).
 
     After every epoch the model is evaluated on ``val_loader`` (the held-out part of the training
@@ -215,6 +225,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
     what to write). The cosine schedule decays per iteration to zero at the last step.
     With ``teacher`` and ``cfg.distill = w > 0`` the loss is
     ``(1 − w)·CE(model(x), y) + w·distillation_loss(model(x), teacher(x))``, the teacher in eval mode.
+    ``criterion(model(x), y)`` replaces the cross-entropy (a spiking network's loss over its steps;
+    accuracy and distillation then use :func:`final_logits`).
 
     Resume (:mod:`qffs.resume`): after every epoch ``on_state`` receives the full training state
     (on rank 0); ``start`` continues from such a state with the next epoch, restoring weights,
@@ -233,7 +245,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
             train_loader.sampler.set_epoch(epoch)
         if on_epoch_start is not None:
             on_epoch_start(epoch)
-        train, lr, train_time = _train_epoch(run, train_loader, cfg, epoch, device, teacher)
+        train, lr, train_time = _train_epoch(run, train_loader, cfg, epoch, device, teacher, criterion)
         record = _end_epoch(run, epoch, cfg, train, lr, train_time, val_loader, device, epoch >= keep_from, log)
         if on_epoch is not None:
             on_epoch(record, model)
@@ -243,5 +255,6 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *,
 
 
 # TrainConfig, config_dict, lr_schedule and FLOAT32_MAX live in qffs.train_config; callers import them from here
-__all__ = ["FLOAT32_MAX", "TrainConfig", "config_dict", "distillation_loss", "evaluate", "fit", "freeze_batchnorm",
+__all__ = ["FLOAT32_MAX", "Criterion", "TrainConfig", "config_dict", "distillation_loss", "evaluate", "final_logits",
+           "fit", "freeze_batchnorm",
            "lr_schedule", "resolve_device"]

@@ -9,7 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from qffs.errors import QffsError
 from qffs.snn import convert
 from qffs.snn.neuron import IFNeuron, SpikingNeuron
+from qffs.snn.readout import READOUTS
 from qffs.snn.spiking import Clock, Events
+from qffs.snn.surrogate import Surrogate
 from tests.snn_graphs import Genome, build_qann, genomes
 from tests.test_invariant import assert_same
 
@@ -57,19 +59,18 @@ def test_a_neuron_added_by_subclassing_runs_in_all_three_forms_and_summarises(g)
     assert sorted(row["z_max"] for row in neurons) == sorted(n.z_max for _, n in reference.named_neurons())
 
 
-def test_a_gradient_flows_through_the_functional_form():
+def test_a_surrogate_gradient_flows_through_the_functional_form_and_leaves_the_spikes_exact():
     qann, x = build_qann(Genome(in_channels=1, size=4, blocks=("conv", "avgpool"), hidden=4, head_bn=False, bits=2,
                                 output_bits=2, seed=3))
     snn = convert(qann).double()
-    x = x[:2].double().requires_grad_(True)
-
-    def readout(inputs: torch.Tensor) -> torch.Tensor:
-        result = snn.simulate(inputs, 4, mode="functional", grad=True, record=False,
-                              heaviside=lambda v: torch.sigmoid(v / 0.25))   # a surrogate for the step function
-        return result.readouts["count"]
-
-    assert readout(x).requires_grad
-    assert torch.autograd.gradcheck(readout, (x,), eps=1e-6, atol=1e-5)
+    x = (x[:4].double() * 3).requires_grad_(True)
+    exact = snn.simulate(x.detach(), 6, mode="functional")
+    for surrogate in (Surrogate(), Surrogate("rectangular", mpr=3.0)):
+        result = snn.simulate(x, 6, mode="functional", grad=True, record=False, surrogate=surrogate)
+        for name in READOUTS:
+            assert torch.equal(result.readouts[name].detach(), exact.readouts[name])   # spikes bit-identical
+        grad, = torch.autograd.grad(result.readouts["current"].sum(), x)
+        assert bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0
 
 
 def test_the_exact_functional_form_equals_the_kernels_and_in_place_forms_refuse_gradients():

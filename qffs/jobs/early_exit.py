@@ -89,7 +89,7 @@ def evaluate_with_exit(policy: ExitPolicy, simulate: Simulate, test: Any, valida
         "seconds_fixed": round(fixed, 2), "seconds_exit": round(exited, 2),
         "test_tradeoff": None if test_tradeoff is None else {
             "note": "test-set rows at the chosen temperature, for reading only: the threshold was not chosen on them",
-            "rows": test_tradeoff["rows"]},
+            "rows": test_tradeoff["rows"], "pareto": pareto(test_tradeoff["rows"])},
     }
     return report
 

@@ -75,6 +75,15 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
         return report
 
 
+def finetuned_note(meta: dict[str, Any]) -> str:
+    """The title's word on a fine-tuned SNN (qffs finetune): its method and T, and that it no
+    longer equals its QANN (invariant E left on purpose)."""
+    record = meta.get("finetune")
+    if not isinstance(record, dict):
+        return ""
+    return f"; fine-tuned ({record.get('method')}, T={record.get('timesteps')}): not bound to its QANN"
+
+
 def _evaluate(snn_path: str | Path, data: DataOptions, timesteps: int, device: str, double: bool, readout: str,
               model: str | None, memory: str | int | None, backend: str, policy: ExitPolicy,
               exit_tolerance: float) -> dict[str, Any]:
@@ -104,8 +113,10 @@ def _evaluate(snn_path: str | Path, data: DataOptions, timesteps: int, device: s
     report.update({
         "title": f"{meta['model']} on {data.dataset}: {quant.bits}-bit hidden / "
                  f"{bits_label(quant.output_bits)} output, T_in={snn.input_window}"
-                 + ("; QANN epoch chosen on the test set" if selected_on == "test" else ""),
+                 + ("; QANN epoch chosen on the test set" if selected_on == "test" else "")
+                 + finetuned_note(meta),
         "qann_selected_on": selected_on,
+        "finetune": meta.get("finetune"),
         "fp_accuracy": metrics.get("fp_accuracy"),
         "fp_samples": metrics.get("test_samples"),
         "qann_accuracy_trained": metrics.get("qann_accuracy"),

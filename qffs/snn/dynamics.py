@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from qffs.snn import native
+from qffs.snn.surrogate import Surrogate
 
 
 def count_dtype(z_max: int) -> torch.dtype:
@@ -67,23 +68,21 @@ def if_step(membrane: torch.Tensor, count: torch.Tensor, current: torch.Tensor, 
 
 
 def if_transition(membrane: torch.Tensor, count: torch.Tensor, current: torch.Tensor, threshold: torch.Tensor,
-                  z_max: int, negative_spikes: bool = True,
-                  heaviside: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  z_max: int, negative_spikes: bool = True, surrogate: Surrogate | None = None,
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`if_step` without mutation, counts in the membrane's floating type: (u', Z', z).
 
     The same operations in the same order, so the same values bit for bit; it is the form a
     graph exporter traces (ONNX has no in-place update and no int8 arithmetic) and autograd
-    differentiates. ``heaviside(v)`` (1 for v ≥ 0, or a smooth surrogate that makes z
-    differentiable in u and θ) replaces the comparisons: u ≥ θ is H(u − θ), Z < Z_max is
-    H(Z_max − ½ − Z), u < 0 is 1 − H(u) (strict, as SPEC §3) and Z > 0 is H(Z − ½); None: the
-    exact comparisons.
+    differentiates. With a ``surrogate`` (:mod:`qffs.snn.surrogate`) the two decisions u ≥ θ and
+    u < 0 carry its gradient in u and θ (the spikes stay exact) and the gates Z < Z_max and Z > 0
+    are masks without gradient.
     """
     u = membrane + current
-    if heaviside is not None:
-        spikes = heaviside(u - threshold) * heaviside(z_max - 0.5 - count)
+    if surrogate is not None:
+        spikes = surrogate.fire(u, threshold) * (count < z_max).to(u.dtype)
         if negative_spikes:
-            spikes = spikes - (1 - heaviside(u)) * heaviside(count - 0.5)
+            spikes = spikes - surrogate.unfire(u, threshold) * (count > 0).to(u.dtype)
         out = spikes * threshold
         return u - out, count + spikes, spikes
     fire = (u >= threshold) & (count < z_max)

@@ -15,7 +15,6 @@ The engine owns the clock and the state; the monitor only observes the events it
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +25,7 @@ from qffs.snn.monitor import Monitor
 from qffs.snn.neuron import SpikingNeuron
 from qffs.snn.readout import output_readout
 from qffs.snn.spiking import Clock, Events, SpikingModule, State
+from qffs.snn.surrogate import Surrogate
 
 #: The forms, and the method of each spiking module that each one calls.
 FORMS = {"step": "step", "layer": "scan", "functional": "transition"}
@@ -108,10 +108,10 @@ class Engine:
             self._forms[name] = threaded(self.gm, name)
         return self._forms[name]
 
-    def clock(self, timesteps: int, measure: bool, heaviside: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    def clock(self, timesteps: int, measure: bool, surrogate: Surrogate | None = None,
               ) -> Clock:
         """The clock of a run of ``timesteps`` steps (``measure``: tally events for a monitor)."""
-        return Clock(input_window=self.input_window, timesteps=timesteps, measure=measure, heaviside=heaviside)
+        return Clock(input_window=self.input_window, timesteps=timesteps, measure=measure, surrogate=surrogate)
 
     def _active(self, events: tuple[Events, ...], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """Whether any neuron spiked, per row ([rows]; layer by layer [T, B])."""
@@ -127,7 +127,7 @@ class Engine:
 
     def run_steps(self, x: torch.Tensor, timesteps: int, until_quiet: bool, drop_quiet: bool,
                   monitor: Monitor | None, functional: bool = False,
-                  heaviside: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  surrogate: Surrogate | None = None,
                   exit_rule: ConfidenceRule | None = None) -> Run:
         """Per step (``functional``: without mutation, nothing dropped). A sample quiet at a step
         t ≥ T_in − 1 can never spike again and its readout is final, so (``drop_quiet``) it leaves
@@ -135,7 +135,7 @@ class Engine:
         (and ``drop_quiet``) a sample whose readout the rule finds confident leaves too, its
         answer frozen from that step (``Run.exits``)."""
         form = self.form("functional" if functional else "step")
-        clock = self.clock(timesteps, monitor is not None, heaviside)
+        clock = self.clock(timesteps, monitor is not None, surrogate)
         batch, device = x.shape[0], x.device
         alive = torch.arange(batch, device=device)     # the samples still simulated
         inputs, silent = x, torch.zeros_like(x)

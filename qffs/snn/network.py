@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +37,7 @@ from qffs.snn.records import (
     settle,
 )
 from qffs.snn.spiking import SpikingModule
+from qffs.snn.surrogate import Surrogate
 
 #: The most time steps one simulation may run. QFFS answers in a handful of steps, and every
 #: step's output is kept (count, membrane and current readouts): T × batch × outputs × 12 bytes,
@@ -179,7 +179,7 @@ class SpikingNetwork(nn.Module):
 
     def simulate(self, x: torch.Tensor, timesteps: int, *, until_quiet: bool = False, record: bool = True,
                  record_counts: bool = False, mode: str = "step", memory: int | None = None,
-                 grad: bool = False, heaviside: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 grad: bool = False, surrogate: Surrogate | None = None,
                  exit_rule: ConfidenceRule | None = None) -> SimulationResult:
         """Run ``timesteps`` steps on the batch ``x``, from rest.
 
@@ -197,8 +197,8 @@ class SpikingNetwork(nn.Module):
         A graph with a fixed batch size (:meth:`batch_free`) always runs per step, every sample every step.
 
         ``grad``: keep the autograd graph (mode "functional" only: the other forms update state
-        in place); ``heaviside`` replaces the exact firing test there (a smooth surrogate, for
-        training or gradient checks: the result then leaves invariant E).
+        in place); ``surrogate`` (:mod:`qffs.snn.surrogate`) gives the spike decisions a gradient
+        there, for fine-tuning (the spikes stay exact).
 
         ``exit_rule`` (:mod:`qffs.snn.exits`): a sample whose readout it finds confident after a
         step exits there: its readouts are frozen from that step (``exit_step``) and, per step,
@@ -211,8 +211,8 @@ class SpikingNetwork(nn.Module):
         timesteps = check_timesteps(timesteps)
         if mode not in MODES:
             raise QffsError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if (grad or heaviside is not None) and mode != "functional":
-            raise QffsError(f"grad and heaviside need mode='functional' (mode {mode!r} updates its state in place)")
+        if (grad or surrogate is not None) and mode != "functional":
+            raise QffsError(f"grad and surrogate need mode='functional' (mode {mode!r} updates its state in place)")
         if x.device.type == "cpu" and mode != "functional":
             keep_freed_memory()       # every step allocates the same large tensors: reuse them (allocator.py)
         with contextlib.nullcontext() if grad else torch.no_grad():
@@ -225,11 +225,11 @@ class SpikingNetwork(nn.Module):
                 chunk = samples_at_once(x.shape[0], self.bytes_per_sample(x, timesteps, kept), budget)
                 if chunk < x.shape[0]:
                     return concat_results([self._simulate(part, timesteps, until_quiet, record, record_counts, mode,
-                                                          free, heaviside, exit_rule) for part in x.split(chunk)])
-            return self._simulate(x, timesteps, until_quiet, record, record_counts, mode, free, heaviside, exit_rule)
+                                                          free, surrogate, exit_rule) for part in x.split(chunk)])
+            return self._simulate(x, timesteps, until_quiet, record, record_counts, mode, free, surrogate, exit_rule)
 
     def _simulate(self, x: torch.Tensor, timesteps: int, until_quiet: bool, record: bool, record_counts: bool,
-                  mode: str, free: bool, heaviside: Callable[[torch.Tensor], torch.Tensor] | None,
+                  mode: str, free: bool, surrogate: Surrogate | None,
                   exit_rule: ConfidenceRule | None) -> SimulationResult:
         """One simulation of the whole batch ``x`` in ``mode``."""
         engine = self.engine
@@ -240,7 +240,7 @@ class SpikingNetwork(nn.Module):
             run.rows = [x.shape[0]] * timesteps
         else:
             run = engine.run_steps(x, timesteps, until_quiet, drop_quiet=drop, monitor=monitor,
-                                   functional=mode == "functional", heaviside=heaviside,
+                                   functional=mode == "functional", surrogate=surrogate,
                                    exit_rule=exit_rule if drop else None)
         result = result_of(engine, run, timesteps, until_quiet)
         if exit_rule is not None and not drop:   # nothing could leave the batch: the same exits, found after

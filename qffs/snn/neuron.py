@@ -129,7 +129,7 @@ class IFNeuron(SpikingNeuron):
         membrane, count = self.init_state(x) if state is None else state
         threshold = self.threshold.to(x.dtype)
         u, z, spikes = if_transition(membrane, count, x, threshold, self.z_max, self.negative_spikes,
-                                     clock.heaviside)
+                                     clock.surrogate)
         return spikes * threshold, (u, z), Events(spikes=spikes)
 
     def step(self, x: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:

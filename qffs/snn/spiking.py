@@ -19,12 +19,13 @@ do not fire during a simulation (the engine calls the forms, not ``forward``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
+
+from qffs.snn.surrogate import Surrogate
 
 State = tuple[torch.Tensor, ...]
 
@@ -37,8 +38,8 @@ class Clock:
     input and the biases flow; ``timesteps``: the run's horizon T (layer by layer, the number of
     steps folded into each call's batch); ``measure``: whether the call should tally events for
     reports. The functional form may also be given ``window`` — a 0/1 tensor that replaces the
-    ``t < T_in`` test, for a streaming graph whose step is an input — and ``heaviside``, the
-    firing function (None: the exact step function; a smooth one for gradient checks).
+    ``t < T_in`` test, for a streaming graph whose step is an input — and ``surrogate``, the
+    gradient of the spike decisions (None: the exact neuron; :mod:`qffs.snn.surrogate`).
     """
 
     input_window: int
@@ -46,7 +47,7 @@ class Clock:
     t: int = 0
     measure: bool = False
     window: torch.Tensor | None = None
-    heaviside: Callable[[torch.Tensor], torch.Tensor] | None = None
+    surrogate: Surrogate | None = None
 
     @property
     def in_window(self) -> bool:
