@@ -9,7 +9,8 @@ for the two spike decisions. What trains:
 
 - ``fixed``: the weights (BatchNorm folded in) alone;
 - ``layer``: the weights and one threshold θ per hidden IF layer (ATIF-u), initialised from the
-  converted θ = T_in·s and kept strictly positive by training log θ. The output layer's θ stays:
+  converted θ = T_in·s and kept strictly positive by training log θ (never below 1/1000 of the
+  converted value). The output layer's θ stays:
   the loss reads the integrated current, which does not depend on it.
 
 The loss is the cross-entropy of the integrated-current readout (SPEC §5: once quiet, the QANN
@@ -34,6 +35,8 @@ from qffs.snn.surrogate import Surrogate
 
 THRESHOLD_MODES = ("fixed", "layer")
 LOSSES = ("final", "all-steps")
+#: A trained threshold stays at least this fraction of its converted value.
+THRESHOLD_FLOOR = 1e-3
 #: The readout the loss is taken of, and the one the kept epoch is chosen on.
 LOSS_READOUT = "current"
 
@@ -69,10 +72,17 @@ class FinetuneConfig:
 
 
 class _Exp(nn.Module):
-    """θ = exp(ρ): a threshold trained as its logarithm is positive whatever the step."""
+    """θ = exp(ρ), and never below :data:`THRESHOLD_FLOOR` of the converted θ: a threshold trained
+    as its logarithm stays strictly positive whatever the step (exp alone underflows to 0)."""
+
+    floor: torch.Tensor
+
+    def __init__(self, converted: torch.Tensor):
+        super().__init__()
+        self.register_buffer("floor", converted.detach().clone() * THRESHOLD_FLOOR)
 
     def forward(self, rho: torch.Tensor) -> torch.Tensor:
-        return rho.exp()
+        return torch.maximum(rho.exp(), self.floor)
 
     def right_inverse(self, theta: torch.Tensor) -> torch.Tensor:
         return theta.log()
@@ -89,7 +99,7 @@ def make_thresholds_trainable(snn: SpikingNetwork) -> None:
         theta = neuron.threshold.detach().clone()
         del neuron._buffers["threshold"]
         neuron.threshold = nn.Parameter(theta)
-        parametrize.register_parametrization(neuron, "threshold", _Exp())
+        parametrize.register_parametrization(neuron, "threshold", _Exp(theta))
 
 
 def freeze_thresholds(snn: SpikingNetwork) -> None:
@@ -149,19 +159,15 @@ def spiking_loss(config: FinetuneConfig, label_smoothing: float = 0.0):
 
 def plain_state(trainee_state: dict[str, torch.Tensor], input_window: int) -> dict[str, torch.Tensor]:
     """A :class:`SpikingTrainee`'s state dict as the SNN's own: keys without ``snn.``, each trained
-    log-threshold back to θ, and the step size that follows it (s = θ/T_in)."""
-    marker = ".parametrizations.threshold.original"
-    plain: dict[str, torch.Tensor] = {}
-    for key, value in trainee_state.items():
-        name = key[len("snn."):] if key.startswith("snn.") else key
-        if name.endswith(marker):
-            layer = name[: -len(marker)]
-            theta = value.detach().exp()
-            plain[f"{layer}.threshold"] = theta
-            plain[f"{layer}.step_size"] = theta / input_window
-        elif not (name.endswith(".step_size") and f"{name[: -len('.step_size')]}{marker}" in
-                  {k[len("snn."):] if k.startswith("snn.") else k for k in trainee_state}):
-            plain[name] = value.detach()
+    log-threshold back to θ (with its floor), and the step size that follows it (s = θ/T_in)."""
+    marker, floor = ".parametrizations.threshold.original", ".parametrizations.threshold.0.floor"
+    state = {(k[len("snn."):] if k.startswith("snn.") else k): v.detach() for k, v in trainee_state.items()}
+    trained = {k[: -len(marker)] for k in state if k.endswith(marker)}
+    plain = {k: v for k, v in state.items() if ".parametrizations." not in k
+             and not (k.endswith(".step_size") and k[: -len(".step_size")] in trained)}
+    for layer in trained:
+        theta = torch.maximum(state[layer + marker].exp(), state[layer + floor])
+        plain[f"{layer}.threshold"], plain[f"{layer}.step_size"] = theta, theta / input_window
     return plain
 
 

@@ -96,7 +96,8 @@ class SpikingNeuron(SpikingModule):
         return torch.stack(outputs).flatten(0, 1), state, replace(stack_events(tallies), history=history)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": f"{self.kind} output" if self.is_output else self.kind, "threshold": float(self.threshold),
+        return {"kind": f"{self.kind} output" if self.is_output else self.kind,
+                "threshold": float(self.threshold.detach()),
                 "z_max": self.z_max, "step_size": float(self.step_size)}
 
     def notes(self) -> dict[str, Any]:
@@ -162,7 +163,7 @@ class IFNeuron(SpikingNeuron):
                 "fires_at": "v >= v_threshold"}
 
     def extra_repr(self) -> str:
-        return (f"threshold={float(self.threshold):.4g}, z_max={self.z_max}, precharge={self.precharge}, "
+        return (f"threshold={float(self.threshold.detach()):.4g}, z_max={self.z_max}, precharge={self.precharge}, "
                 f"negative_spikes={self.negative_spikes}" + (", output" if self.is_output else ""))
 
 
