@@ -26,6 +26,7 @@ from qffs.quant.schedule import parse_bit_schedule
 from qffs.snn import SpikingNetwork, convert
 from qffs.snn.convert import MAX_POOL_MODES
 from qffs.snn.network import check_timesteps
+from qffs.snn.neuron import SpikingNeuron
 from qffs.trust import authorized_spec
 
 
@@ -196,6 +197,11 @@ def load_snn(path: str | Path, model: str | None = None,
         qann = qann.to(dtype)
     snn = ConversionConfig.from_meta(ckpt.meta, str(path)).convert(qann)
     if own:      # a fine-tuned SNN (qffs finetune): its own weights and thresholds replace the converted ones
+        for key in [k for k in own if k.endswith(".step_thresholds")]:
+            layer = snn.get_submodule(key[: -len(".step_thresholds")])
+            if not isinstance(layer, SpikingNeuron):
+                raise QffsError(f"{path}: {key} names no IF layer of the converted network")
+            layer.set_step_thresholds(own[key])
         load_into(snn, {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in own.items()},
                   source=str(path))
     return snn, qann, ckpt.meta

@@ -8,6 +8,10 @@ bias shutoff — and runs in the engine's functional form with a :class:`~qffs.s
 for the two spike decisions. What trains:
 
 - ``fixed``: the weights (BatchNorm folded in) alone;
+- ``step``: the weights and one threshold θ_t per hidden IF layer and step t = 1…T (ATIF-nu,
+  the paper's p-parameterisation being a linear reparameterisation of these), all initialised
+  to the converted θ; from step T on a layer keeps θ_T. The pre-charge stays θ/2 of the
+  converted θ, and a negative spike gives back the threshold of its own step;
 - ``layer``: the weights and one threshold θ per hidden IF layer (ATIF-u), initialised from the
   converted θ = T_in·s and kept strictly positive by training log θ (never below 1/1000 of the
   converted value). The output layer's θ stays:
@@ -33,7 +37,7 @@ from qffs.snn.network import SpikingNetwork
 from qffs.snn.neuron import SpikingNeuron
 from qffs.snn.surrogate import Surrogate
 
-THRESHOLD_MODES = ("fixed", "layer")
+THRESHOLD_MODES = ("fixed", "layer", "step")
 LOSSES = ("final", "all-steps")
 #: A trained threshold stays at least this fraction of its converted value.
 THRESHOLD_FLOOR = 1e-3
@@ -62,7 +66,7 @@ class FinetuneConfig:
     @property
     def method(self) -> str:
         """The method's name in reports: weights only, ATIF-u, with "+ MPR"."""
-        name = {"fixed": "weights only", "layer": "ATIF-u"}[self.thresholds]
+        name = {"fixed": "weights only", "layer": "ATIF-u", "step": "ATIF-nu"}[self.thresholds]
         return name + ("" if self.surrogate.mpr is None else f" + MPR (k = {self.surrogate.mpr:g})")
 
     def record(self) -> dict[str, Any]:
@@ -93,25 +97,18 @@ def hidden_neurons(snn: SpikingNetwork) -> list[SpikingNeuron]:
     return [m for m in snn.modules() if isinstance(m, SpikingNeuron) and not m.is_output]
 
 
-def make_thresholds_trainable(snn: SpikingNetwork) -> None:
-    """Turn each hidden layer's threshold buffer into a parameter trained as log θ."""
+def make_thresholds_trainable(snn: SpikingNetwork, per_step: int | None = None) -> None:
+    """Turn each hidden layer's threshold (``per_step`` = T: its T per-step thresholds, all from
+    the converted θ) into a parameter trained as log θ."""
     for neuron in hidden_neurons(snn):
-        theta = neuron.threshold.detach().clone()
-        del neuron._buffers["threshold"]
-        neuron.threshold = nn.Parameter(theta)
-        parametrize.register_parametrization(neuron, "threshold", _Exp(theta))
-
-
-def freeze_thresholds(snn: SpikingNetwork) -> None:
-    """Thresholds back to plain buffers at their trained values (the step size follows, s = θ/T_in),
-    so the fine-tuned network is saved, run and exported like a converted one."""
-    for neuron in hidden_neurons(snn):
-        if parametrize.is_parametrized(neuron, "threshold"):
-            theta = neuron.threshold.detach().clone()
-            parametrize.remove_parametrizations(neuron, "threshold", leave_parametrized=False)
-            del neuron._parameters["threshold"]
-            neuron.register_buffer("threshold", theta)
-            neuron.step_size = theta / snn.input_window
+        name = "threshold"
+        if per_step is not None:
+            neuron.set_step_thresholds(neuron.threshold.detach().repeat(per_step))
+            name = "step_thresholds"
+        theta = getattr(neuron, name).detach().clone()
+        del neuron._buffers[name]
+        setattr(neuron, name, nn.Parameter(theta))
+        parametrize.register_parametrization(neuron, name, _Exp(theta))
 
 
 class SpikingTrainee(nn.Module):
@@ -125,8 +122,8 @@ class SpikingTrainee(nn.Module):
         self.snn, self.config = snn, config
         for p in snn.parameters():      # the biases (gated to the input window) train with the weights
             p.requires_grad_(True)
-        if config.thresholds == "layer":
-            make_thresholds_trainable(snn)
+        if config.thresholds != "fixed":
+            make_thresholds_trainable(snn, config.timesteps if config.thresholds == "step" else None)
 
     def train(self, mode: bool = True) -> SpikingTrainee:
         super().train(mode)
@@ -159,22 +156,37 @@ def spiking_loss(config: FinetuneConfig, label_smoothing: float = 0.0):
 
 def plain_state(trainee_state: dict[str, torch.Tensor], input_window: int) -> dict[str, torch.Tensor]:
     """A :class:`SpikingTrainee`'s state dict as the SNN's own: keys without ``snn.``, each trained
-    log-threshold back to θ (with its floor), and the step size that follows it (s = θ/T_in)."""
-    marker, floor = ".parametrizations.threshold.original", ".parametrizations.threshold.0.floor"
+    log-threshold back to θ (with its floor), and the step size that follows a layer's θ (s = θ/T_in)."""
     state = {(k[len("snn."):] if k.startswith("snn.") else k): v.detach() for k, v in trainee_state.items()}
-    trained = {k[: -len(marker)] for k in state if k.endswith(marker)}
-    plain = {k: v for k, v in state.items() if ".parametrizations." not in k
-             and not (k.endswith(".step_size") and k[: -len(".step_size")] in trained)}
-    for layer in trained:
-        theta = torch.maximum(state[layer + marker].exp(), state[layer + floor])
-        plain[f"{layer}.threshold"], plain[f"{layer}.step_size"] = theta, theta / input_window
+    plain = {k: v for k, v in state.items() if ".parametrizations." not in k}
+    for key in [k for k in state if k.endswith(".original")]:
+        layer, _, name = key[: -len(".original")].rpartition(".parametrizations.")
+        theta = torch.maximum(state[key].exp(), state[f"{layer}.parametrizations.{name}.0.floor"])
+        plain[f"{layer}.{name}"] = theta
+        if name == "threshold":
+            plain[f"{layer}.step_size"] = theta / input_window
     return plain
 
 
-def threshold_table(snn: SpikingNetwork) -> dict[str, float]:
-    """Each IF layer's θ by name (what a fine-tuned artifact records and its report compares)."""
-    return {name: float(m.threshold.detach()) for name, m in snn.named_modules() if isinstance(m, SpikingNeuron)}
+def trained_thresholds(plain: dict[str, torch.Tensor]) -> dict[str, float | list[float]]:
+    """The thresholds in an SNN state dict (:func:`plain_state`) by layer: θ, or θ_t per step."""
+    table: dict[str, float | list[float]] = {}
+    for key, value in plain.items():
+        layer, _, name = key.rpartition(".")
+        if name == "threshold" and layer not in table:
+            table[layer] = float(value)
+        elif name == "step_thresholds":
+            table[layer] = [float(v) for v in value]
+    return table
 
 
-__all__ = ["LOSSES", "LOSS_READOUT", "THRESHOLD_MODES", "FinetuneConfig", "SpikingTrainee", "freeze_thresholds",
-           "hidden_neurons", "make_thresholds_trainable", "plain_state", "spiking_loss", "threshold_table"]
+def threshold_table(snn: SpikingNetwork) -> dict[str, float | list[float]]:
+    """Each IF layer's θ by name, or its θ_t per step (what a fine-tuned artifact records)."""
+    return {name: float(m.threshold.detach()) if m.step_thresholds is None else
+            [float(v) for v in m.step_thresholds.detach()]
+            for name, m in snn.named_modules() if isinstance(m, SpikingNeuron)}
+
+
+__all__ = ["LOSSES", "LOSS_READOUT", "THRESHOLD_MODES", "FinetuneConfig", "SpikingTrainee",
+           "hidden_neurons", "make_thresholds_trainable", "plain_state", "spiking_loss", "threshold_table",
+           "trained_thresholds"]

@@ -13,10 +13,19 @@ from hypothesis import strategies as st
 
 from qffs.artifacts import load_snn
 from qffs.data import load_dataset, make_loader
-from qffs.errors import QffsError
-from qffs.export.onnx import snn_to_onnx
+from qffs.errors import QffsError, UnsupportedGraphError
+from qffs.export.nir import to_nir
+from qffs.export.onnx import snn_step_to_onnx, snn_to_onnx
 from qffs.export.runtime import session
-from qffs.finetune import FinetuneConfig, SpikingTrainee, plain_state, spiking_loss, threshold_table
+from qffs.finetune import (
+    FinetuneConfig,
+    SpikingTrainee,
+    hidden_neurons,
+    plain_state,
+    spiking_loss,
+    threshold_table,
+    trained_thresholds,
+)
 from qffs.io import save_checkpoint
 from qffs.jobs.convert import convert_checkpoint
 from qffs.jobs.finetune import finetune_snn
@@ -112,8 +121,53 @@ def test_thresholds_train_as_their_logarithm_and_stay_positive():
         out.shape[0], dtype=torch.long)).requires_grad
 
 
+@pytest.mark.parametrize("mode", ["step", "layer", "functional"])
+def test_equal_per_step_thresholds_run_as_the_one_threshold(mode):
+    qann, x = build_qann(Genome(in_channels=1, size=6, blocks=("conv", "maxpool"), hidden=8, head_bn=False, bits=2,
+                                output_bits=3, seed=7))
+    snn = convert(qann)
+    exact = snn.simulate(x, 8, mode=mode)
+    for m in hidden_neurons(snn):
+        m.set_step_thresholds(m.threshold.repeat(3))
+    stepped = snn.simulate(x, 8, mode=mode)
+    for name in READOUTS:
+        assert torch.equal(stepped.readouts[name], exact.readouts[name])
+    with pytest.raises(ValueError, match="positive"):
+        hidden_neurons(snn)[0].set_step_thresholds(torch.tensor([0.5, -0.1]))
+
+
+def test_per_step_thresholds_train_reload_and_export_unrolled_and_are_refused_where_a_step_is_unknown(tmp_path):
+    qann, x = build_qann(Genome(in_channels=1, size=6, blocks=("conv", "maxpool"), hidden=8, head_bn=False, bits=2,
+                                output_bits=3, seed=5))
+    snn = convert(qann)
+    trainee = SpikingTrainee(snn, FinetuneConfig(3, "step", "all-steps")).train()
+    loss = spiking_loss(trainee.config)(trainee(x), torch.zeros(x.shape[0], dtype=torch.long))
+    loss.backward()
+    params = {n: p for n, p in trainee.named_parameters() if n.endswith("step_thresholds.original")}
+    assert params and all(p.shape == (3,) and p.grad is not None for p in params.values())
+    with torch.no_grad():
+        for p in params.values():
+            p += torch.tensor([0.3, -0.2, 0.1])                     # three different thresholds per layer
+    fresh = convert(qann)
+    plain = plain_state(trainee.state_dict(), snn.input_window)
+    for key in [k for k in plain if k.endswith(".step_thresholds")]:
+        fresh.get_submodule(key[: -len(".step_thresholds")]).set_step_thresholds(plain[key])
+    fresh.load_state_dict(plain)
+    assert trained_thresholds(plain) == threshold_table(fresh)
+    ref = fresh.simulate(x, 6)
+    for mode in ("layer", "functional"):                            # every form reads θ_t alike
+        assert torch.allclose(fresh.simulate(x, 6, mode=mode).readouts["current"], ref.readouts["current"], atol=1e-6)
+    path = snn_to_onnx(fresh, tmp_path / "nu.onnx", x, 6)
+    got = torch.from_numpy(session(path).run(None, {"x": x.float().numpy()})[0])
+    assert torch.allclose(got.double(), fresh(x, timesteps=6).double(), rtol=0, atol=1e-5)
+    with pytest.raises(UnsupportedGraphError, match="per-step thresholds"):
+        snn_step_to_onnx(fresh, tmp_path / "step.onnx", x)
+    with pytest.raises(UnsupportedGraphError, match="change from step to step"):
+        to_nir(fresh, tmp_path / "nu.nir", x)
+
+
 def test_finetune_options_are_refused_by_name():
-    with pytest.raises(QffsError, match="--thresholds must be one of fixed, layer"):
+    with pytest.raises(QffsError, match="--thresholds must be one of fixed, layer, step"):
         FinetuneConfig(4, "per-neuron")
     with pytest.raises(QffsError, match="--loss must be one of final, all-steps"):
         FinetuneConfig(4, loss="mse")

@@ -31,8 +31,9 @@ def finetune(
     snn: Path = typer.Argument(..., help="SNN artifact (qffs convert) to fine-tune."),
     out: Path = typer.Option(..., "--out", "-o", help="Fine-tuned SNN artifact to write (.pt or .safetensors)."),
     timesteps: int = typer.Option(4, "--timesteps", "-T", help="Steps the network is trained (and chosen) at."),
-    thresholds: str = typer.Option("layer", help="What trains besides the weights: fixed (weights only) or layer "
-                                                 "(one θ per hidden IF layer, ATIF-u)."),
+    thresholds: str = typer.Option("layer", help="What trains besides the weights: fixed (weights only), layer "
+                                                 "(one θ per hidden IF layer, ATIF-u) or step (one θ per layer and "
+                                                 "step, ATIF-nu)."),
     loss: str = typer.Option("all-steps", help="Cross-entropy of the integrated current at T (final) or averaged "
                                                "over steps 1..T (all-steps: the whole early curve improves)."),
     surrogate: str = typer.Option("sigmoid", help="Spike-decision gradient: sigmoid (ATIF) or rectangular (MPR)."),

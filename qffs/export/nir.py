@@ -143,6 +143,9 @@ class _Builder:
             form = NIR_FORMS.get(type(m))
             if form is None:
                 raise self.refuse(node, f"NIR has no node for the neuron kind {m.kind!r}")
+            if m.step_thresholds is not None:
+                raise self.refuse(node, "its thresholds change from step to step (a fine-tuned ATIF-nu network): "
+                                        "NIR's IF has one v_threshold")
             shape = self.shapes[node.name]
             theta = float(m.threshold)
             name = self.emit(str(node.target), form(nir, m, shape), [x], {"op": "if", **m.notes()})

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qffs.errors import QffsError
+from qffs.errors import QffsError, UnsupportedGraphError
 from qffs.export.unrolled import DIAGNOSTIC_OUTPUTS, OUTPUTS, SingleStepSNN, UnrolledSNN
 from qffs.files import atomic_path
 from qffs.quant.lsq import STEP_EPS, LSQActivation
@@ -202,6 +202,10 @@ def snn_step_to_onnx(snn: SpikingNetwork, path: str | Path, example: torch.Tenso
     membrane is its layer's u₀ (``initial`` in the list) and everything else zero:
     :meth:`~qffs.export.unrolled.SingleStepSNN.initial_state`.
     """
+    stepped = [name for name, m in snn.named_modules() if getattr(m, "step_thresholds", None) is not None]
+    if stepped:
+        raise UnsupportedGraphError(f"{stepped[0]} has per-step thresholds (a fine-tuned ATIF-nu network): one "
+                                    "streaming step cannot know which step it is; export it unrolled (--timesteps T)")
     snn = copy.deepcopy(snn).float().eval()
     example = _example(example)
     module = SingleStepSNN(snn)

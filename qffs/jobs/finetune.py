@@ -20,7 +20,15 @@ import torch
 from qffs.artifacts import SNN_TENSORS, ConversionConfig, load_snn
 from qffs.distributed import init_distributed, main_only, world_size
 from qffs.errors import QffsError
-from qffs.finetune import LOSS_READOUT, FinetuneConfig, SpikingTrainee, plain_state, spiking_loss, threshold_table
+from qffs.finetune import (
+    LOSS_READOUT,
+    FinetuneConfig,
+    SpikingTrainee,
+    plain_state,
+    spiking_loss,
+    threshold_table,
+    trained_thresholds,
+)
 from qffs.jobs.convert import layer_summary
 from qffs.jobs.loaders import TrainingData, training_data
 from qffs.jobs.options import DataOptions, check_trained_on, recorded_preprocessing, with_recorded
@@ -85,7 +93,7 @@ class _FinetuneRun:
         self.spec = str(meta["model"])
         self.meta = {k: v for k, v in meta.items() if k not in _OWN_FIELDS}
         self.before: dict[str, float] = {}
-        self.thresholds: dict[str, float] = {}
+        self.thresholds: dict[str, float | list[float]] = {}
         self.history: list[dict[str, Any]] = []
 
     def __call__(self) -> dict[str, Any]:
@@ -145,9 +153,7 @@ class _FinetuneRun:
         record = {**self.config.record(), "train_config": config_dict(self.cfg), "world_size": world_size(),
                   "thresholds_before": self.thresholds, "source_snn": self.source}
         if state is not None:
-            record["thresholds_after"] = {k[: -len(".threshold")]: float(v) for k, v in
-                                          plain_state(state, self.trainee.snn.input_window).items()
-                                          if k.endswith(".threshold")}
+            record["thresholds_after"] = trained_thresholds(plain_state(state, self.trainee.snn.input_window))
         self.run.write(kind="snn", spec=self.spec, meta={**self.meta, "finetune": record,
                                                                  "selection": self.loaders.record()},
                        metrics=self._metrics(test), history=self.history, weights=weights)

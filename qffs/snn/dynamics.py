@@ -106,7 +106,8 @@ class IFTrace:
 
 def if_sequence(currents: torch.Tensor, membrane: torch.Tensor, count: torch.Tensor, threshold: torch.Tensor,
                 z_max: int, negative_spikes: bool = True, *, history: bool = False) -> IFTrace:
-    """All T steps of an IF layer, ``currents`` [T, B, ...], state updated in place.
+    """All T steps of an IF layer, ``currents`` [T, B, ...], state updated in place; ``threshold``
+    is θ, or θ_t per step [T] (a fine-tuned network's per-step thresholds).
 
     A step with no current anywhere that follows a step which changed nothing (no current,
     no spike) changes nothing either, so it is skipped: once a layer is quiet after the input
@@ -123,7 +124,8 @@ def if_sequence(currents: torch.Tensor, membrane: torch.Tensor, count: torch.Ten
     idle = False
     for t in range(T):
         if not (idle and not has_current[t]):
-            step = if_step(membrane, count, currents[t], threshold, z_max, negative_spikes)
+            step = if_step(membrane, count, currents[t], threshold if threshold.dim() == 0 else threshold[t], z_max,
+                           negative_spikes)
             out[t] = step.output
             pos[t] = step.fire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
             if step.unfire is not None:

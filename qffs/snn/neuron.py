@@ -50,13 +50,29 @@ class SpikingNeuron(SpikingModule):
 
     kind = "neuron"
     state_parts = ("membrane", "count")
+    step_thresholds: torch.Tensor | None
 
     def __init__(self, threshold: torch.Tensor, step_size: torch.Tensor, z_max: int, *, is_output: bool = False):
         super().__init__()
         self.register_buffer("threshold", threshold.detach().clone().reshape(()))
         self.register_buffer("step_size", step_size.detach().clone().reshape(()))
+        self.register_buffer("step_thresholds", None)   # per-step θ_t of a fine-tuned SNN (ATIF-nu), else None
         self.z_max = int(z_max)
         self.is_output = bool(is_output)
+
+    def threshold_at(self, t: int) -> torch.Tensor:
+        """θ at the 0-based step t: θ_t with per-step thresholds (the last one from step K on), else θ."""
+        steps = self.step_thresholds
+        return self.threshold if steps is None else steps[min(t, steps.shape[0] - 1)]
+
+    def set_step_thresholds(self, thresholds: torch.Tensor | None) -> None:
+        """Give the layer per-step thresholds θ_1…θ_K (None: back to its one θ); a trained
+        network's are kept strictly positive, as every θ must be (SPEC §3)."""
+        if thresholds is not None:
+            thresholds = thresholds.detach().clone().reshape(-1).to(self.threshold)
+            if thresholds.numel() == 0 or not bool((thresholds > 0).all()):
+                raise ValueError("per-step thresholds must be a non-empty list of positive numbers")
+        self._buffers["step_thresholds"] = thresholds
 
     def initial_membrane(self) -> torch.Tensor:
         """u₀ (0 unless a subclass pre-charges)."""
@@ -96,9 +112,12 @@ class SpikingNeuron(SpikingModule):
         return torch.stack(outputs).flatten(0, 1), state, replace(stack_events(tallies), history=history)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": f"{self.kind} output" if self.is_output else self.kind,
-                "threshold": float(self.threshold.detach()),
-                "z_max": self.z_max, "step_size": float(self.step_size)}
+        described = {"kind": f"{self.kind} output" if self.is_output else self.kind,
+                     "threshold": float(self.threshold.detach()), "z_max": self.z_max,
+                     "step_size": float(self.step_size)}
+        if self.step_thresholds is not None:
+            described["step_thresholds"] = [float(v) for v in self.step_thresholds]
+        return described
 
     def notes(self) -> dict[str, Any]:
         """What an exporter records beside the threshold (NIR metadata)."""
@@ -128,7 +147,7 @@ class IFNeuron(SpikingNeuron):
 
     def transition(self, x: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
         membrane, count = self.init_state(x) if state is None else state
-        threshold = self.threshold.to(x.dtype)
+        threshold = self.threshold_at(clock.t).to(x.dtype)
         u, z, spikes = if_transition(membrane, count, x, threshold, self.z_max, self.negative_spikes,
                                      clock.surrogate)
         return spikes * threshold, (u, z), Events(spikes=spikes)
@@ -136,10 +155,10 @@ class IFNeuron(SpikingNeuron):
     def step(self, x: torch.Tensor, state: State | None, clock: Clock) -> tuple[torch.Tensor, State, Events]:
         membrane, count = self._integer_state(x) if state is None else state
         if count.dtype == torch.int8 and native.usable(x, membrane):   # one fused pass
-            out, pos, neg = native.if_step(membrane, count, x, self.threshold.item(), self.z_max,
+            out, pos, neg = native.if_step(membrane, count, x, self.threshold_at(clock.t).item(), self.z_max,
                                            self.negative_spikes)
             return out, (membrane, count), Events(pos=pos, neg=neg, active=(pos + neg) > 0)
-        result = if_step(membrane, count, x, self.threshold.to(x.dtype), self.z_max, self.negative_spikes)
+        result = if_step(membrane, count, x, self.threshold_at(clock.t).to(x.dtype), self.z_max, self.negative_spikes)
         if not clock.measure:
             return result.output, (membrane, count), Events(active=any_per_row(result.spikes))
         pos = result.fire.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)
@@ -151,7 +170,9 @@ class IFNeuron(SpikingNeuron):
         T = clock.timesteps
         steps = x.view(T, x.shape[0] // T, *x.shape[1:])
         membrane, count = self._integer_state(steps[0]) if state is None else state
-        trace = if_sequence(steps, membrane, count, self.threshold.to(x.dtype), self.z_max, self.negative_spikes,
+        thresholds = torch.stack([self.threshold_at(t) for t in range(T)]).to(x.dtype) \
+            if self.step_thresholds is not None else self.threshold.to(x.dtype)
+        trace = if_sequence(steps, membrane, count, thresholds, self.z_max, self.negative_spikes,
                             history=self.is_output)
         history = (trace.count_history, trace.membrane_history) if self.is_output else None
         return trace.output.flatten(0, 1), (membrane, count), Events(pos=trace.pos, neg=trace.neg,
