@@ -225,3 +225,20 @@ def test_zero_epochs_give_back_the_converted_snn(snn_artifact, tmp_path):
     for name in READOUTS:
         assert torch.equal(snn.simulate(x, 8).readouts[name], converted.simulate(x, 8).readouts[name])
     assert not math.isnan(result["snn_accuracy"])
+
+
+@pytest.mark.parametrize("surrogate", [Surrogate(), Surrogate("rectangular"), Surrogate(mpr=3.0),
+                                       Surrogate("rectangular", width=0.7, mpr=5.0)])
+def test_the_fused_spike_node_back_propagates_as_fire_and_unfire(surrogate):
+    gen = torch.Generator().manual_seed(0)
+    u = (torch.rand(200, generator=gen, dtype=torch.float64) * 3 - 1).requires_grad_(True)
+    theta = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    count = torch.randint(0, 4, (200,), generator=gen).double()
+    up, down = count < 3, count > 0
+    fused = surrogate.spikes(u, theta, up, down)
+    reference = surrogate.fire(u, theta) * up.double() - surrogate.unfire(u, theta) * down.double()
+    assert torch.equal(fused, reference.detach())
+    w = torch.rand(200, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad((fused * w).sum(), (u, theta))
+    want = torch.autograd.grad((reference * w).sum(), (u, theta))
+    assert all(torch.allclose(g, h, rtol=1e-9, atol=1e-12) for g, h in zip(got, want))

@@ -80,9 +80,7 @@ def if_transition(membrane: torch.Tensor, count: torch.Tensor, current: torch.Te
     """
     u = membrane + current
     if surrogate is not None:
-        spikes = surrogate.fire(u, threshold) * (count < z_max).to(u.dtype)
-        if negative_spikes:
-            spikes = spikes - surrogate.unfire(u, threshold) * (count > 0).to(u.dtype)
+        spikes = surrogate.spikes(u, threshold, count < z_max, count > 0 if negative_spikes else None)
         out = spikes * threshold
         return u - out, count + spikes, spikes
     fire = (u >= threshold) & (count < z_max)
