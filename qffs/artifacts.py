@@ -197,14 +197,23 @@ def load_snn(path: str | Path, model: str | None = None,
         qann = qann.to(dtype)
     snn = ConversionConfig.from_meta(ckpt.meta, str(path)).convert(qann)
     if own:      # a fine-tuned SNN (qffs finetune): its own weights and thresholds replace the converted ones
-        for key in [k for k in own if k.endswith(".step_thresholds")]:
-            layer = snn.get_submodule(key[: -len(".step_thresholds")])
-            if not isinstance(layer, SpikingNeuron):
-                raise QffsError(f"{path}: {key} names no IF layer of the converted network")
-            layer.set_step_thresholds(own[key])
-        load_into(snn, {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in own.items()},
-                  source=str(path))
+        load_own_tensors(snn, {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
+                               for k, v in own.items()}, str(path))
     return snn, qann, ckpt.meta
+
+
+def load_own_tensors(snn: SpikingNetwork, own: dict[str, torch.Tensor], source: str) -> None:
+    """A fine-tuned SNN's own tensors into a converted ``snn`` (per-step thresholds first: a
+    converted layer has none for them to load into)."""
+    for key in [k for k in own if k.endswith(".step_thresholds")]:
+        layer = snn.get_submodule(key[: -len(".step_thresholds")])
+        if not isinstance(layer, SpikingNeuron):
+            raise QffsError(f"{source}: {key} names no IF layer of the converted network")
+        try:
+            layer.set_step_thresholds(own[key], snn.input_window)
+        except ValueError as err:
+            raise QffsError(f"{source}: {key}: {err}") from None
+    load_into(snn, own, source=source)
 
 
 def load_network(path: str | Path, model: str | None = None) -> tuple[torch.nn.Module, str, dict[str, Any]]:

@@ -10,10 +10,11 @@ for the two spike decisions. What trains:
 - ``fixed``: the weights (BatchNorm folded in) alone;
 - ``step``: the weights and one threshold θ_t per hidden IF layer and step t = 1…T (ATIF-nu,
   the paper's p-parameterisation being a linear reparameterisation of these), all initialised
-  to the converted θ; from step T on a layer keeps θ_T. The pre-charge stays θ/2 of the
-  converted θ, and a negative spike gives back the threshold of its own step;
+  to the converted θ; from step T on a layer keeps θ_T, and after the input window θ_t never
+  falls (so a quiet sample stays quiet). The pre-charge stays θ/2 of the converted θ, and a
+  negative spike gives back the threshold of its own step;
 - ``layer``: the weights and one threshold θ per hidden IF layer (ATIF-u), initialised from the
-  converted θ = T_in·s and kept strictly positive by training log θ (never below 1/1000 of the
+  converted θ = T_in·s and kept strictly positive by training log θ (above 1/1000 of the
   converted value). The output layer's θ stays:
   the loss reads the integrated current, which does not depend on it.
 
@@ -75,21 +76,32 @@ class FinetuneConfig:
                 "loss": self.loss, "loss_readout": LOSS_READOUT, "surrogate": self.surrogate.describe()}
 
 
-class _Exp(nn.Module):
-    """θ = exp(ρ), and never below :data:`THRESHOLD_FLOOR` of the converted θ: a threshold trained
-    as its logarithm stays strictly positive whatever the step (exp alone underflows to 0)."""
+class _PositiveThreshold(nn.Module):
+    """θ = floor + exp(ρ), the floor :data:`THRESHOLD_FLOOR` of the converted θ: a threshold trained
+    as its logarithm stays strictly positive whatever the step, and keeps its gradient. Per-step
+    thresholds (``monotone_from`` = T_in − 1) never fall after the input window's last step: a
+    sample quiet after the window must stay quiet (the runtime drops it then, SPEC §3)."""
 
     floor: torch.Tensor
 
-    def __init__(self, converted: torch.Tensor):
+    def __init__(self, converted: torch.Tensor, monotone_from: int | None = None):
         super().__init__()
         self.register_buffer("floor", converted.detach().clone() * THRESHOLD_FLOOR)
+        self.monotone_from = monotone_from
+
+    @staticmethod
+    def value(rho: torch.Tensor, floor: torch.Tensor, monotone_from: int | None) -> torch.Tensor:
+        """θ from ρ (one definition for training and for the saved network)."""
+        theta = floor + rho.exp()
+        if monotone_from is None or theta.dim() == 0 or monotone_from >= theta.shape[0]:
+            return theta
+        return torch.cat([theta[:monotone_from], theta[monotone_from:].cummax(0).values])
 
     def forward(self, rho: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(rho.exp(), self.floor)
+        return self.value(rho, self.floor, self.monotone_from)
 
     def right_inverse(self, theta: torch.Tensor) -> torch.Tensor:
-        return theta.log()
+        return (theta - self.floor).log()
 
 
 def hidden_neurons(snn: SpikingNetwork) -> list[SpikingNeuron]:
@@ -98,17 +110,23 @@ def hidden_neurons(snn: SpikingNetwork) -> list[SpikingNeuron]:
 
 
 def make_thresholds_trainable(snn: SpikingNetwork, per_step: int | None = None) -> None:
-    """Turn each hidden layer's threshold (``per_step`` = T: its T per-step thresholds, all from
-    the converted θ) into a parameter trained as log θ."""
+    """Turn each hidden layer's threshold (``per_step`` = T: its T per-step thresholds, from the
+    converted θ, or from the θ_t it has) into a parameter trained as log θ."""
     for neuron in hidden_neurons(snn):
-        name = "threshold"
+        name, monotone_from = "threshold", None
         if per_step is not None:
-            neuron.set_step_thresholds(neuron.threshold.detach().repeat(per_step))
-            name = "step_thresholds"
+            have = neuron.step_thresholds
+            start = neuron.threshold.detach().repeat(per_step) if have is None else \
+                torch.cat([have, have[-1:].repeat(max(per_step - have.shape[0], 0))])[:per_step]
+            neuron.set_step_thresholds(start, snn.input_window)
+            name, monotone_from = "step_thresholds", snn.input_window - 1
+        elif neuron.step_thresholds is not None:
+            raise QffsError("this SNN has per-step thresholds (fine-tuned with --thresholds step): "
+                            "fine-tune it again with --thresholds step")
         theta = getattr(neuron, name).detach().clone()
         del neuron._buffers[name]
         setattr(neuron, name, nn.Parameter(theta))
-        parametrize.register_parametrization(neuron, name, _Exp(theta))
+        parametrize.register_parametrization(neuron, name, _PositiveThreshold(theta, monotone_from))
 
 
 class SpikingTrainee(nn.Module):
@@ -156,12 +174,14 @@ def spiking_loss(config: FinetuneConfig, label_smoothing: float = 0.0):
 
 def plain_state(trainee_state: dict[str, torch.Tensor], input_window: int) -> dict[str, torch.Tensor]:
     """A :class:`SpikingTrainee`'s state dict as the SNN's own: keys without ``snn.``, each trained
-    log-threshold back to θ (with its floor), and the step size that follows a layer's θ (s = θ/T_in)."""
+    log-threshold back to θ (:class:`_PositiveThreshold`), and the step size that follows a
+    layer's θ (s = θ/T_in)."""
     state = {(k[len("snn."):] if k.startswith("snn.") else k): v.detach() for k, v in trainee_state.items()}
     plain = {k: v for k, v in state.items() if ".parametrizations." not in k}
     for key in [k for k in state if k.endswith(".original")]:
         layer, _, name = key[: -len(".original")].rpartition(".parametrizations.")
-        theta = torch.maximum(state[key].exp(), state[f"{layer}.parametrizations.{name}.0.floor"])
+        theta = _PositiveThreshold.value(state[key], state[f"{layer}.parametrizations.{name}.0.floor"],
+                                         input_window - 1 if name == "step_thresholds" else None)
         plain[f"{layer}.{name}"] = theta
         if name == "threshold":
             plain[f"{layer}.step_size"] = theta / input_window

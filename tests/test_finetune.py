@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qffs.artifacts import load_snn
+from qffs.artifacts import load_own_tensors, load_snn
 from qffs.data import load_dataset, make_loader
 from qffs.errors import QffsError, UnsupportedGraphError
 from qffs.export.nir import to_nir
@@ -128,12 +128,15 @@ def test_equal_per_step_thresholds_run_as_the_one_threshold(mode):
     snn = convert(qann)
     exact = snn.simulate(x, 8, mode=mode)
     for m in hidden_neurons(snn):
-        m.set_step_thresholds(m.threshold.repeat(3))
+        m.set_step_thresholds(m.threshold.repeat(3), snn.input_window)
     stepped = snn.simulate(x, 8, mode=mode)
     for name in READOUTS:
         assert torch.equal(stepped.readouts[name], exact.readouts[name])
     with pytest.raises(ValueError, match="positive"):
-        hidden_neurons(snn)[0].set_step_thresholds(torch.tensor([0.5, -0.1]))
+        hidden_neurons(snn)[0].set_step_thresholds(torch.tensor([0.5, -0.1]), snn.input_window)
+    with pytest.raises(ValueError, match="may not fall"):        # a quiet sample would fire again
+        hidden_neurons(snn)[0].set_step_thresholds(torch.tensor([0.5, 0.6, 0.7, 0.4]), 3)
+    hidden_neurons(snn)[0].set_step_thresholds(torch.tensor([0.9, 0.4, 0.7, 0.8]), 3)   # falling in the window: fine
 
 
 def test_per_step_thresholds_train_reload_and_export_unrolled_and_are_refused_where_a_step_is_unknown(tmp_path):
@@ -147,12 +150,10 @@ def test_per_step_thresholds_train_reload_and_export_unrolled_and_are_refused_wh
     assert params and all(p.shape == (3,) and p.grad is not None for p in params.values())
     with torch.no_grad():
         for p in params.values():
-            p += torch.tensor([0.3, -0.2, 0.1])                     # three different thresholds per layer
+            p += torch.tensor([0.3, -0.2, 0.1])                     # different thresholds, the third held up
     fresh = convert(qann)
     plain = plain_state(trainee.state_dict(), snn.input_window)
-    for key in [k for k in plain if k.endswith(".step_thresholds")]:
-        fresh.get_submodule(key[: -len(".step_thresholds")]).set_step_thresholds(plain[key])
-    fresh.load_state_dict(plain)
+    load_own_tensors(fresh, plain, "trainee")
     assert trained_thresholds(plain) == threshold_table(fresh)
     ref = fresh.simulate(x, 6)
     for mode in ("layer", "functional"):                            # every form reads θ_t alike
@@ -160,6 +161,14 @@ def test_per_step_thresholds_train_reload_and_export_unrolled_and_are_refused_wh
     path = snn_to_onnx(fresh, tmp_path / "nu.onnx", x, 6)
     got = torch.from_numpy(session(path).run(None, {"x": x.float().numpy()})[0])
     assert torch.allclose(got.double(), fresh(x, timesteps=6).double(), rtol=0, atol=1e-5)
+    falling = SpikingTrainee(convert(qann), FinetuneConfig(6, "step"))
+    with torch.no_grad():
+        for n, p in falling.named_parameters():
+            if n.endswith("step_thresholds.original"):
+                p -= torch.linspace(0, 2, 6)                        # pushed down step after step
+    for layer, theta in trained_thresholds(plain_state(falling.state_dict(), snn.input_window)).items():
+        tail = torch.tensor(theta[snn.input_window - 1:]) if isinstance(theta, list) else None
+        assert tail is None or bool((tail[1:] >= tail[:-1]).all()), layer   # held from T_in on
     with pytest.raises(UnsupportedGraphError, match="per-step thresholds"):
         snn_step_to_onnx(fresh, tmp_path / "step.onnx", x)
     with pytest.raises(UnsupportedGraphError, match="change from step to step"):

@@ -46,7 +46,8 @@ def finetune(
     epochs: int = typer.Option(3, help="Training epochs (0: the converted SNN, evaluated and written back)."),
     lr: float = typer.Option(0.002, help="Initial learning rate (SGD, cosine decay to 0)."),
     momentum: float = typer.Option(0.9, help="SGD momentum."),
-    weight_decay: float = typer.Option(1e-4, help="Weight decay, not applied to thresholds and biases."),
+    weight_decay: float = typer.Option(1e-4, help="Weight decay, not applied to thresholds (per layer or per step) "
+                                                  "and biases."),
     batch_size: int = typer.Option(64, help="Batch size (BPTT holds T steps of activations per sample)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset (default: the artifact's)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset location."),
@@ -72,7 +73,7 @@ def finetune(
 
     config = FinetuneConfig(timesteps, thresholds, loss, Surrogate(surrogate, surrogate_width, mpr))
     cfg = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, distill=distill,
-                      temperature=temperature, no_decay_names=("threshold.original", "bias"))
+                      temperature=temperature, no_decay_names=(".original", "bias"))
     result = finetune_snn(snn, out, DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
                                                 batch_size=batch_size, workers=workers, seed=seed, val_size=val_size,
                                                 val_seed=val_seed, select_on_test=select_on_test),

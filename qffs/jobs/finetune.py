@@ -11,13 +11,14 @@ other, marked as fine-tuned (``finetune`` in its metadata).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from qffs.artifacts import SNN_TENSORS, ConversionConfig, load_snn
+from qffs.artifacts import SNN_TENSORS, ConversionConfig, load_own_tensors, load_snn
 from qffs.distributed import init_distributed, main_only, world_size
 from qffs.errors import QffsError
 from qffs.finetune import (
@@ -74,23 +75,27 @@ def finetune_snn(snn_path: str | Path, out: str | Path, data: DataOptions, cfg: 
         data = recorded_split(with_recorded(data, meta), meta)
         check_trained_on(snn_path, meta, data.name)
         prep = data.preprocessing(recorded=recorded_preprocessing(meta, data.name))
+        source_snn = copy.deepcopy(snn).to(dev)     # the network as it came: the baseline, and kept if nothing beats it
         trainee = SpikingTrainee(snn, config).to(dev)
         run.resume(job_record(data, prep, meta["model"], cfg, kind="snn-finetune",
                               source=str(Path(snn_path).resolve()), finetune=config.record()), resume, log)
         with run.staged():   # an interrupted run leaves only partial files
             loaders = training_data(data, prep)
-            return _FinetuneRun(run, trainee, qann, meta, loaders, cfg, config, dev, str(snn_path), log)()
+            return _FinetuneRun(run, trainee, source_snn, qann, meta, loaders, cfg, config, dev, str(snn_path), log)()
 
 
 class _FinetuneRun:
     """The part of :func:`finetune_snn` that reads data."""
 
-    def __init__(self, run: TrainingRun, trainee: SpikingTrainee, qann: torch.nn.Module, meta: dict[str, Any],
-                 loaders: TrainingData, cfg: TrainConfig, config: FinetuneConfig, dev: torch.device, source: str,
-                 log: Log) -> None:
-        self.run, self.trainee, self.qann, self.loaders = run, trainee, qann, loaders
+    def __init__(self, run: TrainingRun, trainee: SpikingTrainee, source_snn: Any, qann: torch.nn.Module,
+                 meta: dict[str, Any], loaders: TrainingData, cfg: TrainConfig, config: FinetuneConfig,
+                 dev: torch.device, source: str, log: Log) -> None:
+        self.run, self.trainee, self.source_snn, self.qann, self.loaders = run, trainee, source_snn, qann, loaders
         self.cfg, self.config, self.dev, self.source, self.log = cfg, config, dev, source, log
         self.spec = str(meta["model"])
+        recorded: dict[str, Any] = meta["metrics"] if isinstance(meta.get("metrics"), dict) else {}
+        inherited = ("fp_accuracy", "fp_val_accuracy", "qann_accuracy", "qann_val_accuracy")
+        self.inherited = {k: recorded[k] for k in inherited if k in recorded}   # what its reports show of its QANN
         self.meta = {k: v for k, v in meta.items() if k not in _OWN_FIELDS}
         self.before: dict[str, float] = {}
         self.thresholds: dict[str, float | list[float]] = {}
@@ -100,14 +105,15 @@ class _FinetuneRun:
         state, T = self.run.state, self.config.timesteps
         self.thresholds = threshold_table(self.trainee.snn)
         if state is None:
-            self.before = evaluate(self.trainee, self.loaders.validation, self.dev,
+            self.before = evaluate(_Final(self.source_snn, T), self.loaders.validation, self.dev,
                                    description=f"converted SNN at T={T} (validation)")
         else:
+            self.history = list(state.history)        # the epochs before the interruption, in every sidecar
             self.before = dict(state.extra.get("converted", {}))
             if not self.before:
                 raise QffsError(f"{self.run.out}: its resume state is incomplete; delete it to start over")
         self.log(f"converted SNN, current readout at T={T}: validation {100 * self.before['accuracy']:.2f}%")
-        best = self.trainee.state_dict()
+        best = None
         if self.cfg.epochs > 0:
             extra = {"converted": self.before}
             history, best = fit(self.trainee, self.loaders.train, self.loaders.validation, self.cfg, device=self.dev,
@@ -119,41 +125,41 @@ class _FinetuneRun:
         snn = self._kept(best)
         self.meta["layers"] = layer_summary(snn, self.meta)
         test = evaluate(_Final(snn, T), self.loaders.test, self.dev, description=f"fine-tuned SNN at T={T} (test)")
-        self._write(best, test)
+        self._write(snn.state_dict(), test)
         return {"checkpoint": str(self.run.out), **self._metrics(test)}
 
-    def _kept(self, best: dict[str, torch.Tensor]) -> Any:
-        """The kept weights in a freshly converted SNN (the artifact's own reload path)."""
+    def _kept(self, best: dict[str, torch.Tensor] | None) -> Any:
+        """The kept weights in a freshly converted SNN (the artifact's own reload path); the network
+        as it came, bit for bit, when no epoch beat it."""
+        if best is None or not any(r.get("best") for r in self.history):
+            return self.source_snn
         snn = ConversionConfig.from_meta(self.meta, self.source).convert(self.qann)
-        snn.load_state_dict(plain_state(best, snn.input_window))
+        load_own_tensors(snn, plain_state(best, snn.input_window), self.source)
         return snn.to(self.dev)
 
     def _epoch_done(self, record: dict[str, Any], model: torch.nn.Module) -> None:
         check_replicas(record, model)
         self.history.append(record)
-        if record.get("best"):
-            self._write(model.state_dict(), None)
-        else:
-            self._write(None, None)
+        self._write(plain_state(model.state_dict(), self.trainee.snn.input_window) if record.get("best") else None,
+                    None)
 
     def _metrics(self, test: dict[str, float] | None) -> dict[str, Any]:
         kept = [r for r in self.history if r.get("best")]
         best = kept[-1] if kept else {"val_accuracy": self.before["accuracy"], "epoch": 0}
-        return {"converted_val_accuracy": self.before["accuracy"], "finetuned_val_accuracy": best["val_accuracy"],
+        return {**self.inherited, "converted_val_accuracy": self.before["accuracy"],
+                "finetuned_val_accuracy": best["val_accuracy"],
                 "best_epoch": best["epoch"], "selected_on": self.loaders.selected_on,
                 "timesteps": self.config.timesteps,
                 "snn_accuracy": None if test is None else test["accuracy"],
                 "test_samples": None if test is None else test["samples"], "seconds": self.run.seconds()}
 
-    def _write(self, state: dict[str, torch.Tensor] | None, test: dict[str, float] | None) -> None:
-        weights = None
-        if state is not None:
-            snn_state = plain_state(state, self.trainee.snn.input_window)
-            weights = artifact_tensors(self.qann, snn_state)
+    def _write(self, snn_state: dict[str, torch.Tensor] | None, test: dict[str, float] | None) -> None:
+        """The artifact (``snn_state``: the SNN's own state dict, if this is a new best) and its sidecar."""
+        weights = None if snn_state is None else artifact_tensors(self.qann, snn_state)
         record = {**self.config.record(), "train_config": config_dict(self.cfg), "world_size": world_size(),
                   "thresholds_before": self.thresholds, "source_snn": self.source}
-        if state is not None:
-            record["thresholds_after"] = trained_thresholds(plain_state(state, self.trainee.snn.input_window))
+        if snn_state is not None:
+            record["thresholds_after"] = trained_thresholds(snn_state)
         self.run.write(kind="snn", spec=self.spec, meta={**self.meta, "finetune": record,
                                                                  "selection": self.loaders.record()},
                        metrics=self._metrics(test), history=self.history, weights=weights)

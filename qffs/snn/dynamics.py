@@ -119,9 +119,11 @@ def if_sequence(currents: torch.Tensor, membrane: torch.Tensor, count: torch.Ten
     counts = torch.empty_like(currents) if history else None
     membranes = torch.empty_like(currents) if history else None
     has_current = currents.flatten(2).ne(0).any(2).any(1).tolist()   # [T]: one pass, one sync
+    # a falling per-step threshold can fire a neuron without current: never skip into one
+    falls = [False] * T if threshold.dim() == 0 else [False, *(threshold[1:] < threshold[:-1]).tolist()]
     idle = False
     for t in range(T):
-        if not (idle and not has_current[t]):
+        if not (idle and not has_current[t] and not falls[t]):
             step = if_step(membrane, count, currents[t], threshold if threshold.dim() == 0 else threshold[t], z_max,
                            negative_spikes)
             out[t] = step.output

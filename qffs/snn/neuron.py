@@ -65,13 +65,18 @@ class SpikingNeuron(SpikingModule):
         steps = self.step_thresholds
         return self.threshold if steps is None else steps[min(t, steps.shape[0] - 1)]
 
-    def set_step_thresholds(self, thresholds: torch.Tensor | None) -> None:
-        """Give the layer per-step thresholds θ_1…θ_K (None: back to its one θ); a trained
-        network's are kept strictly positive, as every θ must be (SPEC §3)."""
+    def set_step_thresholds(self, thresholds: torch.Tensor | None, input_window: int) -> None:
+        """Give the layer per-step thresholds θ_1…θ_K (None: back to its one θ): positive, as every
+        θ (SPEC §3), and not falling from the input window's last step on, so that a sample quiet
+        after the window stays quiet (what the runtime relies on to drop it)."""
         if thresholds is not None:
             thresholds = thresholds.detach().clone().reshape(-1).to(self.threshold)
             if thresholds.numel() == 0 or not bool((thresholds > 0).all()):
                 raise ValueError("per-step thresholds must be a non-empty list of positive numbers")
+            after = thresholds[max(input_window - 1, 0):]
+            if bool((after[1:] < after[:-1]).any()):
+                raise ValueError(f"per-step thresholds may not fall from step {input_window} (T_in) on: "
+                                 "a quiet sample would fire again")
         self._buffers["step_thresholds"] = thresholds
 
     def initial_membrane(self) -> torch.Tensor:
