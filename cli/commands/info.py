@@ -35,5 +35,12 @@ def info(checkpoint: Path = typer.Argument(..., help="A .pt/.pth/.th/.safetensor
     recipe = describe_recipe({**ckpt.meta, "kind": ckpt.kind})
     if recipe:
         typer.echo(f"  recipe: {printable(recipe)}")
+    finetune = ckpt.meta.get("finetune")
+    if isinstance(finetune, dict):
+        surrogate = finetune.get("surrogate") or {}
+        typer.echo(printable(f"  fine-tuned: {finetune.get('method')} at T={finetune.get('timesteps')}, loss "
+                             f"{finetune.get('loss')} on the {finetune.get('loss_readout')} readout, surrogate "
+                             f"{surrogate.get('kind')} (width {surrogate.get('width')}); not bound to its QANN"))
+        typer.echo(printable(f"  thresholds after fine-tuning: {json.dumps(finetune.get('thresholds_after'))}"))
     if "metrics" in ckpt.meta:
         typer.echo(f"  metrics: {printable(json.dumps(ckpt.meta['metrics']))}")
