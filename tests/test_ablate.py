@@ -14,7 +14,7 @@ from tests.test_cli import SHIPPED, qffs
 def ablation(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ablate")
     for name, bits in (("q3.pt", "3"), ("q0.pt", "0")):   # calibrated only: 3-bit and analog output
-        r = qffs("quantize", SHIPPED, "--epochs", "0", "--limit", "256", "--output-bits", bits,
+        r = qffs("quantize", SHIPPED, "--epochs", "0", "--limit", "256", "--test-limit", "256", "--output-bits", bits,
                  "--out", folder / name)
         assert r.returncode == 0, r.stderr
     r = qffs("ablate", folder / "q3.pt", "--also", folder / "q0.pt", "--limit", "64", "-T", "16", "--double",

@@ -63,7 +63,7 @@ def test_a_state_from_a_run_with_other_options_is_refused(tmp_path):
 
 
 def _quantize(out, *extra):
-    return [QFFS, "quantize", str(SHIPPED), "--out", str(out), "--epochs", "2", "--limit", "4096",
+    return [QFFS, "quantize", str(SHIPPED), "--out", str(out), "--epochs", "2", "--limit", "2048",
             "--test-limit", "256", "--batch-size", "64", *extra]
 
 
