@@ -4,6 +4,7 @@ import), so a test or a caller that changes the environment is heard at once.
 | variable                  | read by                          | meaning                                             |
 | ------------------------- | -------------------------------- | --------------------------------------------------- |
 | ``QFFS_PROGRESS``         | :mod:`qffs.progress`             | ``0``: no progress bars; ``1``: bars even in a pipe |
+| ``QFFS_PROGRESS_SECONDS`` | :mod:`qffs.progress`             | in a pipe: seconds between progress lines (30)      |
 | ``QFFS_NATIVE``           | :mod:`qffs.snn.native`           | ``0``: PyTorch operations instead of the C kernels  |
 | ``QFFS_MALLOC``           | :mod:`qffs.snn.allocator`        | ``0``: leave glibc's malloc as it is                |
 | ``QFFS_DATA_ROOT``        | :mod:`qffs.data`                 | the data root when ``--data-root`` is not given     |
@@ -23,12 +24,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from qffs.errors import QffsError
+
 
 def progress_forced() -> bool | None:
     """``QFFS_PROGRESS``: False for ``0`` (never bars), True for ``1`` (bars even when stderr is no
     terminal), None otherwise (bars on a terminal)."""
     value = os.environ.get("QFFS_PROGRESS", "")
     return False if value == "0" else True if value == "1" else None
+
+
+def progress_seconds() -> float:
+    """``QFFS_PROGRESS_SECONDS``: the least time between two plain progress lines when stderr is
+    no terminal (default 30; ``0``: a line per item). A value that is no number is refused by name."""
+    value = os.environ.get("QFFS_PROGRESS_SECONDS", "")
+    if not value:
+        return 30.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise QffsError(f"QFFS_PROGRESS_SECONDS must be a number of seconds >= 0, got {value!r}")
+    return seconds
 
 
 def native_kernels() -> bool:

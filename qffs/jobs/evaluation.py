@@ -17,6 +17,7 @@ from qffs.jobs.early_exit import EXIT_TOLERANCE, check_tolerance, evaluate_with_
 from qffs.jobs.loaders import test_data_for, validation_data_for
 from qffs.jobs.options import DataOptions
 from qffs.jobs.outputs import writing_dir
+from qffs.progress import status
 from qffs.report import EXIT_PLOT, report_files, write_report
 from qffs.snn.exits import NO_EXIT, ExitPolicy, parse_exit
 from qffs.snn.memory import parse_memory
@@ -90,7 +91,8 @@ def _evaluate(snn_path: str | Path, data: DataOptions, timesteps: int, device: s
     budget = None if memory is None else parse_memory(memory)
     init_distributed()   # under torchrun each process simulates its shard of the test set
     dev = resolve_device(device)
-    snn, qann, meta = load_snn(snn_path, model, torch.float64 if double else None)
+    with status(f"loading {snn_path}"):
+        snn, qann, meta = load_snn(snn_path, model, torch.float64 if double else None)
     data, prep, test_loader = test_data_for(snn_path, meta, data)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:

@@ -23,6 +23,7 @@ from qffs.jobs.loaders import TrainingData, training_data
 from qffs.jobs.options import DataOptions, data_meta, model_spec_for, recorded_preprocessing, with_recorded
 from qffs.jobs.training import Log, TrainingRun, check_replicas, job_record
 from qffs.models import build_model
+from qffs.progress import status
 from qffs.quant import calibrate, quantize, quantizers
 from qffs.quant.graph import NOTES
 from qffs.quant.schedule import (
@@ -105,7 +106,8 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
         init_distributed()
         dev = resolve_device(device)
         torch.manual_seed(data.seed)
-        fp_model, data, prep, spec = load_fp(checkpoint, model, data)
+        with status(f"loading {checkpoint}"):
+            fp_model, data, prep, spec = load_fp(checkpoint, model, data)
         qann = quantize(fp_model, bits=quant.bits, output_bits=quant.output_bits).to(dev)
         for note in qann.meta.get(NOTES, []):
             log(f"note: {note}")
@@ -169,7 +171,9 @@ class QatRun:
     def _calibrate(self, only_hidden: bool = False) -> list[torch.Tensor]:
         """Step sizes initialised on the first training batches (returned: they give the input shape)."""
         batches = self.loaders.batches(self.quant.calibration_batches)
-        calibrate(self.qann, [b.to(self.dev) for b in batches], method=self.quant.calibration, only_hidden=only_hidden)
+        with status(f"calibrating step sizes ({self.quant.calibration}) on {len(batches)} batches"):
+            calibrate(self.qann, [b.to(self.dev) for b in batches], method=self.quant.calibration,
+                      only_hidden=only_hidden)
         return batches
 
     def _measure(self) -> dict[str, Any]:
