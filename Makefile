@@ -7,9 +7,9 @@ STAMP   := $(VENV)/.qffs-installed
 FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint data clean-venv
+.PHONY: setup demo test test-fast lint data browser clean-venv
 
-setup: $(STAMP) data
+setup: $(STAMP) data browser
 
 # torch/torchvision are pinned to the builds that these machines install from local files.
 $(STAMP): pyproject.toml
@@ -27,6 +27,17 @@ data:
 	     (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) \
 	     && echo "installed Fashion-MNIST into /usr/share/datasets/fashion-mnist"; \
 	  else echo "note: Fashion-MNIST missing; run: sudo apt-get install dataset-fashion-mnist"; fi; \
+	fi
+
+# Debian's chromium renders report pages headless in the report test (skipped, with the reason, without it).
+browser:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) \
+	     && echo "installed chromium (headless rendering of report pages in the tests)" \
+	     || echo "note: chromium could not be installed; the report-page rendering test will be skipped"; \
+	  else echo "note: chromium missing, the report-page rendering test will be skipped; run: sudo apt-get install chromium"; fi; \
 	fi
 
 demo: setup

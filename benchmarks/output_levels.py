@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from qffs.artifacts import load_qann
-    from qffs.evaluate import _quantizer_levels
     from qffs.jobs.loaders import test_data_for
     from qffs.jobs.options import DataOptions
+    from qffs.probe import quantizer_levels
     from qffs.quant import quantizers
     from qffs.quant.graph import OUTPUT_QUANTIZER
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     levels, tied = [], 0
     with torch.no_grad():
         for x, _ in loader:
-            level = _quantizer_levels(qann, x, OUTPUT_QUANTIZER)[2][OUTPUT_QUANTIZER]   # [B, classes]
+            level = quantizer_levels(qann, x, OUTPUT_QUANTIZER)[2][OUTPUT_QUANTIZER]   # [B, classes]
             top = level.max(1).values
             levels.append(top)
             tied += int(((level == top[:, None]).sum(1) > 1).sum())

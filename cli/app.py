@@ -59,6 +59,17 @@ READOUT_OPTION = typer.Option(
     help="Headline readout of the report (all are measured): count (spike counts, exact), tiebreak (counts, "
          "ties broken by the output membrane) or current (integrated output current).")
 
+#: What a report states and shows: energy constants and the test images followed step by step.
+ENERGY_OPTION = typer.Option(
+    "fp32-45nm", "--energy", metavar="PRESET|AC,MAC",
+    help="Energy per operation of the estimate: a preset (Horowitz, ISSCC 2014, 45 nm; accumulate / "
+         "multiply-accumulate: fp32-45nm 0.9/4.6 pJ, int32-45nm 0.1/3.2 pJ, int8-45nm 0.03/0.23 pJ) or two "
+         "energies in pJ, 'AC,MAC'.")
+EXAMPLES_OPTION = typer.Option(
+    4, "--examples", metavar="N",
+    help="Test images whose spike raster and output membranes the report shows (0-16; the first 256 images are "
+         "followed step by step for the off-level figure).")
+
 
 def printable(text: str) -> str:
     """Text that came from a file, safe for a terminal: control characters (escapes, newlines) shown escaped."""

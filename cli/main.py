@@ -8,6 +8,7 @@ on stderr, ``--debug`` for the traceback); 130 interrupted (Ctrl-C), 143 termina
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 import typer
@@ -56,9 +57,15 @@ def main(argv: list[str] | None = None, *, console: bool = False) -> int:
     args = [a for a in args if a != "--debug"]
     command = typer.main.get_command(app)
     previous = stop_on_signals()
+    outer = os.environ.get(settings.COMMAND_VARIABLE)
+    os.environ[settings.COMMAND_VARIABLE] = shlex.join(["qffs", *args])   # what its reports record
     try:
         return _run(command, args, debug)
     finally:
+        if outer is None:
+            os.environ.pop(settings.COMMAND_VARIABLE, None)
+        else:
+            os.environ[settings.COMMAND_VARIABLE] = outer
         if console:
             ignore_further()   # done: a signal between here and the exit changes nothing
         else:

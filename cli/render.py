@@ -89,7 +89,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      f"p99 {conv['p99']:.0f}, max {conv['max']:.0f}; not quiet by T: {conv['unconverged']}")
     lines.append(f"spikes per neuron per sample: {report['spikes_per_neuron_per_sample']:.3f}   "
                  f"SOPs/sample {report['synops_per_sample']:.3g} vs ANN MACs {report['ann_macs_per_sample']:.3g}   "
-                 f"energy SNN {e.get('snn_pj', 0) / 1e6:.3g} µJ vs ANN {e.get('ann_pj', 0) / 1e6:.3g} µJ")
+                 f"energy SNN {e.get('snn_pj', 0) / 1e6:.3g} µJ vs ANN {e.get('ann_pj', 0) / 1e6:.3g} µJ"
+                 + ("" if "e_ac_pj" not in e else f" ({e['e_ac_pj']:g} pJ per accumulate, {e['e_mac_pj']:g} pJ per "
+                                                  "MAC: --energy)"))
+    probe = report.get("probe")
+    if probe:
+        lines.append(f"figures: every test image ({report['samples']:,}); step by step (off level, raster, output "
+                     f"membranes): the first {probe['samples']:,}, {len(probe['examples'])} of them shown")
     return lines + exit_lines(report.get("exit"))
 
 

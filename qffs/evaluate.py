@@ -24,8 +24,8 @@ from qffs.exit_tradeoff import ExitOutcome, ExitTradeoff
 from qffs.layer_measures import LayerSpikes, SynapseOps
 from qffs.measures import Measure, reduce_measures
 from qffs.metrics import predict
+from qffs.probe import quantizer_levels
 from qffs.progress import track
-from qffs.quant import quantizers
 from qffs.report import (
     ENERGY_AC_PJ,
     ENERGY_MAC_PJ,
@@ -37,27 +37,6 @@ from qffs.report import (
 from qffs.snn.exits import NO_EXIT, ExitPolicy
 from qffs.snn.network import SimulationResult, SpikingNetwork
 from qffs.snn.readout import READOUTS, check_readout
-
-
-def _quantizer_levels(qann: nn.Module, x: torch.Tensor, output_name: str | None
-                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """(QANN output, the input of the quantizer named ``output_name`` — the SNN's output neuron —
-    or the output itself when there is none, every quantizer's levels)."""
-    levels: dict[str, torch.Tensor] = {}
-    inputs: dict[str, torch.Tensor] = {}
-
-    def keep(module, args, _, name):
-        levels[name] = module.level(args[0])
-        if name == output_name:
-            inputs["output"] = args[0]
-
-    hooks = [q.register_forward_hook(lambda m, i, o, name=name: keep(m, i, o, name)) for name, q in quantizers(qann)]
-    try:
-        out = qann(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return out, inputs.get("output", out), levels
 
 
 class ReadoutCurves(Measure):
@@ -132,11 +111,45 @@ class Settling(Measure):
         self.converged_at += torch.bincount(steps, minlength=self.converged_at.numel()).double()
         self.unconverged += int((~done).sum())
 
-    def compute(self) -> tuple[int, dict[str, float]]:
-        """(samples, convergence percentiles with the number of unconverged samples)."""
+    def compute(self) -> tuple[int, dict[str, float], list[int]]:
+        """(samples, convergence percentiles with the number of unconverged samples, how many
+        samples converged at each step 0…T)."""
         counts = self.converged_at.round().long()
         steps = torch.repeat_interleave(torch.arange(counts.numel()), counts).tolist()
-        return int(self.samples), {**percentiles(steps), "unconverged": int(self.unconverged)}
+        return int(self.samples), {**percentiles(steps), "unconverged": int(self.unconverged)}, counts.tolist()
+
+
+class PerClass(Measure):
+    """Per true class: its samples, and the headline readout's correct answers at every step (and
+    the QANN's); the number of classes is the output's, as the first batch gives it."""
+
+    samples: torch.Tensor
+    correct: torch.Tensor
+    qann_correct: torch.Tensor
+
+    def __init__(self, timesteps: int, readout: str):
+        super().__init__()
+        self.timesteps, self.readout = timesteps, readout
+        for name, shape in (("samples", (0,)), ("correct", (timesteps, 0)), ("qann_correct", (0,))):
+            self.add_state(name, shape)
+
+    def update(self, outputs: dict[str, torch.Tensor], y: torch.Tensor, qann_out: torch.Tensor | None) -> None:
+        classes = outputs[self.readout].shape[-1]
+        if self.samples.numel() != classes:
+            self.samples, self.qann_correct = torch.zeros(classes, dtype=torch.float64), torch.zeros(
+                classes, dtype=torch.float64)
+            self.correct = torch.zeros(self.timesteps, classes, dtype=torch.float64)
+        y_cpu = y.cpu()
+        self.samples += torch.bincount(y_cpu, minlength=classes).double()
+        right = (predict(outputs[self.readout])[0] == y).cpu()                    # [T, B]
+        for t in range(self.timesteps):
+            self.correct[t] += torch.bincount(y_cpu[right[t]], minlength=classes).double()
+        if qann_out is not None:
+            self.qann_correct += torch.bincount(y_cpu[(predict(qann_out)[0] == y).cpu()], minlength=classes).double()
+
+    def compute(self, compared: bool) -> dict[str, Any]:
+        return {"samples": self.samples.long().tolist(), "correct": self.correct.long().tolist(),
+                "qann_correct": self.qann_correct.long().tolist() if compared else None}
 
 
 @dataclass
@@ -148,26 +161,29 @@ class SnnMeasures:
     settling: Settling
     layers: LayerSpikes
     synapses: SynapseOps
+    per_class: PerClass
     exit: ExitOutcome | None = None
     tradeoffs: tuple[ExitTradeoff, ...] = ()
 
     @classmethod
-    def start(cls, timesteps: int, compared: bool, exit_readout: str | None = None,
+    def start(cls, timesteps: int, compared: bool, readout: str, exit_readout: str | None = None,
               tradeoffs: tuple[ExitTradeoff, ...] = ()) -> SnnMeasures:
         qann = QannComparison(timesteps) if compared else None
         exit_ = ExitOutcome(timesteps, exit_readout) if exit_readout else None
-        return cls(ReadoutCurves(timesteps), qann, Settling(timesteps), LayerSpikes(compared), SynapseOps(), exit_,
-                   tradeoffs)
+        return cls(ReadoutCurves(timesteps), qann, Settling(timesteps), LayerSpikes(compared), SynapseOps(),
+                   PerClass(timesteps, readout), exit_, tradeoffs)
 
     def update(self, result: SimulationResult, y: torch.Tensor,
                qann: tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]] | None) -> None:
-        """One batch's simulation; ``qann``: what :func:`_quantizer_levels` gave for it."""
+        """One batch's simulation; ``qann``: what :func:`~qffs.probe.quantizer_levels` gave for it."""
         self.curves.update(result.readouts, y)
         self.settling.update(result, y)
         levels: dict[str, torch.Tensor] = {}
+        out = None
         if qann is not None and self.qann is not None:
             out, before, levels = qann
             self.qann.update(predict(result.readouts["count"])[0], out, before, y)
+        self.per_class.update(result.readouts, y, out)
         self.layers.update(result.neurons, levels)
         self.synapses.update(result.synapses)
         for measure in (self.exit, *self.tradeoffs):
@@ -176,7 +192,8 @@ class SnnMeasures:
 
     def reduce(self) -> None:
         """torchrun: every rank simulated its shard; sum the counts (exact, in float64)."""
-        measures = (self.curves, self.qann, self.settling, self.layers, self.synapses, self.exit, *self.tradeoffs)
+        measures = (self.curves, self.qann, self.settling, self.layers, self.synapses, self.per_class, self.exit,
+                    *self.tradeoffs)
         reduce_measures(*(m for m in measures if m is not None))
 
 
@@ -211,14 +228,14 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
         exit.check_timesteps(timesteps)
     rule = None if exit is None else exit.rule(readout)
     exit_args: dict[str, Any] = {} if rule is None else {"exit_rule": rule}   # (onnxruntime's network has no exits)
-    measures = SnnMeasures.start(timesteps, qann is not None, None if exit in (None, NO_EXIT) else
+    measures = SnnMeasures.start(timesteps, qann is not None, readout, None if exit in (None, NO_EXIT) else
                                  exit.readout or readout, tradeoffs)   # type: ignore[union-attr]
     for x, y in track(loader, f"simulating T={timesteps}" + ("" if exit is None else f", exit {exit.label()}")):
         x, y = x.to(device=device, dtype=dtype), y.to(device)
         # a batch whose samples have all gone quiet is final: its remaining steps repeat the last one
         result = snn.simulate(x, timesteps, until_quiet=True, record=True, record_counts=qann is not None,
                               memory=memory, **exit_args)
-        measures.update(result, y, None if qann is None else _quantizer_levels(qann, x, snn.output_neuron))
+        measures.update(result, y, None if qann is None else quantizer_levels(qann, x, snn.output_neuron))
     measures.reduce()
     return _report(measures, snn, timesteps, readout, dtype, e_ac, e_mac)
 
@@ -226,7 +243,7 @@ def evaluate_snn(snn: SpikingNetwork, loader, timesteps: int, *, qann: nn.Module
 def _report(measures: SnnMeasures, snn: SpikingNetwork, timesteps: int, readout: str, dtype: torch.dtype,
             e_ac: float, e_mac: float) -> EvaluationReport:
     """The report of the summed ``measures``."""
-    samples, convergence = measures.settling.compute()
+    samples, convergence, converged_at = measures.settling.compute()
     n = max(samples, 1)
     curves, ties = measures.curves.compute(n)
     qann = measures.qann.compute(n) if measures.qann is not None else dict.fromkeys(
@@ -247,8 +264,9 @@ def _report(measures: SnnMeasures, snn: SpikingNetwork, timesteps: int, readout:
         energy=energy_estimate(synops, macs, e_ac, e_mac), input_window=snn.input_window,
         conversion=dict(snn.config), dtype=str(dtype).replace("torch.", ""), world_size=distributed.world_size(),
         exit=None if measures.exit is None else measures.exit.compute(),
-        tradeoff={m.readout: m.compute() for m in measures.tradeoffs} or None)
+        tradeoff={m.readout: m.compute() for m in measures.tradeoffs} or None,
+        convergence_histogram=converged_at, per_class=measures.per_class.compute(measures.qann is not None))
 
 
-__all__ = ["EvaluationReport", "LayerSpikes", "QannComparison", "ReadoutCurves", "Settling", "SnnMeasures",
+__all__ = ["EvaluationReport", "LayerSpikes", "PerClass", "QannComparison", "ReadoutCurves", "Settling", "SnnMeasures",
            "SynapseOps", "evaluate_snn"]

@@ -13,6 +13,8 @@ import io
 import json
 import math
 import platform
+import shlex
+import sys
 import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,13 +23,18 @@ from typing import Any
 
 import torch
 
+from qffs import settings
 from qffs._version import __version__
 from qffs.distributed import world_size
+from qffs.errors import QffsError
 from qffs.files import atomic_files, atomic_path
 
 #: Horowitz (ISSCC 2014), 45 nm, 32-bit float: accumulate 0.9 pJ, multiply–accumulate 4.6 pJ.
 ENERGY_AC_PJ = 0.9
 ENERGY_MAC_PJ = 4.6
+#: Per-operation energies (accumulate, multiply–accumulate) in pJ, from Horowitz (ISSCC 2014,
+#: 45 nm): a MAC is the add plus the multiply (fp32 0.9 + 3.7, int32 0.1 + 3.1, int8 0.03 + 0.2).
+ENERGY_PRESETS = {"fp32-45nm": (ENERGY_AC_PJ, ENERGY_MAC_PJ), "int32-45nm": (0.1, 3.2), "int8-45nm": (0.03, 0.23)}
 #: SPEC §6: "lossless" = within 0.1 percentage point of the QANN accuracy.
 LOSSLESS_TOLERANCE = 0.001
 
@@ -87,6 +94,9 @@ class EvaluationReport:
     world_size: int
     exit: dict[str, Any] | None = None         # what an exit policy answered (:mod:`qffs.exit_tradeoff`)
     tradeoff: dict[str, Any] | None = None     # every confidence exit of a grid (:mod:`qffs.exit_tradeoff`)
+    convergence_histogram: list[int] | None = None   # samples quiet from step 0…T (the unconverged apart)
+    per_class: dict[str, Any] | None = None    # per true class: samples, correct per step (headline), QANN correct
+    probe: dict[str, Any] | None = None        # the first test images step by step (:mod:`qffs.probe`)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as the JSON holds it: these keys, in this order (layers and synapses as dicts)."""
@@ -124,10 +134,29 @@ def energy_estimate(sops: float, macs: float, e_ac: float = ENERGY_AC_PJ,
             "e_ac_pj": e_ac, "e_mac_pj": e_mac}
 
 
+def parse_energy(spec: str) -> tuple[float, float]:
+    """``--energy``: a preset of :data:`ENERGY_PRESETS` or "AC,MAC" in pJ → (E_AC, E_MAC)."""
+    if spec in ENERGY_PRESETS:
+        return ENERGY_PRESETS[spec]
+    try:
+        ac, mac = (float(v) for v in spec.split(","))
+    except ValueError:
+        ac = mac = -1.0
+    if not (ac > 0 and mac > 0 and math.isfinite(ac + mac)):
+        raise QffsError(f"--energy must be one of {', '.join(ENERGY_PRESETS)} or two positive energies in pJ "
+                        f"'AC,MAC' (say 0.9,4.6), got {spec!r}")
+    return ac, mac
+
+
+def command_line() -> str:
+    """The ``qffs`` command being run, else how this process was started, as a shell line."""
+    return settings.command() or shlex.join(sys.argv)
+
+
 def environment() -> dict[str, Any]:
-    """Versions, and the number of processes (torchrun), recorded in every JSON report."""
-    return {"qffs": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "world_size": world_size()}
+    """The command line, versions and the number of processes (torchrun), recorded in every JSON report."""
+    return {"command": command_line(), "qffs": __version__, "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "world_size": world_size()}
 
 
 def _by_readout(report: dict[str, Any], key: str) -> dict[str, list[float]]:

@@ -12,6 +12,7 @@ import), so a test or a caller that changes the environment is heard at once.
 | ``QFFS_CACHE_DIR``        | :mod:`qffs.cache`                | qffs' cache folder (else the XDG one, see below)    |
 | ``XDG_CACHE_HOME``        | :mod:`qffs.cache`                | the cache is ``$XDG_CACHE_HOME/qffs`` without it    |
 | ``CC``                    | :mod:`qffs.snn.native`           | the C compiler tried first                          |
+| ``QFFS_COMMAND``          | :mod:`qffs.report`               | the command line a report records (set by ``qffs``) |
 | ``COLUMNS``               | the command line's tables        | set: rich's width is left alone in a pipe           |
 | ``RANK``, ``WORLD_SIZE``, | :mod:`qffs.distributed` and jobs | what torchrun tells each process (before the group  |
 | ``LOCAL_RANK``            |                                  | is joined; afterwards the group says)               |
@@ -25,6 +26,14 @@ import os
 from pathlib import Path
 
 from qffs.errors import QffsError
+
+#: Set by the ``qffs`` command line while it runs a command: that command, as a shell line.
+COMMAND_VARIABLE = "QFFS_COMMAND"
+
+
+def command() -> str | None:
+    """``QFFS_COMMAND``: the ``qffs`` command line being run (None outside one)."""
+    return os.environ.get(COMMAND_VARIABLE) or None
 
 
 def progress_forced() -> bool | None:

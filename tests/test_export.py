@@ -124,6 +124,7 @@ def test_evaluate_with_onnxruntime_reports_the_torch_curve(cli, artifacts, tmp_p
         runs[backend] = json.loads((tmp_path / backend / "curve.json").read_text())
     a, b = runs["torch"], runs["onnxruntime"]
     assert b["backend"] == "onnxruntime" and b["samples"] == a["samples"] == 151
+    assert "onnxruntime" in b["title"] and "onnxruntime" not in a["title"]   # the plot says which runtime made it
     for key in ("snn_accuracy_by_readout", "tied_by_readout", "qann_agreement", "convergence",
                 "qann_accuracy", "latency_to_lossless_by_readout"):
         assert a[key] == b[key], key
@@ -142,6 +143,8 @@ def test_qffs_export_writes_and_checks_each_format(cli, artifacts, tmp_path):
     result = cli("export", artifacts / "snn.pt", "--out", tmp_path / "snn.onnx", "-T", "3")
     assert result.returncode == 0, result.stderr
     assert "0 of 120 values differ" in result.stdout and "predictions identical" in result.stdout
+    check = json.loads((tmp_path / "snn.onnx.json").read_text())     # what qffs report shows beside the file
+    assert check["check"]["differing_values"] == 0 and check["timesteps"] == 3 and check["environment"]["command"]
     result = cli("export", artifacts / "qann.pt", "--out", tmp_path / "qann.onnx")
     assert result.returncode == 0 and "QANN (QCDQ)" in result.stdout and "0 of 40 values differ" in result.stdout
     result = cli("export", artifacts / "snn.pt", "--out", tmp_path / "step.onnx", "--single-step", "-T", "3")

@@ -23,7 +23,7 @@ REPORT_KEYS = ["timesteps", "readout", "snn_accuracy", "tied", "snn_accuracy_by_
                "qann_accuracy", "qann_prequantizer_accuracy", "qann_tied", "qann_agreement", "latency_to_lossless",
                "latency_to_lossless_by_readout", "convergence", "spikes_per_neuron_per_sample", "layers", "synapses",
                "synops_per_sample", "ann_macs_per_sample", "energy", "input_window", "conversion", "dtype",
-               "world_size", "exit", "tradeoff"]
+               "world_size", "exit", "tradeoff", "convergence_histogram", "per_class", "probe"]
 
 
 class Counter(Measure):
@@ -80,6 +80,12 @@ def test_evaluate_snn_returns_a_typed_report_whose_dict_has_the_json_keys_in_ord
     assert list(d["layers"][0]) == ["name", "neurons", "pos_spikes_per_neuron", "neg_spikes_per_neuron", "spike_rate",
                                     "mismatch_fraction"]
     assert list(d["synapses"][0]) == ["name", "macs", "synops_per_sample", "input_events_per_sample"]
+    # the histogram and the per-class counts add up to the curve they were measured beside
+    assert sum(report.convergence_histogram) + report.convergence["unconverged"] == report.samples
+    per = report.per_class
+    assert sum(per["samples"]) == report.samples and len(per["correct"]) == 6
+    assert [sum(row) / report.samples for row in per["correct"]] == pytest.approx(report.snn_accuracy)
+    assert sum(per["qann_correct"]) / report.samples == pytest.approx(report.qann_accuracy)
     json.dumps(d)                                          # plain data only
     assert d["snn_accuracy"] == d["snn_accuracy_by_readout"]["count"] and d["samples"] == 45
     x, y = data.tensors

@@ -129,7 +129,7 @@ def test_the_reference_is_the_input_of_whichever_quantizer_is_the_snn_output():
     """A QANN without an output quantizer whose last op is a ReLU quantizer: that one is the spiking output."""
     from torch import nn
 
-    from qffs.evaluate import _quantizer_levels
+    from qffs.probe import quantizer_levels
     from qffs.quant import calibrate, quantize
 
     torch.manual_seed(0)
@@ -139,7 +139,7 @@ def test_the_reference_is_the_input_of_whichever_quantizer_is_the_snn_output():
     calibrate(qann, [x])
     snn = convert(qann)
     assert snn.config["output"] == "spiking"
-    out, before, _ = _quantizer_levels(qann, x, snn.output_neuron)
+    out, before, _ = quantizer_levels(qann, x, snn.output_neuron)
     assert not torch.equal(before, out)
     result = snn.simulate(x, 100, until_quiet=True)
     torch.testing.assert_close(result.readouts["current"][-1], before, rtol=1e-9, atol=1e-9)

@@ -8,6 +8,8 @@ from typing import Optional
 import typer
 
 from qffs.cli.app import (
+    ENERGY_OPTION,
+    EXAMPLES_OPTION,
     IMAGE_SIZE_OPTION,
     MEAN_OPTION,
     MEMORY_OPTION,
@@ -38,7 +40,8 @@ def _finish(report: dict) -> None:
     print_report(report)
     files = report["files"]
     typer.echo(f"done in {report['pipeline_seconds']:.0f} s; results in {Path(files['json']).parent}/ "
-               f"(curve.png, curve.csv, curve.json, qann.pt, snn.pt)")
+               "(" + ("report.html, " if "html" in files else "") + "curve.png, curve.csv, curve.json, qann.pt, "
+               "snn.pt)")
 
 
 @app.command(
@@ -84,6 +87,9 @@ def run(
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     resume: bool = RESUME_OPTION,
+    report: bool = typer.Option(True, "--report/--no-report", help="Draw the figures and write report.html."),
+    examples_shown: int = EXAMPLES_OPTION,
+    energy: str = ENERGY_OPTION,
 ) -> None:
     """Quantize, convert and evaluate in one go: a pretrained checkpoint → latency–accuracy curve."""
     # loaded when the command runs, so that `qffs --help` and the other commands start fast
@@ -91,15 +97,15 @@ def run(
     from qffs.jobs.pipeline import run_pipeline
 
     chosen = resolve_recipe(recipe, epochs=epochs, lr=lr, batch_size=batch_size)
-    report = run_pipeline(
+    result = run_pipeline(
         checkpoint, out_dir, DataOptions(dataset=dataset, root=data_root, limit=limit, test_limit=test_limit,
                                          batch_size=chosen.batch_size, seed=seed, mean=channel_values(mean, "--mean"),
                                          std=channel_values(std, "--std"), image_size=image_size,
                     val_size=val_size, val_seed=val_seed, select_on_test=select_on_test),
         chosen.train_config(), chosen.quant_config(bits=bits, output_bits=output_bits or None, recipe=recipe),
         timesteps=timesteps, model=model, device=device, double=double, readout=readout, memory=memory,
-        resume=resume, log=typer.echo)
-    _finish(report)
+        resume=resume, energy=energy, examples=examples_shown, page=report, log=typer.echo)
+    _finish(result)
 
 
 @app.command("demo", epilog=examples("qffs demo", "qffs demo --epochs 2 --out-dir runs/demo2"))
@@ -126,9 +132,9 @@ def demo(
                    f"(qffs quantize): a shorter, less accurate schedule that fits a few minutes")
     if not SHIPPED_FMNIST.is_file():
         raise QffsError(f"the shipped checkpoint {SHIPPED_FMNIST} is missing (a broken install?)")
-    report = run_pipeline(
+    result = run_pipeline(
         SHIPPED_FMNIST, out_dir, DataOptions(dataset="fashion-mnist", limit=limit, test_limit=test_limit,
                                              batch_size=chosen.batch_size),
         chosen.train_config(), chosen.quant_config(recipe=DEFAULT_RECIPE), timesteps=timesteps, readout=readout,
         resume=resume, log=typer.echo)
-    _finish(report)
+    _finish(result)

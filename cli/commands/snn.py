@@ -9,6 +9,8 @@ import typer
 
 from qffs.cli.app import (
     ARTIFACT_MODEL_OPTION,
+    ENERGY_OPTION,
+    EXAMPLES_OPTION,
     IMAGE_SIZE_OPTION,
     MEAN_OPTION,
     MEMORY_OPTION,
@@ -61,6 +63,7 @@ def convert(
         "qffs evaluate snn.pt --dataset fashion-mnist --timesteps 32 --double --limit 1000 --out-dir results/",
         "qffs evaluate snn.pt --timesteps 8 --backend onnxruntime --out-dir results_ort/",
         "qffs evaluate snn.pt --timesteps 16 --exit auto --out-dir results_exit/",
+        "qffs evaluate snn.pt --timesteps 8 --report --energy int8-45nm --out-dir results/   # + figures, report.html",
     ),
 )
 def evaluate(
@@ -93,6 +96,10 @@ def evaluate(
     exit_tolerance: float = typer.Option(0.1, "--exit-tolerance",
                                          help="With --exit auto: the validation accuracy the exit may lose "
                                               "against the QANN, in percentage points."),
+    report: bool = typer.Option(False, "--report", help="Also draw the per-layer and per-sample figures and write "
+                                                        "report.html, one self-contained page (qffs report)."),
+    examples_shown: int = EXAMPLES_OPTION,
+    energy: str = ENERGY_OPTION,
 ) -> None:
     """Simulate an SNN on a test set: accuracy at every time step, spikes, SOPs, energy; CSV/JSON/PNG."""
     # loaded when the command runs, so that `qffs --help` and the other commands start fast
@@ -104,11 +111,25 @@ def evaluate(
     data = DataOptions(dataset=dataset, root=data_root, test_limit=limit,
                        batch_size=batch_size, mean=channel_values(mean, "--mean"), std=channel_values(std, "--std"),
                        image_size=image_size)
-    report = evaluate_checkpoint(snn, data, timesteps, device=device, double=double, readout=readout, model=model,
+    result = evaluate_checkpoint(snn, data, timesteps, device=device, double=double, readout=readout, model=model,
                                  memory=memory, backend=backend, out_dir=out_dir, exit=exit,
-                                 exit_tolerance=exit_tolerance / 100)
+                                 exit_tolerance=exit_tolerance / 100, energy=energy, page=report,
+                                 examples=examples_shown)
     if not is_main_process():            # under torchrun rank 0 alone writes and prints the whole report
         return
-    paths = report["files"]
-    print_report(report)
+    paths = result["files"]
+    print_report(result)
     typer.echo("results: " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command("report", epilog=examples("qffs report runs/demo", "qffs report results/ --no-figures"))
+def report_page(
+    run_dir: Path = typer.Argument(..., help="A folder with curve.json: the --out-dir of qffs evaluate or qffs run."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures again from curve.json "
+                                                                      "(else embed those in the folder)."),
+) -> None:
+    """Write RUN_DIR/report.html: command, configuration, curve, figures and tables on one self-contained page."""
+    # loaded when the command runs, so that `qffs --help` and the other commands start fast
+    from qffs.report_page import write_page
+
+    typer.echo(f"wrote {write_page(run_dir, draw=figures)}")

@@ -7,6 +7,7 @@ NIR the weights and thresholds that :func:`nir.read` returns.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, cast
@@ -20,9 +21,11 @@ from qffs.export.nir import check_nir, to_nir
 from qffs.export.onnx import OPSET, read_metadata, snn_step_to_onnx, to_onnx
 from qffs.export.runtime import session
 from qffs.export.unrolled import SingleStepSNN
+from qffs.files import atomic_path
 from qffs.io import MAX_SAMPLE_VALUES
 from qffs.jobs.outputs import writing
 from qffs.metrics import predict
+from qffs.report import environment
 from qffs.snn.network import SpikingNetwork, check_timesteps
 
 FORMATS = ("onnx", "nir")
@@ -93,7 +96,8 @@ def export_checkpoint(path: str | Path, out: str | Path, *, to: str = "onnx", ti
     """Export the artifact at ``path`` to ``out`` and check the file; returns what was written.
 
     ONNX: an SNN unrolled over ``timesteps`` (default :data:`DEFAULT_TIMESTEPS`), a QANN in
-    QCDQ form, an FP network as it is. NIR: SNNs only.
+    QCDQ form, an FP network as it is. NIR: SNNs only. The summary is also written beside the
+    file (:func:`check_path`), where ``qffs report`` finds it.
     """
     if to not in FORMATS:
         raise QffsError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
@@ -101,9 +105,17 @@ def export_checkpoint(path: str | Path, out: str | Path, *, to: str = "onnx", ti
     if Path(out).resolve() == Path(path).resolve():
         raise QffsError(f"--out {out} would overwrite the input")
     # two exports to one file: the second is refused, not silently overwritten
-    with writing(out, path, suffixes=(suffix,), writes=(Path(out),)) as out:
-        return _export(path, out, to=to, timesteps=timesteps, model=model, input_shape=input_shape,
-                       single_step=single_step, log=log)
+    with writing(out, path, suffixes=(suffix,), writes=(Path(out), check_path(out))) as out:
+        summary = _export(path, out, to=to, timesteps=timesteps, model=model, input_shape=input_shape,
+                          single_step=single_step, log=log)
+        with atomic_path(check_path(out)) as tmp:     # what qffs report shows as the export check
+            tmp.write_text(json.dumps({**summary, "environment": environment()}, indent=2))
+        return summary
+
+
+def check_path(out: str | Path) -> Path:
+    """The JSON beside an exported file (``snn.onnx.json``): what was written and how it checked."""
+    return Path(f"{out}.json")
 
 
 def _export(path: str | Path, out: Path, *, to: str, timesteps: int | None, model: str | None,

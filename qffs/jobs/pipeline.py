@@ -9,13 +9,15 @@ from typing import Any
 from qffs.artifacts import QuantConfig
 from qffs.distributed import barrier, is_main_process, main_only
 from qffs.errors import Interrupted
+from qffs.figures import FIGURE_FILES
 from qffs.jobs.convert import convert_checkpoint
-from qffs.jobs.evaluation import bits_label, check_evaluation, evaluate_checkpoint
+from qffs.jobs.evaluation import DEFAULT_ENERGY, DEFAULT_EXAMPLES, bits_label, check_evaluation, evaluate_checkpoint
 from qffs.jobs.options import DataOptions
 from qffs.jobs.outputs import metrics_path, partial_path, writing_dir
 from qffs.jobs.quantize import quantize_checkpoint
 from qffs.jobs.training import Log
 from qffs.report import report_files, write_report
+from qffs.report_page import REPORT_PAGE, write_page
 from qffs.resume import resume_path
 from qffs.snn.readout import DEFAULT_READOUT
 from qffs.train import TrainConfig
@@ -27,7 +29,7 @@ def _pipeline_files() -> tuple[str, ...]:
         for path in (Path(name), partial_path(Path(name))):
             files += [path.name, metrics_path(path).name]
         files.append(resume_path(Path(name)).name)
-    return (*files, *report_files())
+    return (*files, *report_files(), *FIGURE_FILES, REPORT_PAGE)
 
 
 #: Every file ``qffs run`` may write into its ``--out-dir``.
@@ -37,14 +39,16 @@ PIPELINE_FILES = _pipeline_files()
 def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions, cfg: TrainConfig,
                  quant: QuantConfig | None = None, *, timesteps: int = 16, model: str | None = None,
                  device: str = "auto", double: bool = False, readout: str = DEFAULT_READOUT,
-                 memory: str | int | None = None, resume: bool = False, log: Log = print) -> dict[str, Any]:
+                 memory: str | int | None = None, resume: bool = False, energy: str = DEFAULT_ENERGY,
+                 examples: int = DEFAULT_EXAMPLES, page: bool = True, log: Log = print) -> dict[str, Any]:
     """All three stages into ``out_dir`` (``resume``: continue an interrupted QAT there).
 
-    Writes ``qann.pt``, ``snn.pt`` and ``curve.csv/.json/.png`` (each atomically); returns the
-    evaluation report with the paths under ``"files"``.
+    Writes ``qann.pt``, ``snn.pt``, ``curve.csv/.json/.png`` and (``page``) the figures and
+    ``report.html`` (each atomically); returns the evaluation report with the paths under ``"files"``.
+    ``energy``, ``examples``: as for :func:`~qffs.jobs.evaluation.evaluate_checkpoint`.
     """
     quant = quant or QuantConfig()
-    check_evaluation(timesteps, readout, "torch", double, memory)
+    check_evaluation(timesteps, readout, "torch", double, memory, energy=energy, examples=examples)
     with writing_dir(out_dir, writes=PIPELINE_FILES, inputs=(checkpoint,)) as out:   # two runs never share one
         started = time.perf_counter()
         log = main_only(log)
@@ -57,20 +61,25 @@ def run_pipeline(checkpoint: str | Path, out_dir: str | Path, data: DataOptions,
         log(f"      FP {100 * q['fp_accuracy']:.2f}%  QANN {100 * q['qann_accuracy']:.2f}% on the test set "
             f"(epoch {q['best_epoch']}, {chosen})  ({q['seconds']:.0f} s)")
         report = _convert_and_evaluate(out, data, timesteps, model=model, device=device, double=double,
-                                       readout=readout, memory=memory, log=log)
+                                       readout=readout, memory=memory, log=log,
+                                       report_options={"energy": energy, "examples": examples, "page": page})
         report["pipeline_seconds"] = round(time.perf_counter() - started, 1)
         report["quantize"] = q
         if is_main_process():
             report["files"] = {k: str(v) for k, v in write_report(report, out).items()}
+            if page:
+                report["files"]["html"] = str(write_page(out))
         return report
 
 
 def _convert_and_evaluate(out: Path, data: DataOptions, timesteps: int, *, model: str | None, device: str,
-                          double: bool, readout: str, memory: str | int | None, log: Log) -> dict[str, Any]:
+                          double: bool, readout: str, memory: str | int | None, log: Log,
+                          report_options: dict[str, Any]) -> dict[str, Any]:
     """Stages 2 and 3 on the folder's new ``qann.pt``; an earlier run's SNN and curve are removed first."""
     snn_path = out / "snn.pt"
     if is_main_process():   # an earlier run's SNN and curve no longer match the new qann.pt: never leave them beside it
-        for stale in (snn_path, metrics_path(snn_path), *(out / name for name in report_files())):
+        for stale in (snn_path, metrics_path(snn_path), *(out / name for name in (*report_files(), *FIGURE_FILES,
+                                                                                   REPORT_PAGE))):
             stale.unlink(missing_ok=True)
     stage = "2 (convert)"
     try:
@@ -84,7 +93,7 @@ def _convert_and_evaluate(out: Path, data: DataOptions, timesteps: int, *, model
         stage = "3 (evaluate)"
         log(f"[3/3] evaluate: T = {timesteps}")
         return evaluate_checkpoint(snn_path, data, timesteps, device=device, double=double, readout=readout,
-                                   model=model, memory=memory)
+                                   model=model, memory=memory, **report_options)
     except KeyboardInterrupt:
         done = f"{out / 'qann.pt'} is this run's" + (f", and so is {snn_path}" if snn_path.exists() else "")
         then = (f"qffs evaluate {snn_path} -T {timesteps} --out-dir {out}" if snn_path.exists()

@@ -15,6 +15,7 @@ The engine owns the clock and the state; the monitor only observes the events it
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +27,9 @@ from qffs.snn.neuron import SpikingNeuron
 from qffs.snn.readout import output_readout
 from qffs.snn.spiking import Clock, Events, SpikingModule, State
 from qffs.snn.surrogate import Surrogate
+
+#: ``observer(t, states)``: every site's state after step t (0-based; rows still simulated only).
+Observer = Callable[[int, list[State]], None]
 
 #: The forms, and the method of each spiking module that each one calls.
 FORMS = {"step": "step", "layer": "scan", "functional": "transition"}
@@ -126,14 +130,13 @@ class Engine:
                 monitor.observe(site.target, ev, rows)
 
     def run_steps(self, x: torch.Tensor, timesteps: int, until_quiet: bool, drop_quiet: bool,
-                  monitor: Monitor | None, functional: bool = False,
-                  surrogate: Surrogate | None = None,
-                  exit_rule: ConfidenceRule | None = None) -> Run:
+                  monitor: Monitor | None, functional: bool = False, surrogate: Surrogate | None = None,
+                  exit_rule: ConfidenceRule | None = None, observer: Observer | None = None) -> Run:
         """Per step (``functional``: without mutation, nothing dropped). A sample quiet at a step
         t ≥ T_in − 1 can never spike again and its readout is final, so (``drop_quiet``) it leaves
         every state; once none is left, the remaining rows repeat the last. With ``exit_rule``
         (and ``drop_quiet``) a sample whose readout the rule finds confident leaves too, its
-        answer frozen from that step (``Run.exits``)."""
+        answer frozen from that step (``Run.exits``). ``observer`` sees the states after each step."""
         form = self.form("functional" if functional else "step")
         clock = self.clock(timesteps, monitor is not None, surrogate)
         batch, device = x.shape[0], x.device
@@ -157,6 +160,8 @@ class Engine:
             run.rows.append(int(alive.numel()))
             out, new, events = form(inputs if t < self.input_window else silent[: alive.numel()], states, clock.at(t))
             states = list(new)
+            if observer is not None:
+                observer(t, states)
             if functional:
                 events = tuple(s.module.per_row(e, clock.measure) for s, e in zip(self.sites, events))
             if self.output is not None:
