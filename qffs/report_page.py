@@ -36,11 +36,16 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _numeric(value: Any) -> bool:
+    """Whether a cell is a number (right-aligned): 12, 0.345, 3,268,943, +0.09, 92.1%."""
+    text = str(value).replace(",", "").replace(".", "").replace("%", "").lstrip("+-−")
+    return isinstance(value, (int, float)) or text.isdigit()
+
+
 def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f'<td class="n">{_e(v)}</td>' if isinstance(v, (int, float)) or
-                                    str(v).replace(".", "").replace("%", "").lstrip("+-").isdigit()
-                                    else f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f'<td class="n">{_e(v)}</td>' if _numeric(v) else f"<td>{_e(v)}</td>"
+                                    for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -78,10 +83,15 @@ def _layer_section(report: dict[str, Any], images: str) -> str:
                     table, images)
 
 
+def _count(x: float) -> str:
+    """A count or energy for a table: thousands separated from 100 up, three significant digits below."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def _energy_section(report: dict[str, Any], images: str) -> str:
     e = report["energy"]
-    rows = [[r["name"], r["macs"], f"{r['synops_per_sample']:.4g}", f"{r['input_events_per_sample']:.4g}",
-             f"{r['synops_per_sample'] * e['e_ac_pj'] / 1e3:.4g}", f"{r['macs'] * e['e_mac_pj'] / 1e3:.4g}"]
+    rows = [[r["name"], _count(r["macs"]), _count(r["synops_per_sample"]), _count(r["input_events_per_sample"]),
+             _count(r["synops_per_sample"] * e["e_ac_pj"] / 1e3), _count(r["macs"] * e["e_mac_pj"] / 1e3)]
             for r in report["synapses"]]
     note = (f'<p class="note">SNN = SOPs × E_AC, ANN = MACs × E_MAC with E_AC = {e["e_ac_pj"]:g} pJ, E_MAC = '
             f'{e["e_mac_pj"]:g} pJ per operation (presets from Horowitz, ISSCC 2014, 45 nm: docs/cli.md). Per sample: '

@@ -76,9 +76,8 @@ def plot_energy(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_xlabel("energy per sample (nJ, log scale)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    title(ax, f"energy per layer: SNN {energy['snn_pj'] / 1e6:.3g} µJ vs ANN {energy['ann_pj'] / 1e6:.3g} µJ per "
-              f"sample (ratio {energy['ratio']:.3g}); E_AC {e_ac:g} pJ, E_MAC {e_mac:g} pJ; "
-              f"{report['samples']:,} test images")
+    title(ax, f"energy per sample: SNN {energy['snn_pj'] / 1e6:.3g} µJ, ANN {energy['ann_pj'] / 1e6:.3g} µJ "
+              f"(ratio {energy['ratio']:.3g}); {report['samples']:,} test images")
     return save(fig, path)
 
 

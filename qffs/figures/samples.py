@@ -61,7 +61,8 @@ def plot_per_class(report: dict[str, Any], path: str | Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     lossless = "the latency to lossless" if report.get("latency_to_lossless") else "T (never lossless)"
-    title(ax, f"accuracy per class at t={t}, {lossless}; {min(samples):,}–{max(samples):,} test images per class")
+    counts = f"{min(samples):,}" if min(samples) == max(samples) else f"{min(samples):,}–{max(samples):,}"
+    title(ax, f"accuracy per class at t={t}, {lossless}; {counts} test images per class")
     return save(fig, path)
 
 
@@ -108,6 +109,7 @@ def plot_examples(report: dict[str, Any], path: str | Path) -> Path:
         if example.get("output_threshold") is not None:
             right.axhline(example["output_threshold"], ls="--", color="grey", lw=0.8, label="threshold θ")
         right.set_xlabel("time step t")
+        right.xaxis.get_major_locator().set_params(integer=True)
         right.set_ylabel(f"output {example['output_kind']}")
         right.grid(alpha=0.3)
         right.legend(fontsize=7)
