@@ -1,8 +1,9 @@
 """Export (issue 13): onnxruntime computes what torch computes, NIR round-trips the parameters.
 
-- QANN → ONNX (QCDQ): onnxruntime's output equals ``qann(x)`` exactly (the same levels), on the
-  shipped network over 1,000 test images and on random graphs with residual adds, concatenation
-  and max pooling; the files pass ``onnx.checker``; the batch size is free.
+- QANN → ONNX: in float form (the default) onnxruntime's *default* session and ``onnx.reference``
+  give exactly ``qann(x)`` (the same levels), in QCDQ form onnxruntime with its QDQ rewrites off
+  does; on the shipped network over 1,000 test images and on random graphs with residual adds,
+  concatenation and max pooling; the files pass ``onnx.checker``; the batch size is free.
 - SNN → ONNX unrolled over T: the readout equals ``snn(x, timesteps=T)`` to float32 rounding with
   the same prediction at every step.
 - ``qffs evaluate --backend onnxruntime`` reports the torch runtime's curve on the same images.
@@ -44,20 +45,44 @@ def _run(path, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session(path).run(None, {"x": x.numpy()})[0])
 
 
-def test_the_qann_exports_as_qcdq_and_onnxruntime_gives_its_levels_exactly(shipped, tmp_path):
-    qann, _, x = shipped
-    path = qann_to_onnx(qann, tmp_path / "qann.onnx", x)
+def _ops(path) -> list[str]:
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) <= 21
-    ops = [n.op_type for n in model.graph.node]
+    return [n.op_type for n in model.graph.node]
+
+
+def test_the_qann_in_float_form_gives_its_levels_in_any_onnx_runtime(shipped, tmp_path):
+    """What a deployment that knows nothing of qffs computes: onnxruntime's default session (its
+    QDQ rewrites on) and the ONNX reference implementation, without any option."""
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    qann, _, x = shipped
+    path = qann_to_onnx(qann, tmp_path / "qann.onnx", x)
+    ops = _ops(path)
+    assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
+    assert ops.count("Round") == ops.count("Div") == len(quantizers(qann))
+    with torch.no_grad():
+        ref = qann(x)
+    plain = ort.InferenceSession(str(path))
+    assert torch.equal(torch.from_numpy(plain.run(None, {"x": x.numpy()})[0]), ref)   # 1,000 images, every logit
+    assert torch.equal(torch.from_numpy(plain.run(None, {"x": x[:7].numpy()})[0]), ref[:7])   # any batch size
+    reference = ReferenceEvaluator(str(path)).run(None, {"x": x[:48].numpy()})[0]     # numpy: ~0.05 s an image
+    assert torch.equal(torch.from_numpy(reference), ref[:48])
+    assert read_metadata(path)["kind"] == "qann" and read_metadata(path)["qann_form"] == "float"
+
+
+def test_the_qann_in_qcdq_form_gives_its_levels_with_the_qdq_rewrites_off(shipped, tmp_path):
+    qann, _, x = shipped
+    path = qann_to_onnx(qann, tmp_path / "qann.onnx", x, form="qcdq")
+    ops = _ops(path)
     assert ops.count("QuantizeLinear") == ops.count("Clip") == ops.count("DequantizeLinear") == len(quantizers(qann))
     with torch.no_grad():
         ref = qann(x)
-    got = _run(path, x)
-    assert torch.equal(got, ref)                           # 1,000 images, every logit the same level
-    assert torch.equal(_run(path, x[:7]), ref[:7])         # any batch size
-    assert read_metadata(path)["kind"] == "qann"
+    assert torch.equal(_run(path, x), ref)                           # 1,000 images, every logit the same level
+    assert torch.equal(_run(path, x[:7]), ref[:7])                   # any batch size
+    assert read_metadata(path)["qann_form"] == "qcdq"
 
 
 def test_the_snn_unrolled_over_t_gives_the_runtime_readout_on_1000_images(shipped, tmp_path):
@@ -78,9 +103,10 @@ def test_a_random_graph_with_residual_concat_and_pooling_exports_exactly(tmp_pat
                     hidden=5, head_bn=True, bits=2, output_bits=3, seed=7)
     qann, x = build_qann(genome, dtype=torch.float32)
     x = torch.randn(33, *x.shape[1:]) * 1.5
-    path = qann_to_onnx(qann, tmp_path / "qann.onnx", x)
-    with torch.no_grad():
-        assert torch.equal(_run(path, x), qann(x))
+    for form in ("float", "qcdq"):
+        path = qann_to_onnx(qann, tmp_path / f"qann_{form}.onnx", x, form=form)
+        with torch.no_grad():
+            assert torch.equal(_run(path, x), qann(x)), form
     snn = convert(qann)
     path = snn_to_onnx(snn, tmp_path / "snn.onnx", x, 5, diagnostics=True)
     runner = OnnxSpikingNetwork(path)
@@ -146,7 +172,12 @@ def test_qffs_export_writes_and_checks_each_format(cli, artifacts, tmp_path):
     check = json.loads((tmp_path / "snn.onnx.json").read_text())     # what qffs report shows beside the file
     assert check["check"]["differing_values"] == 0 and check["timesteps"] == 3 and check["environment"]["command"]
     result = cli("export", artifacts / "qann.pt", "--out", tmp_path / "qann.onnx")
-    assert result.returncode == 0 and "QANN (QCDQ)" in result.stdout and "0 of 40 values differ" in result.stdout
+    assert result.returncode == 0 and "QANN (quantizers as float)" in result.stdout, result.stderr
+    assert "0 of 40 values differ" in result.stdout and "default session); onnx.reference: 0 differ" in result.stdout
+    check = json.loads((tmp_path / "qann.onnx.json").read_text())
+    assert check["check"]["reference"]["differing_values"] == 0 and check["check"]["session"] == "onnxruntime defaults"
+    result = cli("export", artifacts / "qann.pt", "--out", tmp_path / "qcdq.onnx", "--qann-form", "qcdq")
+    assert result.returncode == 0 and "QANN (quantizers as qcdq)" in result.stdout and "0 of 40" in result.stdout
     result = cli("export", artifacts / "snn.pt", "--out", tmp_path / "step.onnx", "--single-step", "-T", "3")
     assert result.returncode == 0, result.stderr
     assert "streamed over 3 steps" in result.stdout and "0 of 120 values differ" in result.stdout
@@ -164,6 +195,8 @@ def test_qffs_export_writes_and_checks_each_format(cli, artifacts, tmp_path):
     (("snn.pt", "--to", "tflite", "--out", "{tmp}/s.onnx"), "--to must be one of"),
     (("snn.pt", "--out", "{tmp}/s.onnx", "-T", "0"), "--timesteps must be"),
     (("snn.pt", "--out", "{tmp}/s.onnx", "--input-shape", "1,x"), "--input-shape expects"),
+    (("snn.pt", "--out", "{tmp}/s.onnx", "--qann-form", "float"), "--qann-form writes a QANN's quantizers"),
+    (("qann.pt", "--out", "{tmp}/q.onnx", "--qann-form", "qdq"), "--qann-form must be one of float, qcdq"),
 ])
 def test_export_mistakes_are_one_line_errors(cli, artifacts, tmp_path, args, message):
     args = [a.format(tmp=tmp_path) if "{tmp}" in a else (artifacts / a if a.endswith(".pt") and "/" not in a else a)

@@ -27,7 +27,8 @@ def _shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
     "export",
     epilog=examples(
         "qffs export snn.pt --to onnx --out snn.onnx --timesteps 8   # the SNN unrolled over 8 steps",
-        "qffs export qann.pt --to onnx --out qann.onnx                # QuantizeLinear/Clip/DequantizeLinear",
+        "qffs export qann.pt --to onnx --out qann.onnx                # quantizers as Div/Round/Clip/Mul",
+        "qffs export qann.pt --to onnx --out qann.onnx --qann-form qcdq   # as QuantizeLinear/Clip/DequantizeLinear",
         "qffs export snn.pt --to onnx --out step.onnx --single-step   # one step, state in and out (streaming)",
         "qffs export snn.pt --to nir --out snn.nir                    # needs: pip install 'qffs[nir]'",
     ),
@@ -44,6 +45,11 @@ def export(
     single_step: bool = typer.Option(False, "--single-step",
                                      help="SNN to ONNX: one step with the state as inputs and outputs (streaming "
                                           "runtimes), instead of T steps unrolled."),
+    qann_form: Optional[str] = typer.Option(None, "--qann-form", metavar="float|qcdq",
+                                            help="QANN to ONNX: its quantizers as float operations (default: exact in "
+                                                 "every ONNX runtime and onnx.reference) or as QuantizeLinear/Clip/"
+                                                 "DequantizeLinear (QDQ toolchains; exact in onnxruntime only with "
+                                                 "session.disable_quant_qdq=1)."),
     model: Optional[str] = ARTIFACT_MODEL_OPTION,
 ) -> None:
     """Write an artifact as ONNX or NIR and check the file against the torch network."""
@@ -51,9 +57,10 @@ def export(
     from qffs.jobs.export import export_checkpoint
 
     summary = export_checkpoint(artifact, out, to=to, timesteps=timesteps, model=model, input_shape=_shape(input_shape),
-                                single_step=single_step, log=typer.echo)
+                                single_step=single_step, qann_form=qann_form, log=typer.echo)
     what = {"snn": "SNN, one step with its state as inputs/outputs" if single_step else
-            f"SNN unrolled over T={summary.get('timesteps')}", "qann": "QANN (QCDQ)", "fp": "FP network"}
+            f"SNN unrolled over T={summary.get('timesteps')}",
+            "qann": f"QANN (quantizers as {summary.get('qann_form')})", "fp": "FP network"}
     nir_title = "SNN (NIR graph; see docs/export.md for what a consumer must add)"
     title = what[summary["kind"]] if to == "onnx" else nir_title
     typer.echo(f"wrote {summary['path']}: {title}, {summary['bytes'] / 1e6:.1f} MB"
@@ -64,7 +71,9 @@ def export(
         typer.echo(f"check (onnxruntime{how} vs torch, {check['samples']} random inputs): {check['differing_values']} "
                    f"of "
                    f"{check['values']} values differ, max |difference| {check['max_abs_difference']:.3g}, "
-                   f"predictions {'identical' if check['same_predictions'] else 'DIFFER'}")
+                   f"predictions {'identical' if check['same_predictions'] else 'DIFFER'}"
+                   + (f" (onnxruntime's default session); onnx.reference: {check['reference']['differing_values']} "
+                      f"differ" if "reference" in check else ""))
     else:
         typer.echo(f"check (nir.read): {check['nodes']} nodes, weights and thresholds "
                    f"{'equal' if check['equal'] else 'DIFFER'}")

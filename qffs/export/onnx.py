@@ -1,8 +1,11 @@
 """ONNX export: the QANN as a standard QCDQ graph, the SNN unrolled over T steps.
 
-- A QANN's activation quantizers become ``QuantizeLinear → Clip → DequantizeLinear`` (uint8
-  container, zero point 0, scale = s, Clip to [0, Q]: the QCDQ form other QAT exporters write),
-  so any ONNX runtime computes the same levels as ``qann(x)``. An FP model exports as it is.
+- A QANN's activation quantizers become, by default, ``Div(s) → Round → Clip(0, Q) → Mul(s)``
+  (form ``"float"``: plain float operations, so every ONNX runtime at every optimisation level,
+  and ``onnx.reference``, computes the levels of ``qann(x)``), or ``QuantizeLinear → Clip →
+  DequantizeLinear`` (form ``"qcdq"``: uint8 container, zero point 0, scale = s, the form QDQ
+  toolchains read; onnxruntime computes it exactly only with its QDQ rewrites off,
+  :data:`qffs.export.runtime.EXACT_SESSION_CONFIG`). An FP model exports as it is.
 - An SNN exports as :class:`~qffs.export.unrolled.UnrolledSNN` traced once: input ``x``, output
   ``readout`` ``[T, B, ...]`` (the contract of ``snn(x, timesteps=T)``), membranes and counts as
   tensors between steps, input and bias gating as per-step constants.
@@ -34,6 +37,8 @@ from qffs.snn.network import SpikingNetwork, check_timesteps
 #: exporter's native opset, so no version conversion runs.
 OPSET = 18
 METADATA_KEY = "qffs"
+#: How a QANN's activation quantizers are written (module docstring); the first is the default.
+QANN_FORMS = ("float", "qcdq")
 
 
 @torch.library.custom_op("qffs::qcdq", mutates_args=())
@@ -48,13 +53,33 @@ def _(x: torch.Tensor, scale: torch.Tensor, levels: int) -> torch.Tensor:
 
 
 def _qcdq_onnx(x, scale, levels: int):
-    """The ONNX form of :func:`_qcdq`: QuantizeLinear (round half to even, as torch) → Clip → Dequantize."""
+    """:func:`_qcdq` as QDQ: QuantizeLinear (round half to even, as torch) → Clip → DequantizeLinear."""
     import onnx  # onnx and onnxscript load only when a file is exported (seconds of start-up otherwise)
     from onnxscript import opset18 as op
 
     zero = op.Constant(value=onnx.helper.make_tensor("zero_point", onnx.TensorProto.UINT8, [], [0]))
     top = op.Constant(value=onnx.helper.make_tensor("levels", onnx.TensorProto.UINT8, [], [levels]))
     return op.DequantizeLinear(op.Clip(op.QuantizeLinear(x, scale, zero), zero, top), scale, zero)
+
+
+def _float_onnx(x, scale, levels: int):
+    """:func:`_qcdq` as the float operations torch runs, in its order: Div → Round (half to even) → Clip → Mul."""
+    import onnx  # as above
+    from onnxscript import opset18 as op
+
+    zero = op.Constant(value=onnx.helper.make_tensor("zero", onnx.TensorProto.FLOAT, [], [0.0]))
+    top = op.Constant(value=onnx.helper.make_tensor("levels", onnx.TensorProto.FLOAT, [], [float(levels)]))
+    return op.Mul(op.Clip(op.Round(op.Div(x, scale)), zero, top), scale)
+
+
+_QUANTIZER_ONNX = {"float": _float_onnx, "qcdq": _qcdq_onnx}
+
+
+def check_qann_form(form: str) -> str:
+    """``form`` if it is one of :data:`QANN_FORMS`, else a one-line error naming them."""
+    if form not in QANN_FORMS:
+        raise QffsError(f"--qann-form must be one of {', '.join(QANN_FORMS)}, got {form!r}")
+    return form
 
 
 class QCDQActivation(nn.Module):
@@ -91,10 +116,10 @@ def _first_line(err: BaseException) -> str:
 
 def _export(module: nn.Module, example: torch.Tensor | tuple, path: Path, output_names: list[str],
             metadata: dict[str, Any], opset: int, optimize: bool = True, input_names: list[str] | None = None,
-            dynamic: tuple | None = None) -> Path:
+            dynamic: tuple | None = None, qann_form: str = QANN_FORMS[0]) -> Path:
     """Trace ``module`` on ``example`` (one tensor whose first dimension, the batch, is dynamic; or
     a tuple of inputs with their ``dynamic`` shapes, torch.export's form) and write a checked ONNX
-    file atomically."""
+    file atomically; quantizers in the form ``qann_form``."""
     import onnx  # as above
 
     inputs = example if isinstance(example, tuple) else (example,)
@@ -109,7 +134,7 @@ def _export(module: nn.Module, example: torch.Tensor | tuple, path: Path, output
             program = torch.onnx.export(
                 module, inputs, dynamo=True, opset_version=opset, input_names=input_names or ["x"],
                 output_names=output_names, dynamic_shapes=dynamic,
-                custom_translation_table={torch.ops.qffs.qcdq.default: _qcdq_onnx},
+                custom_translation_table={torch.ops.qffs.qcdq.default: _QUANTIZER_ONNX[qann_form]},
                 optimize=optimize, verbose=False, report=False)
     except Exception as err:  # the exporter raises many types; the first line names the op
         raise QffsError(f"ONNX export failed: {_first_line(err)} (if the network writes its batch size into a "
@@ -134,16 +159,18 @@ def _example(example: torch.Tensor) -> torch.Tensor:
 
 
 def qann_to_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *, opset: int = OPSET,
-                 metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (a QANN, or an FP network) as ONNX; its quantizers as QCDQ (float32).
+                 metadata: dict[str, Any] | None = None, form: str = QANN_FORMS[0]) -> Path:
+    """Write ``model`` (a QANN, or an FP network) as ONNX (float32), its quantizers in ``form``
+    (:data:`QANN_FORMS`, module docstring).
 
-    ``example``: an input batch (only its shape is used). onnxruntime's output equals
-    ``model(x)``: the same levels, as QuantizeLinear rounds half to even like torch.
+    ``example``: an input batch (only its shape is used). The output equals ``model(x)``: the same
+    levels, as Round and QuantizeLinear round half to even like torch.
     """
     module = _replace_quantizers(model)
     kind = "qann" if any(isinstance(m, QCDQActivation) for m in module.modules()) else "fp"
     return _export(module, _example(example), Path(path), ["logits"],
-                   {"kind": kind, "opset": opset, **(metadata or {})}, opset)
+                   {"kind": kind, "opset": opset, **({"qann_form": check_qann_form(form)} if kind == "qann" else {}),
+                    **(metadata or {})}, opset, qann_form=form)
 
 
 def _fanouts(snn: SpikingNetwork, example: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -247,4 +274,5 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return {}
 
 
-__all__ = ["OPSET", "QCDQActivation", "qann_to_onnx", "read_metadata", "snn_step_to_onnx", "snn_to_onnx", "to_onnx"]
+__all__ = ["OPSET", "QANN_FORMS", "QCDQActivation", "check_qann_form", "qann_to_onnx", "read_metadata",
+           "snn_step_to_onnx", "snn_to_onnx", "to_onnx"]

@@ -30,13 +30,14 @@ from qffs.snn.readout import READOUTS, check_readout, output_readout
 EXACT_SESSION_CONFIG = {"session.disable_quant_qdq": "1"}
 
 
-def session(path: str | Path, device: str | torch.device = "cpu"):
-    """An onnxruntime session for ``path`` that computes what torch computes (:data:`EXACT_SESSION_CONFIG`)."""
+def session(path: str | Path, device: str | torch.device = "cpu", *, qdq_rewrites: bool = False):
+    """An onnxruntime session for ``path`` that computes what torch computes (:data:`EXACT_SESSION_CONFIG`);
+    ``qdq_rewrites=True``: onnxruntime's defaults, as a deployment that knows nothing of qffs runs the file."""
     import onnxruntime as ort  # loads only for an export check or the onnxruntime backend (start-up time)
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()   # torchrun: 1 per process, as torch's (no oversubscription)
-    for key, value in EXACT_SESSION_CONFIG.items():
+    for key, value in ({} if qdq_rewrites else EXACT_SESSION_CONFIG).items():
         options.add_session_config_entry(key, value)
     device = torch.device(device)
     providers = ["CPUExecutionProvider"]

@@ -18,7 +18,7 @@ import torch
 from qffs.artifacts import load_network, sample_input_shape
 from qffs.errors import QffsError
 from qffs.export.nir import check_nir, to_nir
-from qffs.export.onnx import OPSET, read_metadata, snn_step_to_onnx, to_onnx
+from qffs.export.onnx import OPSET, QANN_FORMS, check_qann_form, read_metadata, snn_step_to_onnx, to_onnx
 from qffs.export.runtime import session
 from qffs.export.unrolled import SingleStepSNN
 from qffs.files import atomic_path
@@ -61,12 +61,21 @@ def _takes(network: torch.nn.Module, example: torch.Tensor, kind: str, given: bo
         raise QffsError(f"the network does not take {what}: {str(exc).splitlines()[0]}") from None
 
 
-def _check_onnx(network: torch.nn.Module, path: Path, example: torch.Tensor, timesteps: int | None) -> dict[str, Any]:
-    """onnxruntime against torch on ``example``: differing values, max |difference|, predictions."""
-    got = torch.from_numpy(session(path).run(None, {"x": example.numpy()})[0])
+def _check_onnx(network: torch.nn.Module, path: Path, example: torch.Tensor, timesteps: int | None,
+                qann_form: str | None = None) -> dict[str, Any]:
+    """onnxruntime against torch on ``example``: differing values, max |difference|, predictions.
+    A QANN in float form is run in onnxruntime's default session (QDQ rewrites on, as any deployment
+    runs it) and by ``onnx.reference`` as well (``"reference"``)."""
     with torch.no_grad():
         ref = network(example, timesteps=timesteps) if timesteps else network(example)
-    return _compare(got, ref)
+    default = qann_form == "float"
+    check = _compare(torch.from_numpy(session(path, qdq_rewrites=default).run(None, {"x": example.numpy()})[0]), ref)
+    if default:
+        from onnx.reference import ReferenceEvaluator  # deferred: onnx loads only for an export (start-up time)
+
+        outputs = cast(list, ReferenceEvaluator(str(path)).run(None, {"x": example.numpy()}))
+        check.update(session="onnxruntime defaults", reference=_compare(torch.from_numpy(outputs[0]), ref))
+    return check
 
 
 def _compare(got: torch.Tensor, ref: torch.Tensor) -> dict[str, Any]:
@@ -92,22 +101,25 @@ def _check_stream(snn, path: Path, example: torch.Tensor, timesteps: int) -> dic
 
 def export_checkpoint(path: str | Path, out: str | Path, *, to: str = "onnx", timesteps: int | None = None,
                       model: str | None = None, input_shape: tuple[int, ...] | None = None,
-                      single_step: bool = False, log=print) -> dict[str, Any]:
+                      single_step: bool = False, qann_form: str | None = None, log=print) -> dict[str, Any]:
     """Export the artifact at ``path`` to ``out`` and check the file; returns what was written.
 
-    ONNX: an SNN unrolled over ``timesteps`` (default :data:`DEFAULT_TIMESTEPS`), a QANN in
-    QCDQ form, an FP network as it is. NIR: SNNs only. The summary is also written beside the
+    ONNX: an SNN unrolled over ``timesteps`` (default :data:`DEFAULT_TIMESTEPS`), a QANN with its
+    quantizers in ``qann_form`` (:data:`~qffs.export.onnx.QANN_FORMS`, default float), an FP
+    network as it is. NIR: SNNs only. The summary is also written beside the
     file (:func:`check_path`), where ``qffs report`` finds it.
     """
     if to not in FORMATS:
         raise QffsError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
+    if qann_form is not None:
+        check_qann_form(qann_form)
     suffix = {"onnx": ".onnx", "nir": ".nir"}[to]
     if Path(out).resolve() == Path(path).resolve():
         raise QffsError(f"--out {out} would overwrite the input")
     # two exports to one file: the second is refused, not silently overwritten
     with writing(out, path, suffixes=(suffix,), writes=(Path(out), check_path(out))) as out:
         summary = _export(path, out, to=to, timesteps=timesteps, model=model, input_shape=input_shape,
-                          single_step=single_step, log=log)
+                          single_step=single_step, qann_form=qann_form, log=log)
         with atomic_path(check_path(out)) as tmp:     # what qffs report shows as the export check
             tmp.write_text(json.dumps({**summary, "environment": environment()}, indent=2))
         return summary
@@ -119,7 +131,7 @@ def check_path(out: str | Path) -> Path:
 
 
 def _export(path: str | Path, out: Path, *, to: str, timesteps: int | None, model: str | None,
-            input_shape: tuple[int, ...] | None, single_step: bool, log) -> dict[str, Any]:
+            input_shape: tuple[int, ...] | None, single_step: bool, qann_form: str | None, log) -> dict[str, Any]:
     if timesteps is not None:
         timesteps = check_timesteps(timesteps, "--timesteps")
     network, kind, meta = load_network(path, model)
@@ -129,6 +141,8 @@ def _export(path: str | Path, out: Path, *, to: str, timesteps: int | None, mode
         raise QffsError(f"{path} is a {kind} checkpoint and {what}: convert it first (qffs convert)")
     if single_step and to != "onnx":
         raise QffsError("--single-step is an ONNX form (--to onnx)")
+    if qann_form is not None and kind != "qann":
+        raise QffsError(f"--qann-form writes a QANN's quantizers; {path} is a {kind} checkpoint")
     generator = torch.Generator().manual_seed(0)
     example = torch.randn((CHECK_BATCH, *_input_shape(meta, input_shape, path)), generator=generator)
     if kind == "snn" and to == "onnx" and not single_step and (timesteps or DEFAULT_TIMESTEPS) > MAX_UNROLLED_TIMESTEPS:
@@ -153,8 +167,10 @@ def _export(path: str | Path, out: Path, *, to: str, timesteps: int | None, mode
         else:
             if kind == "snn":
                 log(f"tracing the SNN over {timesteps} steps (seconds to minutes: the graph holds every step) ...")
-            to_onnx(network, out, example, timesteps=timesteps, metadata=provenance)
-            summary.update(opset=OPSET, timesteps=timesteps, check=_check_onnx(network, out, example, timesteps))
+            form = (qann_form or QANN_FORMS[0]) if kind == "qann" else None
+            to_onnx(network, out, example, timesteps=timesteps, metadata=provenance, **({"form": form} if form else {}))
+            summary.update(opset=OPSET, timesteps=timesteps, **({"qann_form": form} if form else {}),
+                           check=_check_onnx(network, out, example, timesteps, form))
     summary["bytes"] = out.stat().st_size
     return summary
 
