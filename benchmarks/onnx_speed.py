@@ -7,7 +7,8 @@
 On the same images, batches of ``--batch-size``, interleaved over ``--rounds`` rounds (minimum
 taken): the FP network and the QANN in torch and in onnxruntime, the SNN at T in torch (the
 per-step runtime, statistics off) and as the exported graph unrolled over T, with and without
-the diagnostic outputs a report needs (``qffs evaluate --backend onnxruntime`` runs the latter).
+the diagnostic outputs a report needs (``qffs evaluate --backend onnxruntime`` runs the latter);
+the QANN in both export forms (float operations, the default, and QCDQ).
 Prints images per second and each time as a multiple of the torch ANN forward; also how long
 each export took. The QANN is calibrated on 4 training batches (2-bit hidden / 3-bit output).
 """
@@ -46,12 +47,14 @@ def main(argv: list[str] | None = None) -> dict:
     exports = {}
     for name, write in (("fp", lambda p: qann_to_onnx(fp, p, batches[0])),
                         ("qann", lambda p: qann_to_onnx(qann, p, batches[0])),
+                        ("qann qcdq", lambda p: qann_to_onnx(qann, p, batches[0], form="qcdq")),
                         ("snn", lambda p: snn_to_onnx(snn, p, batches[0], T)),
                         ("snn diagnostics", lambda p: snn_to_onnx(snn, p, batches[0], T, diagnostics=True))):
         started = time.perf_counter()
         write(folder / f"{name.replace(' ', '_')}.onnx")
         exports[name] = time.perf_counter() - started
-    sessions = {name: session(folder / f"{name}.onnx") for name in ("fp", "qann", "snn")}
+    sessions = {name: session(folder / f"{name.replace(' ', '_')}.onnx")
+                for name in ("fp", "qann", "qann qcdq", "snn")}
     diagnostics = OnnxSpikingNetwork(folder / "snn_diagnostics.onnx")
 
     def ort(name):
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     runs = {"torch ANN": lambda x: fp(x), "onnxruntime ANN": ort("fp"),
             "torch QANN": lambda x: qann(x), "onnxruntime QANN": ort("qann"),
+            "onnxruntime QANN (QCDQ)": ort("qann qcdq"),
             f"torch SNN T={T}": lambda x: snn.simulate(x, T, record=False),
             f"onnxruntime SNN T={T}": ort("snn"),
             f"onnxruntime SNN T={T} + diagnostics": lambda x: diagnostics.run(x)}
