@@ -1,4 +1,4 @@
-"""ONNX export: the QANN as a standard QCDQ graph, the SNN unrolled over T steps.
+"""ONNX export: the QANN with its quantizers as float operations or QCDQ, the SNN unrolled over T steps.
 
 - A QANN's activation quantizers become, by default, ``Div(s) → Round → Clip(0, Q) → Mul(s)``
   (form ``"float"``: plain float operations, so every ONNX runtime at every optimisation level,
@@ -166,10 +166,11 @@ def qann_to_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *, o
     ``example``: an input batch (only its shape is used). The output equals ``model(x)``: the same
     levels, as Round and QuantizeLinear round half to even like torch.
     """
+    check_qann_form(form)
     module = _replace_quantizers(model)
     kind = "qann" if any(isinstance(m, QCDQActivation) for m in module.modules()) else "fp"
     return _export(module, _example(example), Path(path), ["logits"],
-                   {"kind": kind, "opset": opset, **({"qann_form": check_qann_form(form)} if kind == "qann" else {}),
+                   {"kind": kind, "opset": opset, **({"qann_form": form} if kind == "qann" else {}),
                     **(metadata or {})}, opset, qann_form=form)
 
 

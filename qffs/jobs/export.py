@@ -167,10 +167,10 @@ def _export(path: str | Path, out: Path, *, to: str, timesteps: int | None, mode
         else:
             if kind == "snn":
                 log(f"tracing the SNN over {timesteps} steps (seconds to minutes: the graph holds every step) ...")
-            form = (qann_form or QANN_FORMS[0]) if kind == "qann" else None
-            to_onnx(network, out, example, timesteps=timesteps, metadata=provenance, **({"form": form} if form else {}))
-            summary.update(opset=OPSET, timesteps=timesteps, **({"qann_form": form} if form else {}),
-                           check=_check_onnx(network, out, example, timesteps, form))
+            form = {"form": qann_form or QANN_FORMS[0]} if kind == "qann" else {}
+            to_onnx(network, out, example, timesteps=timesteps, metadata=provenance, **form)
+            summary.update(opset=OPSET, timesteps=timesteps, **{f"qann_{k}": v for k, v in form.items()},
+                           check=_check_onnx(network, out, example, timesteps, form.get("form")))
     summary["bytes"] = out.stat().st_size
     return summary
 
