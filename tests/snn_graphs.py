@@ -150,12 +150,13 @@ class RandomNet(nn.Module):
         return self.head(self.features(x))
 
 
-def build_qann(g: Genome, dtype=torch.float64) -> tuple[torch.fx.GraphModule, torch.Tensor]:
-    """(calibrated QANN in eval mode, a batch of 2 inputs), both in ``dtype``."""
+def build_qann(g: Genome, dtype=torch.float64, weights=None) -> tuple[torch.fx.GraphModule, torch.Tensor]:
+    """(calibrated QANN in eval mode, a batch of 2 inputs), both in ``dtype``; ``weights``: a
+    :class:`~qffs.quant.weight_graph.WeightSpec` to quantize the weights too."""
     torch.manual_seed(g.seed)
     model = RandomNet(g).eval()
     x = torch.randn(2, g.in_channels, g.size, g.size) * 1.5
-    qann = quantize(model, bits=g.bits, output_bits=g.output_bits).eval()
+    qann = quantize(model, bits=g.bits, output_bits=g.output_bits, weights=weights).eval()
     calibrate(qann, [x], method="lsq")
     gen = torch.Generator().manual_seed(g.seed)
     with torch.no_grad():

@@ -35,6 +35,7 @@ def recipe_option(setting: str, text: str, *flags: str, **kwargs: Any) -> Any:
         "qffs quantize fp.pt --out q.pt --epochs 3                 # a shorter run of the default recipe",
         "qffs quantize fp.pt --out q.pt --recipe paper              # QFFS's own: 40 epochs, batch 32, exp decay",
         "qffs quantize fp.pt --out q.pt --bit-schedule 4,3,2        # progressive precision",
+        "qffs quantize fp.pt --out q4.pt --weight-bits 4            # 4-bit weights (first/last layer 8-bit)",
         "qffs quantize fp.pt --out qann_analog.pt --output-bits 0  # analog (float) output",
         "qffs quantize resnet20.th --model resnet20 --dataset cifar10-jpeg --epochs 1 --limit 5000 --out r20q.pt",
         "qffs quantize ckpt.pth --model repo/resnet.py:resnet20 --dataset cifar10-jpeg \\",
@@ -85,6 +86,17 @@ def quantize(
         "bn_reestimate", "After QAT, recompute BatchNorm statistics over training batches with the quantizers in "
         "place; kept only if the validation accuracy rises.", "--bn-reestimate/--no-bn-reestimate"),
     calibration: str = typer.Option("mse", help="Step-size initialisation: mse or lsq (2*mean|x|/sqrt(Q))."),
+    weight_bits: Optional[int] = typer.Option(None, "--weight-bits", help="Quantize the conv/linear weights to B bits "
+                                              "(1: ±1, B >= 2: -(2^(B-1)-1)..2^(B-1)-1 times a scale), BatchNorm "
+                                              "folded first. Default: float weights, as in the paper."),
+    weight_quantizer: str = typer.Option("lsq", "--weight-quantizer", help="lsq (learned step, straight-through) or "
+                                         "sigmoid (sigmoid-sum, soft while training, exact steps at inference)."),
+    per_channel: bool = typer.Option(False, "--per-channel", help="One weight scale per output channel (default: "
+                                     "one per layer)."),
+    edge_weight_bits: int = typer.Option(8, "--edge-weight-bits", help="Weight bits of the first and last layer "
+                                         "(0: --weight-bits, like the others)."),
+    temperature_rate: float = typer.Option(10.0, "--temperature-rate", help="Sigmoid-sum temperature T = rate x "
+                                           "epoch (1-based)."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N training samples."),
     test_limit: Optional[int] = typer.Option(None, help="Use only the first N test samples."),
     val_size: Optional[int] = VAL_SIZE_OPTION,
@@ -113,7 +125,9 @@ def quantize(
                     std=channel_values(std, "--std"), image_size=image_size,
                     val_size=val_size, val_seed=val_seed, select_on_test=select_on_test),
         chosen.train_config(),
-        chosen.quant_config(bits=bits, output_bits=output_bits or None, calibration=calibration, recipe=recipe),
+        chosen.quant_config(bits=bits, output_bits=output_bits or None, calibration=calibration, recipe=recipe,
+                            weight_bits=weight_bits, weight_quantizer=weight_quantizer, weight_per_channel=per_channel,
+                            edge_weight_bits=edge_weight_bits or None, temperature_rate=temperature_rate),
         model=model, device=device, resume=resume, log=typer.echo,
     )
     echo = main_only(typer.echo)   # under torchrun: one summary, from rank 0
@@ -124,7 +138,10 @@ def quantize_summary(result: dict) -> str:
     """One line: FP and QANN test accuracy, where the kept epoch was chosen, and its validation accuracy."""
     chosen = ("chosen on the TEST set" if result["selected_on"] == "test"
               else f"validation {100 * result['qann_val_accuracy']:.2f}%")
+    size = result.get("weight_size")
+    weights = (f"; weights {size['kilobytes']:,.1f} KB, {size['compression']:.1f}x smaller than float32"
+               if size else "")
     return (f"FP {100 * result['fp_accuracy']:.2f}%  QANN {100 * result['qann_accuracy']:.2f}% on the test set "
             f"(epoch {result['best_epoch']}, {chosen}; calibrated at {result['calibrated_bits']} bits "
-            f"{100 * result['calibrated_val_accuracy']:.2f}% validation; {result['seconds']:.0f} s); wrote "
+            f"{100 * result['calibrated_val_accuracy']:.2f}% validation; {result['seconds']:.0f} s{weights}); wrote "
             f"{result['checkpoint']}")

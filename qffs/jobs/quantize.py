@@ -34,6 +34,7 @@ from qffs.quant.schedule import (
     stage_bits,
     stage_epochs,
 )
+from qffs.quant.weight_graph import set_temperature, weight_size
 from qffs.resume import TrainState, resume_path
 from qffs.train import TrainConfig, config_dict, evaluate, fit, resolve_device
 from qffs.trust import authorized_spec, model_provenance, records_model_file
@@ -108,7 +109,7 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
         torch.manual_seed(data.seed)
         with status(f"loading {checkpoint}"):
             fp_model, data, prep, spec = load_fp(checkpoint, model, data)
-        qann = quantize(fp_model, bits=quant.bits, output_bits=quant.output_bits).to(dev)
+        qann = quantize(fp_model, bits=quant.bits, output_bits=quant.output_bits, weights=quant.weight_spec()).to(dev)
         for note in qann.meta.get(NOTES, []):
             log(f"note: {note}")
         check_input_channels(qann, data)
@@ -206,6 +207,7 @@ class QatRun:
                 "qann_accuracy": self.test_result.get("accuracy"), "best_epoch": best["epoch"],
                 "selected_on": self.loaders.selected_on,
                 **({"batchnorm_reestimated": self.batchnorm} if self.batchnorm else {}),
+                **({"weight_size": weight_size(self.qann)} if self.quant.weight_bits is not None else {}),
                 "seconds": self.run.seconds()}
 
     def write(self, save: bool) -> None:
@@ -223,11 +225,18 @@ class QatRun:
         self.history.append(record)
         self.write(save=bool(record.get("best")))
 
+    def epoch_start(self, epoch: int) -> None:
+        """Before ``epoch`` trains: a bit schedule's change of width, the sigmoid sums' temperature."""
+        if self.quant.bit_schedule is not None:
+            self.next_stage(epoch)
+        if self.quant.weight_bits is not None and self.quant.weight_quantizer == "sigmoid":
+            set_temperature(self.qann, self.quant.temperature(epoch))
+
     def next_stage(self, epoch: int) -> None:
         """A bit schedule's change of width, before ``epoch`` trains: steps carried over and
         re-calibrated, BatchNorm re-estimated."""
         schedule = self.quant.bit_schedule
-        assert schedule is not None   # the hook is installed for a bit schedule only
+        assert schedule is not None   # called by epoch_start for a bit schedule only
         width = stage_bits(schedule, self.cfg.epochs, epoch)
         old = hidden_bits(self.qann)
         if width == old:
@@ -247,7 +256,7 @@ class QatRun:
             teacher=self.fp_model if self.cfg.distill > 0 else None,
             baseline=self.measured["ptq"]["accuracy"] if schedule is None else -1.0,
             on_state=self.run.state_writer(self.measured),
-            on_epoch_start=None if schedule is None else self.next_stage,
+            on_epoch_start=self.epoch_start,
             keep_from=0 if schedule is None else first_final_epoch(schedule, self.cfg.epochs))
         if schedule is not None:
             set_hidden_bits(self.qann, self.quant.bits, keep_range=False)   # the kept epoch is a final-width one

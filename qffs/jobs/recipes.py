@@ -52,14 +52,15 @@ class QatRecipe:
                            freeze_bn=self.freeze_bn, no_decay_names=("step",))
 
     def quant_config(self, *, bits: int = 2, output_bits: int | None = 3, calibration: str = "mse",
-                     recipe: str | None = None) -> QuantConfig:
-        """The quantization this recipe trains: the widths given, its bit schedule and BatchNorm re-estimation."""
+                     recipe: str | None = None, **weights: Any) -> QuantConfig:
+        """The quantization this recipe trains: the widths given, its bit schedule and BatchNorm
+        re-estimation; ``weights``: the :class:`QuantConfig` weight fields (``weight_bits`` …)."""
         from qffs.artifacts import QuantConfig  # start-up time, as above
         from qffs.quant.schedule import parse_bit_schedule
 
         return QuantConfig(bits=bits, output_bits=output_bits, calibration=calibration,
                            bit_schedule=parse_bit_schedule(self.bit_schedule, bits),
-                           bn_reestimate=self.bn_reestimate, recipe=recipe)
+                           bn_reestimate=self.bn_reestimate, recipe=recipe, **weights)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -44,6 +44,7 @@ from qffs.errors import QffsError, UnsupportedGraphError
 from qffs.ops import OPS, OpTable, check_graph, describe, is_inplace, is_relu_site, owner_path
 from qffs.quant.lsq import LSQActivation, check_bits
 from qffs.quant.tracing import trace
+from qffs.quant.weight_graph import WeightSpec, add_weight_quantizers
 
 __all__ = [
     "NOTES",
@@ -219,6 +220,7 @@ def quantize(
     *,
     concrete_args: dict[str, Any] | None = None,
     ops: OpTable = OPS,
+    weights: WeightSpec | None = None,
 ) -> fx.GraphModule:
     """Turn a float model into a QANN: every ReLU call site → ``LSQActivation(bits)``.
 
@@ -227,7 +229,8 @@ def quantize(
     is_output=True)``; ``None`` keeps them float. Weights, biases and the input stay float.
     Steps start at 1.0: run :func:`qffs.quant.calibrate` next. Returns the recompiled
     ``GraphModule`` in the model's train/eval mode. ``ops`` is the op table that says what
-    each node is (:data:`qffs.ops.OPS`; pass the same one to ``convert``).
+    each node is (:data:`qffs.ops.OPS`; pass the same one to ``convert``). ``weights`` also
+    quantizes every conv/linear weight (BatchNorm folded first, :mod:`qffs.quant.weight_graph`).
 
     A final softmax or log-softmax over the classes is dropped (predictions are unchanged); what was
     dropped is listed in ``gm.meta["qffs_notes"]`` for the caller to say.
@@ -246,6 +249,11 @@ def quantize(
     replace_relus(gm, bits, ops)
     if output_bits is not None:
         add_output_quantizer(gm, output_bits, type(model).__name__)
+    if weights is not None:
+        folded = add_weight_quantizers(gm, weights, ops)
+        if folded:
+            gm.meta.setdefault(NOTES, []).append(f"{folded} BatchNorm layer(s) folded into their conv/linear "
+                                                 "before weight quantization")
     gm.delete_all_unused_submodules()
     gm.graph.lint()
     gm.recompile()

@@ -17,11 +17,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from torch import fx, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from qffs.errors import QffsError, UnsupportedGraphError
 from qffs.ops import OPS, OpKind, OpTable, check_graph, classify, describe, tracer
-from qffs.snn.handlers import HANDLERS, NEURONS, Handler, Rewrite, set_module
+from qffs.quant.fold import fold_batchnorm
+from qffs.quant.weight_graph import bake_weights
+from qffs.snn.handlers import HANDLERS, NEURONS, Handler, Rewrite
 from qffs.snn.network import SpikingNetwork, check_timesteps
 from qffs.snn.neuron import SpikingNeuron
 
@@ -45,32 +46,6 @@ def as_graph_module(model: nn.Module, ops: OpTable = OPS) -> fx.GraphModule:
 def check_convertible(gm: fx.GraphModule, ops: OpTable = OPS) -> None:
     """Raise :class:`UnsupportedGraphError` at the first node with no SNN equivalent (:func:`qffs.ops.check_graph`)."""
     check_graph(gm, "convert", ops)
-
-
-def fold_batchnorm(gm: fx.GraphModule, ops: OpTable = OPS) -> int:
-    """Fold each BatchNorm fed only by a conv/linear into that layer; returns how many were folded."""
-    folded = 0
-    for node in list(gm.graph.nodes):
-        if classify(node, gm, ops) is not OpKind.BATCHNORM:
-            continue
-        src = node.args[0]
-        if not (isinstance(src, fx.Node) and classify(src, gm, ops) is OpKind.WEIGHTED and len(src.users) == 1):
-            continue
-        layer: nn.Module = gm.get_submodule(str(src.target))
-        bn: Any = gm.get_submodule(str(node.target))
-        fused: nn.Module
-        if isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
-            fused = fuse_linear_bn_eval(layer, bn)
-        elif isinstance(layer, (nn.Conv1d, nn.Conv2d)):
-            fused = fuse_conv_bn_eval(layer, bn)
-        else:
-            continue
-        set_module(gm, str(src.target), fused)
-        node.replace_all_uses_with(src)
-        gm.graph.erase_node(node)
-        folded += 1
-    gm.graph.eliminate_dead_code()
-    return folded
 
 
 def _neuron_classes(gm: fx.GraphModule, name: str, ops: OpTable,
@@ -143,6 +118,8 @@ def convert(qann: nn.Module, *, input_window: int | None = None, precharge: bool
     - every ``LSQActivation`` (step s, Q levels) → :class:`IFNeuron` with θ = T_in·s,
       Z_max = Q, pre-charge θ/2 (``precharge=False``: start at 0);
     - BatchNorm after a conv/linear is folded into it; any other BatchNorm → gated affine op;
+    - quantized weights (``quantize(..., weights=)``) are fixed at ``scale · level``, the integer
+      levels kept beside them (``weight_levels``, ``weight_scale``);
     - every bias and the network input flow only while t < T_in (input and bias shutoff);
     - max pooling → event max pooling (``max_pool="naive"``: per-step pooling, ablation);
     - linear/selection ops pass through; anything else raises :class:`UnsupportedGraphError`.
@@ -162,6 +139,7 @@ def convert(qann: nn.Module, *, input_window: int | None = None, precharge: bool
     check_convertible(gm, ops)   # everything is checked before anything changes
     neurons = _neuron_classes(gm, type(qann).__name__, ops, neuron_map)
     window = _input_window(input_window, [gm.get_submodule(target) for target in neurons])
+    bake_weights(gm)      # quantized weights become scale · level for good (no BatchNorm follows them)
     folded = fold_batchnorm(gm, ops)
     table = _handlers(handlers, gm, ops)   # after folding: a folded BatchNorm needs no handler
     rw = Rewrite(gm, window, precharge, negative_spikes, max_pool, neurons,

@@ -17,16 +17,11 @@ from typing import Any
 from torch import fx, nn
 
 from qffs.ops import OpKind
+from qffs.quant.fold import set_module
 from qffs.quant.lsq import LSQActivation
 from qffs.snn.layers import GatedAffine, GatedLayer
 from qffs.snn.neuron import IFNeuron, SpikingNeuron
 from qffs.snn.pooling import BoundPool, EventMaxPool, NaiveMaxPool
-
-
-def set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
-    """Put ``module`` at the dotted path ``target`` of ``gm``."""
-    parent, _, leaf = target.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Weighted layers with bias shutoff, and BatchNorm kept as a gated per-channel affine op.
 
 A bias is a constant current: QFFS adds it only during the input window (t < T_in), so over
-the window a layer integrates exactly T_in·(W·y + b). Weights are used as trained. Neither
+the window a layer integrates exactly T_in·(W·y + b). Weights are used as trained (a
+weight-quantized layer's are ``scale · level``, its integer levels beside them). Neither
 module has state; both read the clock (:class:`~qffs.snn.spiking.Clock`).
 """
 
@@ -121,8 +122,14 @@ class GatedLayer(SpikingModule):
         return out, (), Events(nonzero=x.ne(0).to(x.dtype)) if clock.measure else NO_EVENTS
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": type(self.layer).__name__, "fan_in": int(self.layer.weight[0].numel()),
-                "bias": self.bias is not None}
+        described = {"kind": type(self.layer).__name__, "fan_in": int(self.layer.weight[0].numel()),
+                     "bias": self.bias is not None}
+        levels = getattr(self.layer, "weight_levels", None)
+        if isinstance(levels, torch.Tensor):   # a weight-quantized QANN's layer: weight = scale · level
+            described.update(weight_bits=int(getattr(self.layer, "weight_bits", 0)),
+                             weight_values=int(levels.unique().numel()),
+                             weight_scales=int(self.layer.weight_scale.numel()))
+        return described
 
     def extra_repr(self) -> str:
         return "bias gated to t < T_in" if self.bias is not None else "no bias"

@@ -1,0 +1,168 @@
+"""Weight quantization of a QANN's graph: BatchNorm folded, then every conv/linear weight quantized.
+
+    add_weight_quantizers(gm, WeightSpec(bits=4))   # in place; first/last layer at edge_bits
+    weight_quantizers(gm)                           # [(layer path, WeightQuantizer)] in graph order
+    set_temperature(gm, 21.0)                       # the sigmoid sums' T (an epoch hook)
+    bake_weights(gm)                                # convert: weights become scale · level for good
+
+BatchNorm is folded first (METHODS §2.8): folding it after quantization would scale every
+channel off its grid. The quantizer is a parametrization of ``weight``
+(:mod:`torch.nn.utils.parametrize`), so the state dict holds the float weight and the quantizer's
+parameters, and a QANN rebuilt the same way loads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.nn.utils import parametrize
+
+from qffs.errors import QffsError
+from qffs.ops import OPS, OpKind, OpTable, classify
+from qffs.quant.fold import fold_batchnorm, set_module
+from qffs.quant.weights import WEIGHT_QUANTIZERS, WeightQuantizer, check_weight_bits, make_weight_quantizer
+
+#: Bits of a float32 number: an unquantized weight, a bias, a scale.
+FLOAT_BITS = 32
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """How weights are quantized: width, quantizer (:data:`WEIGHT_QUANTIZERS`), one scale per output
+    channel or per tensor, and the width of the first and last weighted layers (None: ``bits``)."""
+
+    bits: int
+    quantizer: str = "lsq"
+    per_channel: bool = False
+    edge_bits: int | None = 8
+
+    def __post_init__(self) -> None:
+        check_weight_bits("--weight-bits", self.bits)
+        if self.edge_bits is not None:
+            check_weight_bits("--edge-weight-bits", self.edge_bits)
+        if self.quantizer not in WEIGHT_QUANTIZERS:
+            raise QffsError(f"--weight-quantizer must be one of {', '.join(WEIGHT_QUANTIZERS)}, got {self.quantizer!r}")
+        if not isinstance(self.per_channel, bool):
+            raise QffsError(f"per_channel must be true or false, got {self.per_channel!r}")
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def weighted_layers(gm: fx.GraphModule, ops: OpTable = OPS) -> list[str]:
+    """Paths of the conv/linear modules in graph order (a module called twice once)."""
+    names: list[str] = []
+    for node in gm.graph.nodes:
+        if classify(node, gm, ops) is OpKind.WEIGHTED and node.op == "call_module" and str(node.target) not in names:
+            names.append(str(node.target))
+    return names
+
+
+def add_weight_quantizers(gm: fx.GraphModule, spec: WeightSpec, ops: OpTable = OPS) -> int:
+    """Fold BatchNorm, then quantize every weighted layer's weight as ``spec`` says; returns the folds."""
+    training = gm.training
+    gm.eval()                      # folding uses the running statistics
+    folded = fold_batchnorm(gm, ops)
+    gm.recompile()
+    layers = weighted_layers(gm, ops)
+    if not layers:
+        raise QffsError("the network has no conv/linear layer whose weights could be quantized")
+    edges = {layers[0], layers[-1]}
+    for name in layers:
+        layer = gm.get_submodule(name)
+        weight = getattr(layer, "weight", None)
+        if not isinstance(weight, nn.Parameter):
+            continue
+        bits = spec.edge_bits if name in edges and spec.edge_bits is not None else spec.bits
+        quantizer = make_weight_quantizer(spec.quantizer, weight, bits, spec.per_channel)
+        parametrize.register_parametrization(layer, "weight", quantizer)
+    gm.train(training)
+    return folded
+
+
+def _quantizer_of(module: nn.Module) -> WeightQuantizer | None:
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    found = [p for p in module.parametrizations["weight"] if isinstance(p, WeightQuantizer)]
+    return found[0] if found else None
+
+
+def weight_quantizers(model: nn.Module) -> list[tuple[str, WeightQuantizer]]:
+    """(layer path, quantizer) for every weight-quantized layer, in module order."""
+    found = []
+    for name, module in model.named_modules():
+        quantizer = _quantizer_of(module)
+        if quantizer is not None:
+            found.append((name, quantizer))
+    return found
+
+
+def set_temperature(model: nn.Module, temperature: float) -> int:
+    """Give every sigmoid-sum quantizer the temperature T; returns how many there are."""
+    count = 0
+    for _, quantizer in weight_quantizers(model):
+        buffer = getattr(quantizer, "temperature", None)
+        if isinstance(buffer, torch.Tensor):
+            buffer.fill_(float(temperature))
+            count += 1
+    return count
+
+
+def _plain_layer(layer: nn.Module, weight: torch.Tensor) -> nn.Module:
+    """``layer`` as its own class without the parametrization, holding ``weight``.
+
+    Not ``parametrize.remove_parametrizations``: a deep copy of a parametrized module shares its
+    injected class with the original, and removing the property from that class would strip
+    the original (the caller's QANN) of its weight too.
+    """
+    base = type(layer).__bases__[0] if parametrize.is_parametrized(layer) else type(layer)
+    plain = base.__new__(base)
+    plain.__dict__.update({k: v for k, v in layer.__dict__.items()
+                           if k not in ("_parameters", "_buffers", "_modules")})
+    plain._parameters = {k: v for k, v in layer._parameters.items()}
+    plain._buffers = dict(layer._buffers)
+    plain._modules = {k: v for k, v in layer._modules.items() if k != "parametrizations"}
+    plain._parameters["weight"] = nn.Parameter(weight, requires_grad=False)
+    return plain
+
+
+def bake_weights(model: nn.Module) -> int:
+    """Replace each quantizer by its hard result for good: ``weight = scale · level``, with the
+    integer levels (``weight_levels``, int8) and the scale (``weight_scale``) kept as buffers and the
+    width as ``weight_bits``. Returns how many layers were baked."""
+    baked = 0
+    for name, quantizer in weight_quantizers(model):
+        layer = model.get_submodule(name)
+        with torch.no_grad():
+            original = layer.parametrizations["weight"].original
+            levels, scale, hard = quantizer.levels(original), quantizer.scale().clone(), quantizer.hard(original)
+        plain = _plain_layer(layer, hard)
+        plain.register_buffer("weight_levels", levels.to(torch.int8))
+        plain.register_buffer("weight_scale", scale)
+        plain.weight_bits = quantizer.bits
+        set_module(model, name, plain)
+        baked += 1
+    return baked
+
+
+def weight_size(model: nn.Module) -> dict[str, Any]:
+    """Storage of the weighted layers in bits: quantized weights at their width (plus one float32
+    scale per tensor or channel), float weights and every bias at 32 bits; and the compression
+    against all-float32."""
+    total = dense = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)) or not isinstance(weight, torch.Tensor):
+            continue
+        quantizer = _quantizer_of(module)
+        bits = quantizer.bits if quantizer is not None else getattr(module, "weight_bits", None)
+        scales = getattr(module, "weight_scale", None) if quantizer is None else quantizer.scale()
+        biases = module.bias.numel() if module.bias is not None else 0
+        dense += FLOAT_BITS * (weight.numel() + biases)
+        total += FLOAT_BITS * biases + (FLOAT_BITS * weight.numel() if bits is None else
+                                        bits * weight.numel() + FLOAT_BITS * int(scales.numel()))
+    return {"bits": total, "kilobytes": total / 8 / 1000, "float32_kilobytes": dense / 8 / 1000,
+            "compression": dense / total if total else 1.0}
