@@ -132,8 +132,8 @@ def test_snn_weights_are_integers_times_a_scale(quantizer, bits, per_channel):
     assert len(layers) == 3
     for gated in layers:
         layer = gated.layer
-        levels, scale = layer.weight_levels.double(), layer.weight_scale.double()
-        assert torch.equal(layer.weight.double(), levels * scale)          # weight = scale · integer level
+        levels, scale = layer.weight_levels.to(layer.weight.dtype), layer.weight_scale.to(layer.weight.dtype)
+        assert torch.equal(layer.weight, levels * scale)         # weight = scale · integer level
         assert int(levels.abs().max()) <= level_bound(bits)
         assert (scale.numel() == layer.weight.shape[0]) == per_channel
         for channel in layer.weight:
