@@ -64,7 +64,8 @@ def quantize(
                                                                 "paper (QFFS's Table 2). An option given explicitly "
                                                                 "replaces the recipe's value."),
     epochs: Optional[int] = recipe_option("epochs", "Quantization-aware training epochs (0: calibration only)."),
-    lr: Optional[float] = recipe_option("lr", "Initial learning rate."),
+    lr: Optional[float] = recipe_option("lr", "Initial learning rate (with --weight-bits, BatchNorm folded: "
+                                              f"{by_recipe('weight_lr').removeprefix('Recipes: ')[:-1]})."),
     momentum: Optional[float] = recipe_option("momentum", "SGD momentum."),
     weight_decay: Optional[float] = recipe_option("weight_decay", "Weight decay, not applied to step sizes."),
     schedule: Optional[str] = recipe_option("schedule", "Learning-rate decay: cosine (to 0 over the run), exp or "
@@ -114,8 +115,9 @@ def quantize(
     from qffs.jobs.quantize import quantize_checkpoint
     from qffs.jobs.recipes import resolve_recipe
 
-    chosen = resolve_recipe(recipe, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                            schedule=schedule, gamma=gamma, batch_size=batch_size, freeze_bn=freeze_bn,
+    chosen = resolve_recipe(recipe, quantized_weights=weight_bits is not None, epochs=epochs, lr=lr,
+                            momentum=momentum, weight_decay=weight_decay, schedule=schedule, gamma=gamma,
+                            batch_size=batch_size, freeze_bn=freeze_bn,
                             label_smoothing=label_smoothing, distill=distill, temperature=temperature,
                             bit_schedule=bit_schedule, bn_reestimate=bn_reestimate)
     result = quantize_checkpoint(

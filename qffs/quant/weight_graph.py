@@ -66,6 +66,7 @@ def add_weight_quantizers(gm: fx.GraphModule, spec: WeightSpec, ops: OpTable = O
     training = gm.training
     gm.eval()                      # folding uses the running statistics
     folded = fold_batchnorm(gm, ops)
+    gm.delete_all_unused_submodules()   # the folded BatchNorms: in no state dict
     gm.recompile()
     layers = weighted_layers(gm, ops)
     if not layers:
