@@ -6,6 +6,8 @@ not against the implementation's own helpers.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from qffs.quant import quantize
-from qffs.quant.weight_graph import WeightSpec, weight_quantizers, weight_size
+from qffs.quant.weight_graph import WeightSpec, bake_weights, weight_quantizers, weight_size
 from qffs.quant.weights import LSQWeight, SigmoidSumWeight, level_bound
 from qffs.snn import convert
 from qffs.snn.layers import GatedLayer
@@ -124,7 +126,7 @@ def _net() -> nn.Module:
 @pytest.mark.parametrize("bits,per_channel", [(1, False), (2, True), (4, False)])
 def test_snn_weights_are_integers_times_a_scale(quantizer, bits, per_channel):
     qann = quantize(_net(), weights=WeightSpec(bits, quantizer, per_channel, edge_bits=None))
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in qann.modules())   # folded before quantizing
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in qann.modules()) == 2   # they train beside the weights
     assert [q.bits for _, q in weight_quantizers(qann)] == [bits] * 3
     qann(torch.randn(4, 2, 5, 5))                                          # the caller's QANN keeps working
     snn = convert(qann)
@@ -141,6 +143,28 @@ def test_snn_weights_are_integers_times_a_scale(quantizer, bits, per_channel):
         assert gated.describe()["weight_bits"] == bits
     size = weight_size(qann)
     assert size["compression"] > 32 / (bits + 4)                          # the biases stay float32
+
+
+def test_batchnorm_trains_beside_weights_quantized_on_the_folded_grid():
+    net = _net()
+    for bn in (net[1], net[4]):
+        bn.running_mean.uniform_(-0.3, 0.3)
+        bn.running_var.uniform_(0.3, 3.0)
+        bn.weight.data.uniform_(0.5, 2.0)
+    qann = quantize(net, weights=WeightSpec(3, per_channel=True, edge_bits=None))
+    x = torch.randn(8, 2, 5, 5)
+    baked = copy.deepcopy(qann)
+    bake_weights(baked)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in baked.modules())  # folded for good
+    conv = baked.get_submodule("0")
+    assert torch.equal(conv.weight, conv.weight_levels.float() * conv.weight_scale)
+    torch.testing.assert_close(baked(x), qann(x), rtol=1e-5, atol=1e-5)    # evaluation: the folded network
+    qann.train()
+    qann(x).sum().backward()
+    assert qann.get_submodule("1").weight.grad.abs().sum() > 0                # γ learns, through the grid too
+    copied = copy.deepcopy(qann).eval()   # the copy's quantizers see the copy's BatchNorm, not the original's
+    copied.get_submodule("1").running_var.mul_(4.0)
+    assert not torch.equal(copied.get_submodule("0").weight, qann.eval().get_submodule("0").weight)
 
 
 def test_edge_layers_keep_their_own_width():

@@ -64,8 +64,7 @@ def quantize(
                                                                 "paper (QFFS's Table 2). An option given explicitly "
                                                                 "replaces the recipe's value."),
     epochs: Optional[int] = recipe_option("epochs", "Quantization-aware training epochs (0: calibration only)."),
-    lr: Optional[float] = recipe_option("lr", "Initial learning rate (with --weight-bits, BatchNorm folded: "
-                                              f"{by_recipe('weight_lr').removeprefix('Recipes: ')[:-1]})."),
+    lr: Optional[float] = recipe_option("lr", "Initial learning rate."),
     momentum: Optional[float] = recipe_option("momentum", "SGD momentum."),
     weight_decay: Optional[float] = recipe_option("weight_decay", "Weight decay, not applied to step sizes."),
     schedule: Optional[str] = recipe_option("schedule", "Learning-rate decay: cosine (to 0 over the run), exp or "
@@ -88,8 +87,9 @@ def quantize(
         "place; kept only if the validation accuracy rises.", "--bn-reestimate/--no-bn-reestimate"),
     calibration: str = typer.Option("mse", help="Step-size initialisation: mse or lsq (2*mean|x|/sqrt(Q))."),
     weight_bits: Optional[int] = typer.Option(None, "--weight-bits", help="Quantize the conv/linear weights to B bits "
-                                              "(1: ±1, B >= 2: -(2^(B-1)-1)..2^(B-1)-1 times a scale), BatchNorm "
-                                              "folded first. Default: float weights, as in the paper."),
+                                              "(1: ±1, B >= 2: -(2^(B-1)-1)..2^(B-1)-1 times a scale) on the grid "
+                                              "of the weight with its BatchNorm folded in. Default: float weights, "
+                                              "as in the paper."),
     weight_quantizer: str = typer.Option("lsq", "--weight-quantizer", help="lsq (learned step, straight-through) or "
                                          "sigmoid (sigmoid-sum, soft while training, exact steps at inference)."),
     per_channel: bool = typer.Option(False, "--per-channel", help="One weight scale per output channel (default: "
@@ -115,9 +115,8 @@ def quantize(
     from qffs.jobs.quantize import quantize_checkpoint
     from qffs.jobs.recipes import resolve_recipe
 
-    chosen = resolve_recipe(recipe, quantized_weights=weight_bits is not None, epochs=epochs, lr=lr,
-                            momentum=momentum, weight_decay=weight_decay, schedule=schedule, gamma=gamma,
-                            batch_size=batch_size, freeze_bn=freeze_bn,
+    chosen = resolve_recipe(recipe, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                            schedule=schedule, gamma=gamma, batch_size=batch_size, freeze_bn=freeze_bn,
                             label_smoothing=label_smoothing, distill=distill, temperature=temperature,
                             bit_schedule=bit_schedule, bn_reestimate=bn_reestimate)
     result = quantize_checkpoint(

@@ -34,7 +34,7 @@ from qffs.quant.schedule import (
     stage_bits,
     stage_epochs,
 )
-from qffs.quant.weight_graph import add_weight_quantizers, set_temperature, weight_size
+from qffs.quant.weight_graph import set_temperature, weight_size
 from qffs.resume import TrainState, resume_path
 from qffs.train import TrainConfig, config_dict, evaluate, fit, resolve_device
 from qffs.trust import authorized_spec, model_provenance, records_model_file
@@ -95,8 +95,8 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
     ``cfg.distill > 0`` the FP model is the distillation teacher; a bit schedule trains the hidden
     quantizers at falling widths, :mod:`qffs.quant.schedule`); keep the epoch best on validation;
     optionally re-estimate BatchNorm, kept only if validation improves. With ``quant.weight_bits``
-    BatchNorm is re-estimated on the calibrated QANN, then folded and the weights quantized. Writes ``out`` (kind "qann")
-    and its ``.metrics.json`` by way of ``NAME.partial.pt`` and a resume state after every epoch;
+    the weights are quantized too, each on its folded grid while its BatchNorm trains. Writes
+    ``out`` (kind "qann") and its ``.metrics.json`` by way of ``NAME.partial.pt`` and a resume state after every epoch;
     ``resume`` continues an interrupted run of the same job.
     """
     quant = quant or QuantConfig()
@@ -110,7 +110,7 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, data: DataOptio
         torch.manual_seed(data.seed)
         with status(f"loading {checkpoint}"):
             fp_model, data, prep, spec = load_fp(checkpoint, model, data)
-        qann = quantize(fp_model, bits=quant.bits, output_bits=quant.output_bits).to(dev)   # weights: QatRun
+        qann = quantize(fp_model, bits=quant.bits, output_bits=quant.output_bits, weights=quant.weight_spec()).to(dev)
         for note in qann.meta.get(NOTES, []):
             log(f"note: {note}")
         check_input_channels(qann, data)
@@ -159,7 +159,6 @@ class QatRun:
             self.measured = self._measure()
         else:
             self.measured = _measured(state, self.run.out)
-            self._quantize_weights()   # the trained network's structure; its values come from the state
             self.fp_model.to(self.dev)
             self.history = list(state.history)
             self.qann.load_state_dict(state.best_state)   # the best so far as the state has it (a kill may have
@@ -184,29 +183,10 @@ class QatRun:
         fp = evaluate(self.fp_model.to(self.dev), self.loaders.test, self.dev, description="FP accuracy (test)")
         fp_val = evaluate(self.fp_model, self.loaders.validation, self.dev, description="FP accuracy (validation)")
         input_shape = list(self._calibrate()[0].shape[1:])
-        if self.quant.weight_bits is not None:   # statistics of the quantized activations, then folded for good
-            used = reestimate_batchnorm(self.qann, self.loaders.batches(BATCHNORM_BATCHES))
-            self.log(f"BatchNorm re-estimated on {used:,} training images with the activation quantizers in place, "
-                     "before it is folded into the weights")
-            self._quantize_weights()
         broadcast_module(self.qann)   # under torchrun: rank 0's step sizes (from its shard's batches) everywhere
         ptq = evaluate(self.qann, self.loaders.validation, self.dev,
                        description="QANN after calibration (validation)")
         return {"fp": fp, "fp_val": fp_val, "ptq": ptq, "input_shape": input_shape}
-
-    def _quantize_weights(self) -> None:
-        """Fold BatchNorm and put the weight quantizers in (``--weight-bits``; nothing otherwise).
-
-        Folded with the statistics of the calibrated QANN (re-estimated by :meth:`_measure`): the
-        original ones describe float activations, and a folded network cannot correct them while
-        it trains, having no BatchNorm left."""
-        spec = self.quant.weight_spec()
-        if spec is None:
-            return
-        folded = add_weight_quantizers(self.qann, spec)
-        self.qann.to(self.dev)
-        if folded:
-            self.log(f"note: {folded} BatchNorm layer(s) folded into their conv/linear before weight quantization")
 
     def _meta(self) -> dict[str, Any]:
         return {**data_meta(self.data, self.prep), **model_provenance(self.spec),

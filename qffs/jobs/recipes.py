@@ -26,13 +26,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class QatRecipe:
-    """The settings of one QAT run (step sizes never take weight decay). ``weight_lr`` is the
-    learning rate when weights are quantized: BatchNorm is folded then, and the unnormalised
-    ResNet-20 diverges at 0.01 within 25 batches where it trains at 0.001 (docs/results.md §5)."""
+    """The settings of one QAT run (step sizes never take weight decay)."""
 
     epochs: int
     lr: float = 0.01
-    weight_lr: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"
@@ -78,19 +75,15 @@ RECIPES: dict[str, QatRecipe] = {
 DEFAULT_RECIPE = "qffs"
 
 
-def resolve_recipe(name: str = DEFAULT_RECIPE, *, quantized_weights: bool = False, **overrides: Any) -> QatRecipe:
-    """Recipe ``name`` with every override that is not None in its place; with ``quantized_weights``
-    its ``lr`` is its ``weight_lr`` unless ``lr`` is given."""
+def resolve_recipe(name: str = DEFAULT_RECIPE, **overrides: Any) -> QatRecipe:
+    """Recipe ``name`` with every override that is not None in its place."""
     if name not in RECIPES:
         raise QffsError(f"unknown --recipe {name!r}: choose one of {', '.join(RECIPES)}")
     known = {f.name for f in fields(QatRecipe)}
     unknown = set(overrides) - known
     if unknown:
         raise TypeError(f"not recipe settings: {sorted(unknown)}")
-    recipe = RECIPES[name]
-    if quantized_weights and overrides.get("lr") is None:
-        overrides["lr"] = recipe.weight_lr
-    return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+    return replace(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
 def by_recipe(setting: str) -> str:

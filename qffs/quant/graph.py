@@ -230,7 +230,8 @@ def quantize(
     Steps start at 1.0: run :func:`qffs.quant.calibrate` next. Returns the recompiled
     ``GraphModule`` in the model's train/eval mode. ``ops`` is the op table that says what
     each node is (:data:`qffs.ops.OPS`; pass the same one to ``convert``). ``weights`` also
-    quantizes every conv/linear weight (BatchNorm folded first, :mod:`qffs.quant.weight_graph`).
+    quantizes every conv/linear weight (on the grid of the weight with its BatchNorm folded in,
+    :mod:`qffs.quant.weight_graph`).
 
     A final softmax or log-softmax over the classes is dropped (predictions are unchanged); what was
     dropped is listed in ``gm.meta["qffs_notes"]`` for the caller to say.
@@ -252,8 +253,9 @@ def quantize(
     if weights is not None:
         folded = add_weight_quantizers(gm, weights, ops)
         if folded:
-            gm.meta.setdefault(NOTES, []).append(f"{folded} BatchNorm layer(s) folded into their conv/linear "
-                                                 "before weight quantization")
+            gm.meta.setdefault(NOTES, []).append(f"{folded} BatchNorm layer(s) train beside their conv/linear, "
+                                                 "whose weights are quantized as folded into them (folded at "
+                                                 "conversion)")
     gm.delete_all_unused_submodules()
     gm.graph.lint()
     gm.recompile()
