@@ -8,7 +8,9 @@ subtraction with firing at u ≥ θ, the count bound Z_max, negative spikes, and
 pooling — which NIR has no node for: it is written as ``SumPool2d`` with the same window,
 marked ``op: event_max_pool`` in the metadata, and is *not* that op without it.
 
-Each IF node is followed by a ``Scale`` node of θ: a QFFS neuron emits z·θ, NIR's emits z.
+Each IF node is followed by a ``Scale`` node of θ: a QFFS neuron emits z·θ, NIR's emits z. A
+weight-quantized layer's node holds the float weight (scale · level, exact) and its note the
+integer levels, the width and the scale (``weight_levels``, ``weight_bits``, ``weight_scale``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ def _array(t: torch.Tensor) -> np.ndarray:
 
 def _pair(v: Any) -> tuple[int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _integer_weights(layer: nn.Module) -> dict[str, Any]:
+    """A weight-quantized layer's synapses as its chip would store them: B-bit integer levels and
+    the scale (per tensor or output channel) that makes them the float ``weight`` of the node."""
+    levels = getattr(layer, "weight_levels", None)
+    if not isinstance(levels, torch.Tensor):
+        return {}
+    return {"weight_bits": int(layer.weight_bits), "weight_levels": levels.cpu().numpy().astype(np.int8),
+            "weight_scale": _array(layer.weight_scale).reshape(-1)}
 
 
 def _shapes(snn: SpikingNetwork, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
@@ -137,7 +149,8 @@ class _Builder:
                           bias=b if b is not None else np.zeros(layer.out_channels, dtype=np.float32))
             else:
                 raise self.refuse(node, "only zero-padded Conv1d/Conv2d and Linear layers have NIR nodes")
-            name = self.emit(str(node.target), out, [x], {"op": "weighted", "bias_window": self.snn.input_window})
+            name = self.emit(str(node.target), out, [x], {"op": "weighted", "bias_window": self.snn.input_window,
+                                                          **_integer_weights(layer)})
             self.source[node.name] = [name]
         elif isinstance(m, SpikingNeuron):
             form = NIR_FORMS.get(type(m))
@@ -244,13 +257,19 @@ def to_nir(snn: SpikingNetwork, path: str | Path, example: torch.Tensor, *,
 
 
 def check_nir(snn: SpikingNetwork, path: str | Path) -> dict[str, Any]:
-    """Read ``path`` back with ``nir.read`` and compare every weight, bias and threshold with ``snn``."""
+    """Read ``path`` back with ``nir.read`` and compare every weight (and integer levels × scale, where
+    written), bias and threshold with ``snn``."""
     nir = _nir()
     graph = nir.read(str(path))
     equal = True
     for name, layer in snn.named_synapses():
         node = graph.nodes.get(name.replace(".", "_"))
         equal &= node is not None and np.array_equal(node.weight, _array(layer.layer.weight))
+        note = graph.metadata.get("qffs", {}).get("nodes", {}).get(name.replace(".", "_"), {})
+        if node is not None and "weight_levels" in note:   # the integers and the scale give the same weight
+            levels, scale = note["weight_levels"], note["weight_scale"]
+            scale = scale.reshape((-1,) + (1,) * (levels.ndim - 1)) if scale.size > 1 else scale.reshape(())
+            equal &= bool(np.array_equal(node.weight, levels.astype(np.float32) * scale.astype(np.float32)))
         if node is not None and layer.bias is not None:
             equal &= bool(np.array_equal(node.bias, _array(layer.bias)))
     for name, neuron in snn.named_neurons():

@@ -10,7 +10,9 @@
   ``readout`` ``[T, B, ...]`` (the contract of ``snn(x, timesteps=T)``), membranes and counts as
   tensors between steps, input and bias gating as per-step constants.
 
-The batch dimension is dynamic. Each file carries a ``qffs`` metadata entry (JSON) saying what
+A weight-quantized network's conv/linear weights are written as int8 levels and a
+``DequantizeLinear`` with their scale (:mod:`qffs.export.int_weights`; listed in the metadata's
+``integer_weights``). The batch dimension is dynamic. Each file carries a ``qffs`` metadata entry (JSON) saying what
 it is; :mod:`qffs.export.runtime` reads it to run an exported SNN with onnxruntime.
 """
 
@@ -28,9 +30,11 @@ import torch
 from torch import nn
 
 from qffs.errors import QffsError, UnsupportedGraphError
+from qffs.export.int_weights import write_integer_weights
 from qffs.export.unrolled import DIAGNOSTIC_OUTPUTS, OUTPUTS, SingleStepSNN, UnrolledSNN
 from qffs.files import atomic_path
 from qffs.quant.lsq import STEP_EPS, LSQActivation
+from qffs.quant.weight_graph import bake_weights
 from qffs.snn.network import SpikingNetwork, check_timesteps
 
 #: The opset written: QuantizeLinear/Clip on uint8 need 13, onnxruntime runs up to 23; 18 is the
@@ -97,8 +101,10 @@ class QCDQActivation(nn.Module):
 
 
 def _replace_quantizers(model: nn.Module) -> nn.Module:
-    """A float32 copy of ``model`` with every LSQ quantizer replaced by :class:`QCDQActivation`."""
+    """A float32 copy of ``model`` with every LSQ quantizer replaced by :class:`QCDQActivation`, and
+    every weight quantizer baked (its hard weights: integers once written, :mod:`qffs.export.int_weights`)."""
     model = copy.deepcopy(model).float().eval()
+    bake_weights(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, LSQActivation):
             parent, _, leaf = name.rpartition(".")
@@ -143,6 +149,9 @@ def _export(module: nn.Module, example: torch.Tensor | tuple, path: Path, output
         for log, level in zip(quiet, levels):
             log.setLevel(level)
     proto = program.model_proto
+    integer = write_integer_weights(proto, module)
+    if integer:
+        metadata = {**metadata, "integer_weights": integer}
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
     onnx.checker.check_model(proto)
