@@ -13,6 +13,7 @@ DOCS=$2
 QFFS=${QFFS:-.venv/bin/qffs}
 RUNS=${RUNS:-runs/weights/$(basename "$CKPT" .pt)}
 EPOCHS=${EPOCHS:-2}
+BITS=${BITS:-4 8 2 1}   # the weight widths to run (a subset: BITS=4)
 export QFFS_PROGRESS=0
 mkdir -p "$RUNS" "$DOCS"
 
@@ -30,7 +31,7 @@ run() {  # run NAME QUANTIZE-OPTIONS...: QAT, convert, evaluate; keep metrics an
 }
 
 run float
-for bits in 4 8 2 1; do
+for bits in $BITS; do
   for quantizer in lsq sigmoid; do
     run "w${bits}_${quantizer}" --weight-bits "$bits" --weight-quantizer "$quantizer"
   done
