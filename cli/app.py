@@ -61,10 +61,10 @@ READOUT_OPTION = typer.Option(
 
 #: What a report states and shows: energy constants and the test images followed step by step.
 ENERGY_OPTION = typer.Option(
-    "fp32-45nm", "--energy", metavar="PRESET|AC,MAC",
+    "auto", "--energy", metavar="PRESET|AC,MAC",
     help="Energy per operation of the estimate: a preset (Horowitz, ISSCC 2014, 45 nm; accumulate / "
          "multiply-accumulate: fp32-45nm 0.9/4.6 pJ, int32-45nm 0.1/3.2 pJ, int8-45nm 0.03/0.23 pJ) or two "
-         "energies in pJ, 'AC,MAC'.")
+         "energies in pJ, 'AC,MAC'. auto: int32-45nm for integer weights (--weight-bits), else fp32-45nm.")
 EXAMPLES_OPTION = typer.Option(
     4, "--examples", metavar="N",
     help="Test images whose spike raster and output membranes the report shows (0-16; the first 256 images are "

@@ -190,5 +190,25 @@ def describe_recipe(meta: dict[str, Any]) -> str | None:
     return "; ".join(parts)
 
 
-__all__ = ["SHIPPED_FMNIST", "ConversionConfig", "QuantConfig", "expect_kind", "load_network", "load_qann",
-           "describe_recipe", "load_snn", "qann_selected_on", "rebuild_qann", "sample_input_shape", "shipped_model"]
+def describe_weights(meta: dict[str, Any]) -> str | None:
+    """One line on a QANN's or SNN's weights: float32, or their width, quantizer, scales and size
+    against float32 (None: not a QANN or SNN)."""
+    if meta.get("kind") not in ("qann", "snn"):
+        return None
+    quant = QuantConfig.from_meta(meta)
+    if quant.weight_bits is None:
+        return "float32 (not quantized)"
+    edges = f", first and last layer {quant.edge_weight_bits}-bit" if quant.edge_weight_bits else ""
+    scales = "one scale per output channel" if quant.weight_per_channel else "one scale per layer"
+    line = f"{quant.weight_bits}-bit {quant.weight_quantizer} ({scales}{edges})"
+    metrics = meta["metrics"] if isinstance(meta.get("metrics"), dict) else {}
+    size = metrics.get("weight_size")
+    if isinstance(size, dict) and {"kilobytes", "float32_kilobytes", "compression"} <= set(size):
+        line += (f"; {size['kilobytes']:,.1f} KB with biases and scales, {size['float32_kilobytes']:,.1f} KB in "
+                 f"float32 ({size['compression']:.1f}x smaller)")
+    return line
+
+
+__all__ = ["SHIPPED_FMNIST", "ConversionConfig", "QuantConfig", "describe_weights", "expect_kind", "load_network",
+           "load_qann", "describe_recipe", "load_snn", "qann_selected_on", "rebuild_qann", "sample_input_shape",
+           "shipped_model"]

@@ -35,6 +35,9 @@ ENERGY_MAC_PJ = 4.6
 #: Per-operation energies (accumulate, multiply–accumulate) in pJ, from Horowitz (ISSCC 2014,
 #: 45 nm): a MAC is the add plus the multiply (fp32 0.9 + 3.7, int32 0.1 + 3.1, int8 0.03 + 0.2).
 ENERGY_PRESETS = {"fp32-45nm": (ENERGY_AC_PJ, ENERGY_MAC_PJ), "int32-45nm": (0.1, 3.2), "int8-45nm": (0.03, 0.23)}
+#: ``--energy auto``: an SNN whose synapses are integers (its weights quantized, ``--weight-bits``)
+#: accumulates in 32-bit integers (int32-45nm), any other in 32-bit floats (fp32-45nm).
+AUTO_ENERGY = "auto"
 #: SPEC §6: "lossless" = within 0.1 percentage point of the QANN accuracy.
 LOSSLESS_TOLERANCE = 0.001
 
@@ -134,8 +137,11 @@ def energy_estimate(sops: float, macs: float, e_ac: float = ENERGY_AC_PJ,
             "e_ac_pj": e_ac, "e_mac_pj": e_mac}
 
 
-def parse_energy(spec: str) -> tuple[float, float]:
-    """``--energy``: a preset of :data:`ENERGY_PRESETS` or "AC,MAC" in pJ → (E_AC, E_MAC)."""
+def parse_energy(spec: str, integer_weights: bool = False) -> tuple[float, float]:
+    """``--energy``: a preset of :data:`ENERGY_PRESETS`, :data:`AUTO_ENERGY` (the preset for a network
+    with ``integer_weights`` or without) or "AC,MAC" in pJ → (E_AC, E_MAC)."""
+    if spec == AUTO_ENERGY:
+        spec = "int32-45nm" if integer_weights else "fp32-45nm"
     if spec in ENERGY_PRESETS:
         return ENERGY_PRESETS[spec]
     try:
@@ -143,7 +149,8 @@ def parse_energy(spec: str) -> tuple[float, float]:
     except ValueError:
         ac = mac = -1.0
     if not (ac > 0 and mac > 0 and math.isfinite(ac + mac)):
-        raise QffsError(f"--energy must be one of {', '.join(ENERGY_PRESETS)} or two positive energies in pJ "
+        raise QffsError(f"--energy must be {AUTO_ENERGY}, one of {', '.join(ENERGY_PRESETS)} or two positive energies "
+                        "in pJ "
                         f"'AC,MAC' (say 0.9,4.6), got {spec!r}")
     return ac, mac
 

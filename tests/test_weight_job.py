@@ -3,6 +3,8 @@ and is folded at conversion, the saved QANN is rebuilt by convert, and a run res
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from qffs.io import load_checkpoint
 from qffs.jobs.options import DataOptions
 from qffs.jobs.quantize import quantize_checkpoint
 from qffs.jobs.recipes import qat_config, resolve_recipe
+from qffs.report import ENERGY_PRESETS
 from qffs.resume import resume_path
 from tests.test_cli import SHIPPED
 
@@ -29,6 +32,12 @@ def test_weight_qat_keeps_batchnorm_until_convert_folds_it(cli, tmp_path):
     assert r.returncode == 0, r.stderr
     snn = load_checkpoint(tmp_path / "s.pt")
     assert snn.meta["conversion"]["folded_batchnorms"] == 0   # folded already, by the weights' baking
+    info = cli("info", tmp_path / "s.pt").stdout
+    assert "weights: 4-bit lsq (one scale per layer, first and last layer 8-bit);" in info and "x smaller" in info
+    r = cli("evaluate", tmp_path / "s.pt", "--timesteps", "2", "--limit", "32", "--out-dir", tmp_path / "e")
+    assert r.returncode == 0, r.stderr
+    energy = json.loads((tmp_path / "e" / "curve.json").read_text())["energy"]
+    assert (energy["e_ac_pj"], energy["e_mac_pj"]) == ENERGY_PRESETS["int32-45nm"]   # integer synapses: --energy auto
 
 
 class Interrupt(Exception):

@@ -14,7 +14,7 @@ from qffs.cli.app import app, examples, printable
 def info(checkpoint: Path = typer.Argument(..., help="A .pt/.pth/.th/.safetensors file.")) -> None:
     """Print a checkpoint's kind, model spec, dataset, metrics and provenance."""
     # loaded when the command runs, so that `qffs --help` and the other commands start fast
-    from qffs.artifacts import ConversionConfig, QuantConfig, describe_recipe
+    from qffs.artifacts import ConversionConfig, QuantConfig, describe_recipe, describe_weights
     from qffs.io import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
@@ -35,6 +35,9 @@ def info(checkpoint: Path = typer.Argument(..., help="A .pt/.pth/.th/.safetensor
     recipe = describe_recipe({**ckpt.meta, "kind": ckpt.kind})
     if recipe:
         typer.echo(f"  recipe: {printable(recipe)}")
+    weights = describe_weights({**ckpt.meta, "kind": ckpt.kind})
+    if weights:
+        typer.echo(f"  weights: {printable(weights)}")
     finetune = ckpt.meta.get("finetune")
     if isinstance(finetune, dict):
         surrogate = finetune.get("surrogate") or {}

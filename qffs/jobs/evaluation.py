@@ -21,7 +21,8 @@ from qffs.jobs.options import DataOptions
 from qffs.jobs.outputs import writing_dir
 from qffs.probe import probe_samples
 from qffs.progress import status
-from qffs.report import EXIT_PLOT, parse_energy, report_files, write_report
+from qffs.quant.weight_graph import integer_weights
+from qffs.report import AUTO_ENERGY, EXIT_PLOT, parse_energy, report_files, write_report
 from qffs.report_page import REPORT_PAGE, write_page
 from qffs.snn.exits import NO_EXIT, ExitPolicy, parse_exit
 from qffs.snn.memory import parse_memory
@@ -33,7 +34,7 @@ from qffs.train import resolve_device
 BACKENDS = ("torch", "onnxruntime")
 #: The energy constants of a report (:data:`qffs.report.ENERGY_PRESETS`), and the first test
 #: images a report's probe follows step by step: ``DEFAULT_EXAMPLES`` shown, ``PROBE_SAMPLES`` measured.
-DEFAULT_ENERGY = "fp32-45nm"
+DEFAULT_ENERGY = AUTO_ENERGY
 DEFAULT_EXAMPLES, MAX_EXAMPLES, PROBE_SAMPLES = 4, 16, 256
 
 
@@ -82,7 +83,7 @@ def evaluate_checkpoint(snn_path: str | Path, data: DataOptions, timesteps: int,
     check_evaluation(timesteps, readout, backend, double, memory, exit, exit_tolerance, energy, examples)
     policy = parse_exit(exit)
     args = (snn_path, data, timesteps, device, double, readout, model, memory, backend, policy, exit_tolerance,
-            parse_energy(energy), examples if page else None)
+            energy, examples if page else None)
     if out_dir is None:
         return _evaluate(*args)
     writes = report_files() + (() if policy == NO_EXIT else (EXIT_PLOT,)) + ((*FIGURE_FILES, REPORT_PAGE) if page
@@ -107,12 +108,13 @@ def finetuned_note(meta: dict[str, Any]) -> str:
 
 def _evaluate(snn_path: str | Path, data: DataOptions, timesteps: int, device: str, double: bool, readout: str,
               model: str | None, memory: str | int | None, backend: str, policy: ExitPolicy,
-              exit_tolerance: float, energy: tuple[float, float], examples: int | None) -> dict[str, Any]:
+              exit_tolerance: float, energy_spec: str, examples: int | None) -> dict[str, Any]:
     budget = None if memory is None else parse_memory(memory)
     init_distributed()   # under torchrun each process simulates its shard of the test set
     dev = resolve_device(device)
     with status(f"loading {snn_path}"):
         snn, qann, meta = load_snn(snn_path, model, torch.float64 if double else None)
+    energy = parse_energy(energy_spec, integer_weights=integer_weights(snn))
     data, prep, test_loader = test_data_for(snn_path, meta, data)
     started = time.perf_counter()
     dtype = torch.float64 if double else torch.float32

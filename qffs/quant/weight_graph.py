@@ -208,6 +208,12 @@ def bake_weights(model: nn.Module) -> int:
     return baked
 
 
+def integer_weights(model: nn.Module) -> bool:
+    """Whether every conv/linear layer of ``model`` holds baked integer levels (a weight-quantized SNN)."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    return bool(layers) and all(isinstance(getattr(m, "weight_levels", None), torch.Tensor) for m in layers)
+
+
 def weight_size(model: nn.Module) -> dict[str, Any]:
     """Storage of the weighted layers in bits: quantized weights at their width (plus one float32
     scale per tensor or channel), float weights and every bias at 32 bits; and the compression
