@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 CKPT=$1
 DOCS=$2
 QFFS=${QFFS:-.venv/bin/qffs}
+PYTHON=${PYTHON:-.venv/bin/python}
 RUNS=${RUNS:-runs/weights/$(basename "$CKPT" .pt)}
 EPOCHS=${EPOCHS:-2}
 BITS=${BITS:-4 8 2 1}   # the weight widths to run (a subset: BITS=4)
@@ -28,6 +29,7 @@ run() {  # run NAME QUANTIZE-OPTIONS...: QAT, convert, evaluate; keep metrics an
   timed "convert_$name" "$QFFS" convert "$RUNS/$name/qann.pt" --out "$RUNS/$name/snn.pt"
   timed "evaluate_$name" "$QFFS" evaluate "$RUNS/$name/snn.pt" --timesteps 16 --out-dir "$RUNS/$name/f32"
   cp "$RUNS/$name/f32/curve.json" "$DOCS/${name}_snn.json"
+  [ "$name" = float ] || "$PYTHON" benchmarks/weight_size.py "$RUNS/$name/qann.pt" > "$DOCS/${name}_size.json"
 }
 
 run float

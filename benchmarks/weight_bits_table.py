@@ -16,7 +16,8 @@ def row(docs: Path, name: str) -> str:
     """One markdown row: weights, QANN (validation, test), SNN at t = 8, lossless latency, size."""
     qat = json.loads((docs / f"{name}_qat.json").read_text())["metrics"]
     snn = json.loads((docs / f"{name}_snn.json").read_text())
-    size = qat.get("weight_size")
+    sized = docs / f"{name}_size.json"   # the deployed size (benchmarks/weight_size.py), else the QAT run's
+    size = json.loads(sized.read_text()) if sized.exists() else qat.get("weight_size")
     weights = "float32" if name == "float" else f"{name[1:].split('_')[0]}-bit {name.split('_')[1]}"
     kb = f"{size['kilobytes']:.1f} ({size['compression']:.1f}×)" if size else "—"
     return (f"| {weights} | {100 * qat['qann_val_accuracy']:.2f} | {100 * qat['qann_accuracy']:.2f} | "

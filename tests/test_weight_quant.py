@@ -147,6 +147,7 @@ def test_snn_weights_are_integers_times_a_scale(quantizer, bits, per_channel):
 
 def test_batchnorm_trains_beside_weights_quantized_on_the_folded_grid():
     net = _net()
+    net[0] = nn.Conv2d(2, 6, 3, padding=1, bias=False)   # its BatchNorm's shift becomes its bias
     for bn in (net[1], net[4]):
         bn.running_mean.uniform_(-0.3, 0.3)
         bn.running_var.uniform_(0.3, 3.0)
@@ -156,6 +157,7 @@ def test_batchnorm_trains_beside_weights_quantized_on_the_folded_grid():
     baked = copy.deepcopy(qann)
     bake_weights(baked)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in baked.modules())  # folded for good
+    assert weight_size(baked)["bits"] == weight_size(qann)["bits"]           # the BatchNorms' biases counted before
     conv = baked.get_submodule("0")
     assert torch.equal(conv.weight, conv.weight_levels.float() * conv.weight_scale)
     torch.testing.assert_close(baked(x), qann(x), rtol=1e-5, atol=1e-5)    # evaluation: the folded network

@@ -114,10 +114,13 @@ def add_weight_quantizers(gm: fx.GraphModule, spec: WeightSpec, ops: OpTable = O
     return len(norms)
 
 
+def _steps(module: nn.Module) -> list[nn.Module]:
+    """The parametrizations of ``module.weight``, in order (none: not parametrized)."""
+    return list(module.parametrizations["weight"]) if parametrize.is_parametrized(module, "weight") else []
+
+
 def _quantizer_of(module: nn.Module) -> WeightQuantizer | None:
-    if not parametrize.is_parametrized(module, "weight"):
-        return None
-    found = [p for p in module.parametrizations["weight"] if isinstance(p, WeightQuantizer)]
+    found = [p for p in _steps(module) if isinstance(p, WeightQuantizer)]
     return found[0] if found else None
 
 
@@ -215,9 +218,10 @@ def integer_weights(model: nn.Module) -> bool:
 
 
 def weight_size(model: nn.Module) -> dict[str, Any]:
-    """Storage of the weighted layers in bits: quantized weights at their width (plus one float32
-    scale per tensor or channel), float weights and every bias at 32 bits; and the compression
-    against all-float32."""
+    """Storage of the weighted layers as deployed, in bits: quantized weights at their width (plus
+    one float32 scale per tensor or channel), float weights and every bias (with the one a
+    BatchNorm trained beside the weights becomes) at 32 bits; and the compression against
+    all-float32."""
     total = dense = 0
     for module in model.modules():
         weight = getattr(module, "weight", None)
@@ -227,6 +231,8 @@ def weight_size(model: nn.Module) -> dict[str, Any]:
         bits = quantizer.bits if quantizer is not None else getattr(module, "weight_bits", None)
         scales = getattr(module, "weight_scale", None) if quantizer is None else quantizer.scale()
         biases = module.bias.numel() if module.bias is not None else 0
+        if not biases and any(isinstance(p, FoldScale) for p in _steps(module)):
+            biases = weight.shape[0]   # the bias its BatchNorm becomes once folded
         dense += FLOAT_BITS * (weight.numel() + biases)
         total += FLOAT_BITS * biases + (FLOAT_BITS * weight.numel() if bits is None else
                                         bits * weight.numel() + FLOAT_BITS * int(scales.numel()))
