@@ -30,6 +30,8 @@ def foldable(gm: fx.GraphModule, ops: OpTable = OPS) -> list[tuple[fx.Node, fx.N
         if not (isinstance(src, fx.Node) and classify(src, gm, ops) is OpKind.WEIGHTED and len(src.users) == 1):
             continue
         layer, bn = gm.get_submodule(str(src.target)), gm.get_submodule(str(node.target))
+        if getattr(bn, "running_var", None) is None:   # batch statistics at inference too: nothing to fold
+            continue
         if (isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d)) or isinstance(layer, (nn.Conv1d,
                                                                                                    nn.Conv2d)):
             pairs.append((src, node))

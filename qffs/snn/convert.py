@@ -139,7 +139,7 @@ def convert(qann: nn.Module, *, input_window: int | None = None, precharge: bool
     check_convertible(gm, ops)   # everything is checked before anything changes
     neurons = _neuron_classes(gm, type(qann).__name__, ops, neuron_map)
     window = _input_window(input_window, [gm.get_submodule(target) for target in neurons])
-    bake_weights(gm)      # quantized weights become scale · level for good (no BatchNorm follows them)
+    bake_weights(gm)      # quantized weights become scale · level for good, their BatchNorms folded
     folded = fold_batchnorm(gm, ops)
     table = _handlers(handlers, gm, ops)   # after folding: a folded BatchNorm needs no handler
     rw = Rewrite(gm, window, precharge, negative_spikes, max_pool, neurons,
