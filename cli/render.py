@@ -92,6 +92,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                  f"energy SNN {e.get('snn_pj', 0) / 1e6:.3g} µJ vs ANN {e.get('ann_pj', 0) / 1e6:.3g} µJ"
                  + ("" if "e_ac_pj" not in e else f" ({e['e_ac_pj']:g} pJ per accumulate, {e['e_mac_pj']:g} pJ per "
                                                   "MAC: --energy)"))
+    size = report.get("weight_size")
+    if report.get("weight_bits") and size:
+        lines.append(f"weights: {report['weight_bits']}-bit integers, {size['kilobytes']:,.1f} KB with biases and "
+                     f"scales ({size['compression']:.1f}x smaller than float32)")
     probe = report.get("probe")
     if probe:
         lines.append(f"figures: every test image ({report['samples']:,}); step by step (off level, raster, output "

@@ -36,7 +36,10 @@ def test_weight_qat_keeps_batchnorm_until_convert_folds_it(cli, tmp_path):
     assert "weights: 4-bit lsq (one scale per layer, first and last layer 8-bit);" in info and "x smaller" in info
     r = cli("evaluate", tmp_path / "s.pt", "--timesteps", "2", "--limit", "32", "--out-dir", tmp_path / "e")
     assert r.returncode == 0, r.stderr
-    energy = json.loads((tmp_path / "e" / "curve.json").read_text())["energy"]
+    report = json.loads((tmp_path / "e" / "curve.json").read_text())
+    assert report["weight_bits"] == 4 and report["weight_size"]["compression"] > 7
+    assert "weights: 4-bit integers" in r.stdout
+    energy = report["energy"]
     assert (energy["e_ac_pj"], energy["e_mac_pj"]) == ENERGY_PRESETS["int32-45nm"]   # integer synapses: --energy auto
 
 

@@ -21,7 +21,7 @@ from qffs.jobs.options import DataOptions
 from qffs.jobs.outputs import writing_dir
 from qffs.probe import probe_samples
 from qffs.progress import status
-from qffs.quant.weight_graph import integer_weights
+from qffs.quant.weight_graph import integer_weights, weight_size
 from qffs.report import AUTO_ENERGY, EXIT_PLOT, parse_energy, report_files, write_report
 from qffs.report_page import REPORT_PAGE, write_page
 from qffs.snn.exits import NO_EXIT, ExitPolicy, parse_exit
@@ -149,7 +149,8 @@ def _evaluate(snn_path: str | Path, data: DataOptions, timesteps: int, device: s
         "fp_samples": metrics.get("test_samples"),
         "qann_accuracy_trained": metrics.get("qann_accuracy"),
         "model": meta["model"], "dataset": data.dataset, "snn_artifact": str(snn_path),
-        "bits": quant.bits, "output_bits": quant.output_bits,
+        "bits": quant.bits, "output_bits": quant.output_bits, "weight_bits": quant.weight_bits,
+        "weight_size": weight_size(qann),
         "seconds": round(time.perf_counter() - started, 1),
         "probe": probe, "class_names": _class_names(test_loader.dataset, data),
         "backend": backend,
