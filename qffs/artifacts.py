@@ -20,6 +20,7 @@ from qffs.errors import QffsError
 from qffs.io import load_checkpoint, load_into, load_model
 from qffs.models import build_model
 from qffs.quant import quantize
+from qffs.quant.weight_graph import drop_stale_levels
 from qffs.snn import SpikingNetwork
 from qffs.snn.neuron import SpikingNeuron
 from qffs.trust import authorized_spec
@@ -95,6 +96,7 @@ def load_snn(path: str | Path, model: str | None = None,
     if own:      # a fine-tuned SNN (qffs finetune): its own weights and thresholds replace the converted ones
         load_own_tensors(snn, {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
                                for k, v in own.items()}, str(path))
+        drop_stale_levels(snn)   # fine-tuned weights are float again: no integer levels to claim
     return snn, qann, ckpt.meta
 
 
@@ -201,6 +203,8 @@ def describe_weights(meta: dict[str, Any]) -> str | None:
     edges = f", first and last layer {quant.edge_weight_bits}-bit" if quant.edge_weight_bits else ""
     scales = "one scale per output channel" if quant.weight_per_channel else "one scale per layer"
     line = f"{quant.weight_bits}-bit {quant.weight_quantizer} ({scales}{edges})"
+    if meta.get("finetune"):
+        return line + " in its QANN; fine-tuning moved the SNN's weights off that grid (float32)"
     metrics = meta["metrics"] if isinstance(meta.get("metrics"), dict) else {}
     size = metrics.get("weight_size")
     if isinstance(size, dict) and {"kilobytes", "float32_kilobytes", "compression"} <= set(size):

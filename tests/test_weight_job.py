@@ -67,3 +67,16 @@ def test_weight_qat_resumed_equals_an_uninterrupted_run(tmp_path):
     a, b = load_checkpoint(tmp_path / "straight.pt"), load_checkpoint(tmp_path / "q.pt")
     assert a.state_dict.keys() == b.state_dict.keys()
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+
+
+def test_a_fine_tuned_integer_snn_claims_float_weights(cli, tmp_path):
+    assert cli("quantize", SHIPPED, "--out", tmp_path / "q.pt", "--epochs", "0", "--weight-bits", "2",
+               *QUICK).returncode == 0
+    assert cli("convert", tmp_path / "q.pt", "--out", tmp_path / "s.pt").returncode == 0
+    r = cli("finetune", tmp_path / "s.pt", "--timesteps", "2", "--epochs", "1", "--out", tmp_path / "ft.pt", *QUICK)
+    assert r.returncode == 0, r.stderr
+    assert "fine-tuning moved the SNN's weights off that grid" in cli("info", tmp_path / "ft.pt").stdout
+    r = cli("evaluate", tmp_path / "ft.pt", "--timesteps", "2", "--limit", "32", "--out-dir", tmp_path / "e")
+    report = json.loads((tmp_path / "e" / "curve.json").read_text())
+    assert report["weight_bits"] is None and report["weight_size"]["compression"] == 1.0
+    assert (report["energy"]["e_ac_pj"], report["energy"]["e_mac_pj"]) == ENERGY_PRESETS["fp32-45nm"]

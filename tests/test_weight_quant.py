@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 from qffs.quant import quantize
-from qffs.quant.weight_graph import WeightSpec, bake_weights, weight_quantizers, weight_size
+from qffs.quant.weight_graph import (
+    WeightSpec,
+    bake_weights,
+    drop_stale_levels,
+    integer_weights,
+    weight_quantizers,
+    weight_size,
+)
 from qffs.quant.weights import LSQWeight, SigmoidSumWeight, level_bound
 from qffs.snn import convert
 from qffs.snn.layers import GatedLayer
@@ -167,6 +174,17 @@ def test_batchnorm_trains_beside_weights_quantized_on_the_folded_grid():
     copied = copy.deepcopy(qann).eval()   # the copy's quantizers see the copy's BatchNorm, not the original's
     copied.get_submodule("1").running_var.mul_(4.0)
     assert not torch.equal(copied.get_submodule("0").weight, qann.eval().get_submodule("0").weight)
+
+
+def test_weights_moved_off_their_grid_lose_their_integer_levels():
+    snn = convert(quantize(_net(), weights=WeightSpec(3, edge_bits=None)))
+    layers = [(name, m.layer) for name, m in snn.named_modules() if isinstance(m, GatedLayer)]
+    assert integer_weights(snn) and not drop_stale_levels(snn)            # freshly baked: all on the grid
+    with torch.no_grad():
+        layers[1][1].weight.add_(1e-3)                                    # as fine-tuning does
+    assert drop_stale_levels(snn) == [f"{layers[1][0]}.layer"]
+    assert not hasattr(layers[1][1], "weight_levels") and hasattr(layers[0][1], "weight_levels")
+    assert not integer_weights(snn)
 
 
 def test_edge_layers_keep_their_own_width():

@@ -211,6 +211,23 @@ def bake_weights(model: nn.Module) -> int:
     return baked
 
 
+def drop_stale_levels(model: nn.Module) -> list[str]:
+    """Forget the integer levels of every layer whose weight is no longer ``weight_scale ·
+    weight_levels`` (an SNN fine-tuned after conversion: its weights left the grid and are float
+    again); returns those layers' paths."""
+    dropped = []
+    for name, module in model.named_modules():
+        levels, scale = getattr(module, "weight_levels", None), getattr(module, "weight_scale", None)
+        if not isinstance(levels, torch.Tensor) or not isinstance(scale, torch.Tensor):
+            continue
+        weight = module.weight
+        if not torch.equal(weight, levels.to(weight.dtype) * scale.to(weight.dtype)):
+            del module.weight_levels, module.weight_scale
+            module.__dict__.pop("weight_bits", None)
+            dropped.append(name)
+    return dropped
+
+
 def integer_weights(model: nn.Module) -> bool:
     """Whether every conv/linear layer of ``model`` holds baked integer levels (a weight-quantized SNN)."""
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
