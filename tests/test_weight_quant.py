@@ -176,6 +176,22 @@ def test_batchnorm_trains_beside_weights_quantized_on_the_folded_grid():
     assert not torch.equal(copied.get_submodule("0").weight, qann.eval().get_submodule("0").weight)
 
 
+@pytest.mark.parametrize("bits", [1, 3])
+def test_the_folded_grid_is_exact_for_tiny_and_zero_batchnorm_scales(bits):
+    """Binary weights cannot shrink with c: QAT drove running variances to 1e23 on ResNet-20. The
+    pair must still equal its folded form (a clamped c made them differ), and γ = 0 gives β alone."""
+    net = _net().double()
+    net[1].running_var[:3] = torch.tensor([1e23, 1e30, 4.0], dtype=torch.float64)
+    net[1].weight.data[2] = 0.0
+    qann = quantize(net, weights=WeightSpec(bits, edge_bits=None)).eval()
+    x = torch.randn(8, 2, 5, 5, dtype=torch.float64)
+    baked = copy.deepcopy(qann)
+    bake_weights(baked)
+    torch.testing.assert_close(baked(x), qann(x), rtol=1e-12, atol=1e-12)
+    conv = baked.get_submodule("0")
+    assert torch.equal(conv.weight[2], torch.zeros_like(conv.weight[2])) and not conv.weight_levels[2].any()
+
+
 def test_weights_moved_off_their_grid_lose_their_integer_levels():
     snn = convert(quantize(_net(), weights=WeightSpec(3, edge_bits=None)))
     layers = [(name, m.layer) for name, m in snn.named_modules() if isinstance(m, GatedLayer)]

@@ -77,16 +77,19 @@ class FoldScale(nn.Module):
         self.inverse = inverse
 
     def factor(self, like: torch.Tensor) -> torch.Tensor:
-        """c, shaped to multiply ``like`` per output channel (never 0: a dead channel's weight stays 0)."""
+        """c, shaped to multiply ``like`` per output channel: exactly the BatchNorm's, never clamped
+        (a clamped c would make the pair compute another network than its folded form)."""
         bn: Any = self.__dict__["bn"]
         c = torch.rsqrt(bn.running_var.to(like.dtype) + bn.eps)
         if bn.weight is not None:
             c = bn.weight.to(like.dtype) * c
-        c = torch.where(c.abs() < 1e-12, torch.full_like(c, 1e-12), c)
         return c.reshape((-1,) + (1,) * (like.dim() - 1))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w / self.factor(w) if self.inverse else w * self.factor(w)
+        c = self.factor(w)
+        if not self.inverse:
+            return w * c
+        return torch.where(c == 0, torch.zeros_like(w), w / torch.where(c == 0, torch.ones_like(c), c))
 
 
 def add_weight_quantizers(gm: fx.GraphModule, spec: WeightSpec, ops: OpTable = OPS) -> int:
@@ -198,6 +201,9 @@ def bake_weights(model: nn.Module) -> int:
             grid = folds[0](steps.original) if folds else steps.original
             levels, scale, hard = quantizer.levels(grid), quantizer.scale().clone(), quantizer.hard(grid)
             bias = _folded_bias(layer, folds[0]) if folds else None
+            if folds:   # a channel whose γ is 0 outputs β alone: weights 0 (level 0, even at 1 bit)
+                dead = (folds[0].factor(grid) == 0).expand_as(grid)
+                levels, hard = levels.masked_fill(dead, 0), hard.masked_fill(dead, 0)
         plain = _plain_layer(layer, hard)
         if bias is not None:
             plain._parameters["bias"] = nn.Parameter(bias, requires_grad=False)
