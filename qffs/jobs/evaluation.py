@@ -151,7 +151,7 @@ def _evaluate(snn_path: str | Path, data: DataOptions, timesteps: int, device: s
         "qann_accuracy_trained": metrics.get("qann_accuracy"),
         "model": meta["model"], "dataset": data.dataset, "snn_artifact": str(snn_path),
         "bits": quant.bits, "output_bits": quant.output_bits, "weight_bits": quant.weight_bits if integer else None,
-        "weight_size": _deployed_size(qann, integer),
+        "weight_size": weight_size(qann, float_weights=not integer),
         "seconds": round(time.perf_counter() - started, 1),
         "probe": probe, "class_names": _class_names(test_loader.dataset, data),
         "backend": backend,
@@ -161,15 +161,6 @@ def _evaluate(snn_path: str | Path, data: DataOptions, timesteps: int, device: s
                    "exit_tolerance": exit_tolerance, "energy_pj": {"ac": energy[0], "mac": energy[1]}},
     })
     return report
-
-
-def _deployed_size(qann: torch.nn.Module, integer: bool) -> dict[str, Any]:
-    """The SNN's weight storage: its QANN's quantized size, or float32 where its weights are float."""
-    size = weight_size(qann)
-    if integer:
-        return size
-    dense = size["float32_kilobytes"]
-    return {"bits": int(round(dense * 8000)), "kilobytes": dense, "float32_kilobytes": dense, "compression": 1.0}
 
 
 def _probe(snn: Any, qann: Any, dataset: Any, timesteps: int, examples: int, device: torch.device,

@@ -240,11 +240,11 @@ def integer_weights(model: nn.Module) -> bool:
     return bool(layers) and all(isinstance(getattr(m, "weight_levels", None), torch.Tensor) for m in layers)
 
 
-def weight_size(model: nn.Module) -> dict[str, Any]:
+def weight_size(model: nn.Module, float_weights: bool = False) -> dict[str, Any]:
     """Storage of the weighted layers as deployed, in bits: quantized weights at their width (plus
     one float32 scale per tensor or channel), float weights and every bias (with the one a
     BatchNorm trained beside the weights becomes) at 32 bits; and the compression against
-    all-float32."""
+    all-float32. ``float_weights``: every weight at 32 bits (an SNN fine-tuned off its grid)."""
     total = dense = 0
     for module in model.modules():
         weight = getattr(module, "weight", None)
@@ -252,6 +252,7 @@ def weight_size(model: nn.Module) -> dict[str, Any]:
             continue
         quantizer = _quantizer_of(module)
         bits = quantizer.bits if quantizer is not None else getattr(module, "weight_bits", None)
+        bits = None if float_weights else bits
         scales = getattr(module, "weight_scale", None) if quantizer is None else quantizer.scale()
         biases = module.bias.numel() if module.bias is not None else 0
         if not biases and any(isinstance(p, FoldScale) for p in _steps(module)):
